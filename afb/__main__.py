@@ -1,0 +1,5 @@
+import sys
+
+from afb.entry import main
+
+sys.exit(main())

@@ -1,0 +1,34 @@
+"""Console-script entry point: ``afb ...``.
+
+gevent must monkey-patch the standard library before anything else imports
+``socket``, ``ssl`` or ``threading``.  So this module imports nothing at module
+level but ``sys``; the daemons' subcommands patch first, then load the CLI.
+Commands that need no network (``keygen``, ``token``, ``config``, ``tui``)
+never load gevent at all, so the Textual dashboard stays gevent-free.
+"""
+
+import sys
+
+#: Subcommands that run gevent servers and therefore need monkey-patching.
+GEVENT_COMMANDS = frozenset({"server", "client", "demo"})
+
+
+def patch_gevent():
+    """Monkey-patch the standard library for gevent (idempotent)."""
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        monkey.patch_all()
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in GEVENT_COMMANDS:
+        patch_gevent()
+    from afb import cli  # noqa: E402  (after patching, on purpose)
+
+    return cli.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="afb",
+    version="0.1.0",
+    description="Anti-Filter Bridge: SOCKS5/HTTP CONNECT over a multiplexed TLS WebSocket tunnel",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["afb", "afb.*", "tui", "tui.*"]),
+    package_data={"afb": ["configspec/*.spec", "decoy/*"]},
+    install_requires=[
+        "gevent>=23.9",
+        "gevent-websocket>=0.10.1",
+        "wsaccel>=0.6.6",
+        "websocket-client>=1.7",
+        "PySocks>=1.7.1",
+        "PyJWT>=2.8",
+        "cryptography>=41",
+        "configobj>=5.0.8",
+    ],
+    extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.2"]},
+    entry_points={"console_scripts": ["afb = afb.entry:main"]},
+)
