@@ -1,0 +1,192 @@
+"""Tunnel frames: the sans-IO codec of afb's multiplexing protocol.
+
+Every binary WebSocket message carries one or more whole frames (a frame never
+spans two messages, so a message can be parsed on its own)::
+
+    +--------+--------+----------------+----------------+-----------------+
+    | type 8 | flags 8| stream id 32   | length 32      | payload ...     |
+    +--------+--------+----------------+----------------+-----------------+
+      big-endian, 10 bytes of header
+
+Stream 0 carries session frames (HELLO, PING, PONG, GOAWAY).  Client streams
+have odd ids.  Payload layouts are built and parsed by the helpers below; all of
+them take and return plain values, never sockets.
+"""
+
+import struct
+
+from afb.codec.address import decode_address, encode_address
+from afb.errors import ProtocolError, VersionMismatch
+
+HEADER = struct.Struct("!BBII")
+HEADER_SIZE = HEADER.size
+
+HELLO = 0x00
+OPEN = 0x01
+OPEN_OK = 0x02
+OPEN_FAIL = 0x03
+DATA = 0x04
+WINDOW = 0x05
+FIN = 0x06
+RST = 0x07
+DATAGRAM = 0x08
+PING = 0x09
+PONG = 0x0A
+GOAWAY = 0x0B
+
+FRAME_NAMES = {
+    HELLO: "HELLO", OPEN: "OPEN", OPEN_OK: "OPEN_OK", OPEN_FAIL: "OPEN_FAIL",
+    DATA: "DATA", WINDOW: "WINDOW", FIN: "FIN", RST: "RST",
+    DATAGRAM: "DATAGRAM", PING: "PING", PONG: "PONG", GOAWAY: "GOAWAY",
+}
+KNOWN_TYPES = frozenset(FRAME_NAMES)
+SESSION_TYPES = frozenset({HELLO, PING, PONG, GOAWAY})
+
+# OPEN commands (the SOCKS5 ones).
+CMD_CONNECT = 0x01
+CMD_UDP_ASSOCIATE = 0x03
+
+#: HELLO payload: magic, version, initial stream window, max message, session id.
+HELLO_MAGIC = b"AFB\x00"
+_HELLO = struct.Struct("!4sHII16s")
+_U32 = struct.Struct("!I")
+_PING = struct.Struct("!Q")
+_GOAWAY = struct.Struct("!IB")
+
+MAX_STREAM_ID = 0xFFFFFFFF
+MAX_WINDOW_INCREMENT = 0x7FFFFFFF
+
+
+def header(ftype, stream_id, length, flags=0):
+    """The 10-byte header for a frame of ``length`` payload bytes."""
+    return HEADER.pack(ftype, flags, stream_id, length)
+
+
+def frame(ftype, stream_id, payload=b"", flags=0):
+    """A whole frame as one ``bytes`` (for small control frames)."""
+    return HEADER.pack(ftype, flags, stream_id, len(payload)) + bytes(payload)
+
+
+def iter_frames(message):
+    """Yield ``(type, flags, stream_id, payload)`` for each frame of a message.
+
+    ``payload`` is a memoryview slice of ``message`` (no copy).  A truncated
+    frame raises :class:`ProtocolError`; unknown types are yielded as they are,
+    so that the session can answer them per stream.
+    """
+    view = message if isinstance(message, memoryview) else memoryview(message)
+    size = len(view)
+    offset = 0
+    unpack = HEADER.unpack_from
+    while offset < size:
+        if size - offset < HEADER_SIZE:
+            raise ProtocolError("truncated frame header (%d bytes)" % (size - offset))
+        ftype, flags, stream_id, length = unpack(view, offset)
+        start = offset + HEADER_SIZE
+        offset = start + length
+        if offset > size:
+            raise ProtocolError(
+                "frame %s on stream %d claims %d bytes, message has %d"
+                % (frame_name(ftype), stream_id, length, size - start))
+        yield ftype, flags, stream_id, view[start:offset]
+
+
+def frame_name(ftype):
+    return FRAME_NAMES.get(ftype, "0x%02x" % ftype)
+
+
+# --- HELLO ------------------------------------------------------------------
+
+def hello_payload(version, window, max_message, session_id=b"\x00" * 16):
+    return _HELLO.pack(HELLO_MAGIC, version, window, max_message, session_id)
+
+
+def parse_hello(payload, expected_version):
+    """Return ``(version, window, max_message, session_id)``.
+
+    Raises :class:`VersionMismatch` when the peer speaks another version
+    (its version is in ``exc.peer_version``) and :class:`ProtocolError` when
+    the payload is not a HELLO at all.  Trailing bytes are ignored: later
+    versions may append fields.
+    """
+    if len(payload) < _HELLO.size:
+        raise ProtocolError("HELLO too short (%d bytes)" % len(payload))
+    magic, version, window, max_message, session_id = _HELLO.unpack_from(payload)
+    if magic != HELLO_MAGIC:
+        raise ProtocolError("HELLO has a bad magic %r" % bytes(magic))
+    if version != expected_version:
+        exc = VersionMismatch(
+            "tunnel protocol version mismatch: peer speaks %d, we speak %d"
+            % (version, expected_version))
+        exc.peer_version = version
+        raise exc
+    if window == 0 or max_message < 4096:
+        raise ProtocolError("HELLO with window %d and max message %d" % (window, max_message))
+    return version, window, max_message, bytes(session_id)
+
+
+# --- stream frames ----------------------------------------------------------
+
+def open_payload(command, host, port, early=b""):
+    return bytes([command]) + encode_address(host, port) + bytes(early)
+
+
+def parse_open(payload):
+    """Return ``(command, host, port, early_data)``; bad addresses raise AddressError."""
+    if len(payload) < 1:
+        raise ProtocolError("empty OPEN")
+    decoded = decode_address(payload, 1)
+    if decoded is None:
+        raise ProtocolError("OPEN with a truncated address")
+    host, port, end = decoded
+    return payload[0], host, port, payload[end:]
+
+
+def open_fail_payload(reply, message=""):
+    return bytes([reply & 0xFF]) + message.encode("utf-8", "replace")[:200]
+
+
+def parse_reason(payload):
+    """``(code, message)`` of an OPEN_FAIL or RST payload (empty -> (1, ''))."""
+    if len(payload) == 0:
+        return 0x01, ""
+    return payload[0], bytes(payload[1:]).decode("utf-8", "replace")
+
+
+rst_payload = open_fail_payload
+
+
+def window_payload(increment):
+    return _U32.pack(increment)
+
+
+def parse_window(payload):
+    if len(payload) != 4:
+        raise ProtocolError("WINDOW payload of %d bytes" % len(payload))
+    (increment,) = _U32.unpack_from(payload)
+    if increment == 0 or increment > MAX_WINDOW_INCREMENT:
+        raise ProtocolError("WINDOW increment %d out of range" % increment)
+    return increment
+
+
+# --- session frames ---------------------------------------------------------
+
+def ping_payload(stamp):
+    return _PING.pack(stamp & 0xFFFFFFFFFFFFFFFF)
+
+
+def parse_ping(payload):
+    if len(payload) != 8:
+        raise ProtocolError("PING payload of %d bytes" % len(payload))
+    return _PING.unpack_from(payload)[0]
+
+
+def goaway_payload(last_stream_id, code=0, message=""):
+    return _GOAWAY.pack(last_stream_id, code) + message.encode("utf-8", "replace")[:200]
+
+
+def parse_goaway(payload):
+    if len(payload) < _GOAWAY.size:
+        raise ProtocolError("GOAWAY payload of %d bytes" % len(payload))
+    last, code = _GOAWAY.unpack_from(payload)
+    return last, code, bytes(payload[_GOAWAY.size:]).decode("utf-8", "replace")
