@@ -1,0 +1,343 @@
+"""A tunnel session: many streams multiplexed over one WebSocket (gevent).
+
+The session owns three greenlets: the reader (``run()``, in the caller's
+greenlet), the writer (drains the fair scheduler, one WebSocket message per
+batch) and the pinger (RTT, dead-peer detection).  Streams are opened by the
+client (odd ids); the server learns of them through ``on_open``.
+"""
+
+import logging
+import os
+import time
+
+import gevent
+from gevent.event import Event
+from gevent.pool import Group
+
+from afb import PROTOCOL_VERSION
+from afb.codec import frames
+from afb.errors import (CLOSE_GOING_AWAY, CLOSE_NORMAL, REP_GENERAL_FAILURE, AfbError,
+                        ProtocolError, VersionMismatch)
+from afb.mux.scheduler import FairScheduler
+from afb.transport.stream import Stream
+
+log = logging.getLogger(__name__)
+
+#: Largest batch the writer puts in one WebSocket message.
+BATCH_LIMIT = 256 * 1024
+
+
+class Session:
+    """Multiplexes :class:`Stream` objects over one ``WsConnection``."""
+
+    def __init__(self, ws, *, client, window=256 * 1024, window_max=None,
+                 max_message=1 << 20, max_streams=4096, ping_interval=20.0,
+                 ping_timeout=15.0, on_open=None, label=""):
+        self.ws = ws
+        self.client = client
+        self.window = window
+        self.window_max = window_max or max(window, 4 * 1024 * 1024)
+        self.max_message = max_message
+        self.max_streams = max_streams
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.on_open = on_open
+        self.label = label
+        self.session_id = os.urandom(16)
+        self.peer_window = window
+        self.batch_limit = BATCH_LIMIT
+        self.streams = {}
+        self.rtt = None
+        self.started_at = time.monotonic()
+        self.last_received = self.started_at
+        self.draining = False      # GOAWAY sent or received: no new streams
+        self.closed = False
+        self.close_reason = ""
+        self.drained = Event()
+        self.drained.set()
+        self.done = Event()
+        self.state_changed = Event()   # set on GOAWAY received and on close
+        self.tasks = Group()       # per-stream greenlets (server: dial + relay)
+        self._sched = FairScheduler()
+        self._wake = Event()
+        self._next_id = 1
+        self._last_peer_id = 0
+        self._greenlets = []
+
+    def __repr__(self):
+        return "<Session %s %d streams>" % (self.label, len(self.streams))
+
+    # --- set-up -------------------------------------------------------------
+
+    def handshake(self, timeout=10.0):
+        """Exchange HELLO frames; a version mismatch closes with a clear reason."""
+        hello = frames.frame(frames.HELLO, 0, frames.hello_payload(
+            PROTOCOL_VERSION, self.window, self.max_message, self.session_id))
+        with gevent.Timeout(timeout, ProtocolError("no HELLO within %.0f s" % timeout)):
+            if self.client:
+                self.ws.send_message([hello])
+            message = self.ws.recv_message()
+            if message is None:
+                raise ProtocolError("peer closed during the handshake (%s)" % (
+                    getattr(self.ws, "peer_close_reason", "") or "no reason"))
+            ftype, _flags, _sid, payload = next(frames.iter_frames(message), (None,) * 4)
+            if ftype != frames.HELLO:
+                raise ProtocolError("first frame is %s, not HELLO" % frames.frame_name(ftype))
+            try:
+                _v, window, max_message, _sid = frames.parse_hello(payload, PROTOCOL_VERSION)
+            except VersionMismatch as exc:
+                if not self.client:
+                    self.ws.send_message([hello])
+                self.ws.close(exc.close_code, str(exc))
+                raise
+            if not self.client:
+                self.ws.send_message([hello])
+        self.peer_window = window
+        self.batch_limit = min(BATCH_LIMIT, max_message - 64 * 1024) if max_message > 128 * 1024 \
+            else max_message // 2
+        self.last_received = time.monotonic()
+
+    def start(self):
+        """Start the writer and pinger greenlets (after ``handshake``)."""
+        self._greenlets = [gevent.spawn(self._write_loop)]
+        if self.ping_interval > 0:
+            self._greenlets.append(gevent.spawn(self._ping_loop))
+
+    # --- streams ------------------------------------------------------------
+
+    def open_stream(self, command, host, port, early=b""):
+        """Open a stream (client side); OPEN leaves at once, DATA may follow without waiting."""
+        if self.closed or self.draining:
+            raise AfbError("tunnel is %s" % ("closed" if self.closed else "draining"))
+        stream_id = self._next_id
+        self._next_id += 2
+        stream = self._new_stream(stream_id, host, port)
+        self._queue(stream_id, frames.OPEN, frames.open_payload(command, host, port, early))
+        if early:
+            stream.credit.take(len(early))
+            stream.bytes_out += len(early)
+        return stream
+
+    def _new_stream(self, stream_id, host, port):
+        stream = Stream(self, stream_id, host, port, self.peer_window, self.window, self.window_max)
+        self.streams[stream_id] = stream
+        self.drained.clear()
+        return stream
+
+    def accept(self, stream):
+        """Server: the destination is connected; tell the client (OPEN_OK)."""
+        self._queue(stream.id, frames.OPEN_OK)
+
+    def refuse(self, stream, error):
+        """Server: the destination failed; OPEN_FAIL with the SOCKS5 reply code."""
+        if stream.reset_error is None:
+            self._queue(stream.id, frames.OPEN_FAIL, frames.open_fail_payload(error.reply, str(error)))
+            stream._on_reset(error.reply, str(error), by_peer=False)
+
+    # --- queueing (used by streams) -----------------------------------------
+
+    def _queue(self, stream_id, ftype, payload=b""):
+        self._sched.push(stream_id, ftype, payload)
+        self._wake.set()
+
+    def _queue_control(self, encoded):
+        self._sched.push_control(encoded)
+        self._wake.set()
+
+    def _send_reset(self, stream, reply, message):
+        self._sched.drop(stream.id)
+        self._queue_control(frames.frame(frames.RST, stream.id, frames.rst_payload(reply, message)))
+
+    def _maybe_finish(self, stream):
+        if stream.local_fin and stream.remote_fin:
+            self._forget(stream)
+
+    def _forget(self, stream):
+        if self.streams.get(stream.id) is stream:
+            del self.streams[stream.id]
+            stream.finished.set()
+            if not self.streams:
+                self.drained.set()
+
+    # --- reader ---------------------------------------------------------------
+
+    def run(self):
+        """Read and dispatch frames until the WebSocket closes; then clean up."""
+        try:
+            while True:
+                message = self.ws.recv_message()
+                if message is None:
+                    self.close_reason = self.close_reason or "closed by peer (%s %s)" % (
+                        getattr(self.ws, "peer_close_code", None) or "",
+                        getattr(self.ws, "peer_close_reason", "") or "").strip()
+                    break
+                self.last_received = time.monotonic()
+                for ftype, flags, stream_id, payload in frames.iter_frames(message):
+                    self._dispatch(ftype, flags, stream_id, payload)
+        except AfbError as exc:
+            self.close_reason = str(exc)
+            log.warning("%s: %s; closing the tunnel", self.label, exc)
+            self.close(exc.close_code, str(exc))
+        except (OSError, EOFError) as exc:
+            self.close_reason = self.close_reason or "connection lost: %s" % (exc or type(exc).__name__)
+        finally:
+            self._teardown()
+
+    def _dispatch(self, ftype, flags, stream_id, payload):
+        if ftype == frames.DATA:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                try:
+                    stream._on_data(payload)
+                except ProtocolError as exc:
+                    log.warning("%s: stream %d: %s", self.label, stream_id, exc)
+                    stream.reset(REP_GENERAL_FAILURE, str(exc))
+            return
+        if ftype == frames.WINDOW:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream._on_window(frames.parse_window(payload))
+        elif ftype == frames.OPEN:
+            self._on_open_frame(stream_id, payload)
+        elif ftype == frames.FIN:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream._on_fin()
+        elif ftype == frames.RST:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream._on_reset(*frames.parse_reason(payload))
+        elif ftype == frames.OPEN_OK and self.client:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream._on_open_result(None)
+        elif ftype == frames.OPEN_FAIL and self.client:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream._on_reset(*frames.parse_reason(payload))
+        elif ftype == frames.PING:
+            self._queue_control(frames.frame(frames.PONG, 0, payload))
+        elif ftype == frames.PONG:
+            self.rtt = max(0, time.monotonic_ns() - frames.parse_ping(payload)) / 1e9
+        elif ftype == frames.GOAWAY:
+            last, code, message = frames.parse_goaway(payload)
+            log.info("%s: peer is going away (%s); no new streams on this tunnel",
+                     self.label, message or code)
+            self.draining = True
+            self.state_changed.set()
+        else:
+            self._on_unknown(ftype, stream_id)
+
+    def _on_open_frame(self, stream_id, payload):
+        if self.client or self.on_open is None:
+            raise ProtocolError("OPEN for stream %d sent to a client" % stream_id)
+        if stream_id % 2 == 0 or stream_id <= self._last_peer_id:
+            self._queue_control(frames.frame(frames.RST, stream_id, frames.rst_payload(
+                REP_GENERAL_FAILURE, "stream id %d is not new and odd" % stream_id)))
+            log.warning("%s: refused OPEN with reused or even stream id %d", self.label, stream_id)
+            return
+        self._last_peer_id = stream_id
+        try:
+            command, host, port, early = frames.parse_open(payload)
+        except AfbError as exc:
+            self._queue(stream_id, frames.OPEN_FAIL, frames.open_fail_payload(exc.reply, str(exc)))
+            log.warning("%s: bad OPEN on stream %d: %s", self.label, stream_id, exc)
+            return
+        stream = self._new_stream(stream_id, host, port)
+        if len(self.streams) > self.max_streams or self.draining:
+            reason = "server is shutting down" if self.draining else \
+                "too many streams (limit %d)" % self.max_streams
+            self.refuse(stream, AfbError(reason))
+            log.warning("%s: refused stream to %s: %s", self.label, stream.target, reason)
+            return
+        if early:
+            stream._on_data(early)
+        self.tasks.spawn(self.on_open, self, stream, command)
+
+    def _on_unknown(self, ftype, stream_id):
+        name = frames.frame_name(ftype)
+        if stream_id == 0:
+            log.warning("%s: ignored unknown session frame type %s", self.label, name)
+            return
+        log.warning("%s: unknown frame type %s on stream %d; resetting it", self.label, name, stream_id)
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.reset(REP_GENERAL_FAILURE, "unknown frame type %s" % name)
+        else:
+            self._queue_control(frames.frame(frames.RST, stream_id, frames.rst_payload(
+                REP_GENERAL_FAILURE, "unknown frame type %s" % name)))
+
+    # --- writer and pinger ------------------------------------------------------
+
+    def _write_loop(self):
+        sched = self._sched
+        wake = self._wake
+        send = self.ws.send_message
+        try:
+            while True:
+                if not sched:
+                    if self.closed:
+                        return
+                    wake.clear()
+                    wake.wait()
+                    continue
+                parts, _size = sched.next_batch(self.batch_limit)
+                send(parts)
+        except (OSError, AfbError) as exc:
+            if not self.closed:
+                log.info("%s: write failed: %s", self.label, exc)
+                self.close_reason = self.close_reason or "write failed: %s" % exc
+                self.close()
+
+    def _ping_loop(self):
+        while not self.closed:
+            gevent.sleep(self.ping_interval)
+            if self.closed:
+                return
+            silent = time.monotonic() - self.last_received
+            if silent > self.ping_interval + self.ping_timeout:
+                log.warning("%s: peer silent for %.0f s; closing the tunnel", self.label, silent)
+                self.close_reason = "peer silent for %.0f s" % silent
+                self.close(CLOSE_GOING_AWAY, "ping timeout")
+                return
+            self._queue_control(frames.frame(frames.PING, 0, frames.ping_payload(time.monotonic_ns())))
+
+    # --- shutdown -----------------------------------------------------------------
+
+    def goaway(self, message="going away"):
+        """Tell the peer to open no new streams here; existing ones go on."""
+        if not self.draining and not self.closed:
+            self.draining = True
+            self._queue_control(frames.frame(frames.GOAWAY, 0, frames.goaway_payload(
+                self._last_peer_id, 0, message)))
+
+    def flush(self, timeout=2.0):
+        """Wait until everything queued has been handed to the socket."""
+        deadline = time.monotonic() + timeout
+        while self._sched and not self.closed and time.monotonic() < deadline:
+            gevent.sleep(0.005)
+
+    def close(self, code=CLOSE_NORMAL, reason=""):
+        """Close the WebSocket; ``run()`` then resets every stream."""
+        if self.closed:
+            return
+        self.closed = True
+        self._wake.set()
+        try:
+            self.ws.close(code, reason)
+        except (OSError, AfbError):
+            pass
+
+    def _teardown(self):
+        self.close()
+        reason = self.close_reason or "tunnel closed"
+        for stream in list(self.streams.values()):
+            stream._on_reset(REP_GENERAL_FAILURE, reason)
+        self.streams.clear()
+        self.drained.set()
+        self._wake.set()
+        self.state_changed.set()
+        for greenlet in self._greenlets:
+            if greenlet is not gevent.getcurrent():
+                greenlet.kill(block=False)
+        self.done.set()

@@ -1,0 +1,139 @@
+"""The client's tunnel: one WebSocket session kept up with reconnection.
+
+A connector greenlet dials the server, authenticates in the upgrade request,
+exchanges HELLO and publishes the session.  When the session closes, or the
+server says GOAWAY, it dials again at once and then with exponential backoff
+and full jitter.  Streams opened while no tunnel is up wait up to
+``open_timeout`` for one (``get_session``), then fail cleanly.
+"""
+
+import logging
+import random
+import time
+
+import gevent
+from gevent.event import Event
+
+from afb.errors import AfbError, TlsError, TunnelUnavailable
+from afb.transport import tls, wsclient
+from afb.transport.session import Session
+
+log = logging.getLogger(__name__)
+
+#: A session that lived this long resets the backoff to its minimum.
+STABLE_AFTER = 10.0
+
+
+class TunnelClient:
+    """Keeps a tunnel session to the server; hands it to new streams."""
+
+    def __init__(self, url, token_source, *, pin=None, ca_file=None, proxy=None,
+                 window=256 * 1024, max_message=1 << 20, connect_timeout=10.0,
+                 ping_interval=20.0, ping_timeout=15.0, reconnect_min=0.5,
+                 reconnect_max=30.0):
+        self.url = url
+        self.token_source = token_source
+        self.pin = pin or None
+        self.proxy = proxy or None
+        self.ssl_context = tls.client_context(ca_file=ca_file or None, pin=self.pin) \
+            if url.startswith("wss:") else None
+        self.window = window
+        self.max_message = max_message
+        self.connect_timeout = connect_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.session = None
+        self.sessions = set()        # the current one and any still draining
+        self.connects = 0
+        self.last_error = ""
+        self._ready = Event()
+        self._stopping = False
+        self._greenlet = None
+
+    def start(self):
+        self._greenlet = gevent.spawn(self._connect_loop)
+
+    def get_session(self, timeout):
+        """The live session, waiting up to ``timeout`` s; else TunnelUnavailable."""
+        session = self.session
+        if session is not None and not session.closed and not session.draining:
+            return session
+        if self._stopping:
+            raise TunnelUnavailable("client is stopping")
+        self._ready.wait(timeout)
+        session = self.session
+        if session is None or session.closed or session.draining:
+            raise TunnelUnavailable("no tunnel to %s within %.1f s%s" % (
+                self.url, timeout, (": " + self.last_error) if self.last_error else ""))
+        return session
+
+    def _dial(self):
+        headers = {"Authorization": "Bearer " + self.token_source()}
+        ws = wsclient.connect(self.url, headers=headers, ssl_context=self.ssl_context,
+                              pin=self.pin, proxy=self.proxy, timeout=self.connect_timeout,
+                              max_message=self.max_message)
+        session = Session(ws, client=True, window=self.window, max_message=self.max_message,
+                          ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
+                          label="tunnel to %s" % self.url)
+        try:
+            session.handshake(timeout=self.connect_timeout)
+        except BaseException:
+            ws.close()
+            raise
+        session.start()
+        return session
+
+    def _connect_loop(self):
+        delay = self.reconnect_min
+        while not self._stopping:
+            try:
+                session = self._dial()
+            except (OSError, AfbError) as exc:
+                self.last_error = str(exc) or type(exc).__name__
+                level = logging.ERROR if isinstance(exc, TlsError) else logging.WARNING
+                pause = random.uniform(self.reconnect_min, delay)
+                log.log(level, "cannot open the tunnel: %s; retrying in %.1f s", self.last_error, pause)
+                gevent.sleep(pause)
+                delay = min(delay * 2, self.reconnect_max)
+                continue
+            self.connects += 1
+            self.last_error = ""
+            started = time.monotonic()
+            self.sessions.add(session)
+            self.session = session
+            self._ready.set()
+            log.info("tunnel up to %s", self.url)
+            gevent.spawn(self._run_session, session)
+            session.state_changed.wait()
+            if self.session is session:
+                self.session = None
+                self._ready.clear()
+            if time.monotonic() - started > STABLE_AFTER:
+                delay = self.reconnect_min
+            elif not self._stopping:
+                pause = random.uniform(0, delay)
+                delay = min(delay * 2, self.reconnect_max)
+                gevent.sleep(pause)
+
+    def _run_session(self, session):
+        try:
+            session.run()
+        finally:
+            self.sessions.discard(session)
+            if not self._stopping:
+                log.warning("tunnel down: %s", session.close_reason or "closed")
+
+    def stop(self, drain_timeout=0.0):
+        """Let open streams finish up to ``drain_timeout`` s, then close the tunnel."""
+        self._stopping = True
+        self._ready.set()     # wake waiters: they see _stopping / no session
+        deadline = time.monotonic() + drain_timeout
+        for session in list(self.sessions):
+            session.drained.wait(max(0.0, deadline - time.monotonic()))
+        for session in list(self.sessions):
+            session.flush(0.5)
+            session.close(1000, "client stopping")
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
