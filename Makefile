@@ -1,0 +1,38 @@
+# afb: `make demo` and `make test` are all a fresh Debian 12 machine needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Debian packages the test suite drives for real (curl as a SOCKS/HTTP client).
+APT_PACKAGES ?= curl ca-certificates
+DEMO_DIR ?= demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench venv apt-deps clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(MAKE) --no-print-directory apt-deps APT_PACKAGES=python3-venv
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	@touch $@
+
+apt-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+demo: venv
+	$(VENV)/bin/afb demo --dir $(DEMO_DIR)
+
+test: venv apt-deps
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+bench: venv apt-deps
+	$(PY) bench/throughput
+
+clean:
+	rm -rf $(VENV) build *.egg-info $(DEMO_DIR)

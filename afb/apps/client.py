@@ -1,0 +1,75 @@
+"""``afb client``: the local SOCKS5/HTTP proxy and its tunnel to the server."""
+
+import logging
+import signal
+
+import gevent
+from gevent.event import Event
+
+from afb.apps.local_proxy import LocalProxy
+from afb.config import parse_hostport
+from afb.errors import AfbError
+from afb.transport.tunnel_client import TunnelClient
+
+log = logging.getLogger(__name__)
+
+
+def token_source(client_cfg):
+    """A callable returning the current token (re-reading token_file each time)."""
+    token = (client_cfg.get("token") or "").strip()
+    path = client_cfg.get("token_file") or ""
+    if token:
+        return lambda: token
+
+    def read_token():
+        with open(path, encoding="ascii") as handle:
+            return handle.read().strip()
+
+    read_token()   # fail early on an unreadable file
+    return read_token
+
+
+class ProxyClient:
+    """The whole client: tunnel + local listener, with a graceful stop."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        client, tunnel = cfg["client"], cfg["tunnel"]
+        self.tunnel = TunnelClient(
+            client["server"], token_source(client), pin=client["pin"], ca_file=client["ca_file"],
+            proxy=client["upstream_proxy"], window=tunnel["stream_window"],
+            max_message=tunnel["max_message"], connect_timeout=tunnel["connect_timeout"],
+            ping_interval=tunnel["ping_interval"], ping_timeout=tunnel["ping_timeout"],
+            reconnect_min=tunnel["reconnect_min"], reconnect_max=tunnel["reconnect_max"])
+        self.proxy = LocalProxy(parse_hostport(client["listen"]), self.tunnel,
+                                fast_open=client["fast_open"], open_timeout=tunnel["open_timeout"])
+
+    def start(self):
+        self.proxy.start()
+        self.tunnel.start()
+
+    def stop(self, timeout=None):
+        timeout = self.cfg["client"]["drain_timeout"] if timeout is None else timeout
+        self.proxy.close()
+        self.tunnel.stop(drain_timeout=timeout)
+        log.info("stopped")
+
+    def serve_until_signal(self):
+        stop = Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(signum, stop.set)
+        self.start()
+        stop.wait()
+        log.info("signal received: letting open streams finish")
+        self.stop()
+
+
+def run_client(cfg):
+    """Entry from the CLI; returns the process exit code."""
+    try:
+        client = ProxyClient(cfg)
+    except (OSError, AfbError, ValueError) as exc:
+        log.error("cannot start the client: %s", exc)
+        return 1
+    client.serve_until_signal()
+    return 0

@@ -1,0 +1,181 @@
+"""``afb server``: the WebSocket tunnel endpoint that forwards streams to destinations."""
+
+import logging
+import signal
+import socket
+import time
+
+import gevent
+from gevent.event import Event
+
+from afb.codec import frames
+from afb.config import parse_hostport
+from afb.errors import (CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported,
+                        DestinationError)
+from afb.policy.acl import DestinationAcl
+from afb.policy.auth import TokenVerifier, token_from_headers
+from afb.transport import tls
+from afb.transport.dialer import Dialer
+from afb.transport.relay import relay
+from afb.transport.resolver import Resolver
+from afb.transport.session import Session
+from afb.transport.wsserver import make_server
+
+log = logging.getLogger(__name__)
+
+
+class TunnelServer:
+    """Accepts tunnels, authenticates them before the upgrade, serves their streams."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        server, tunnel = cfg["server"], cfg["tunnel"]
+        self.listen = parse_hostport(server["listen"])
+        with open(cfg["auth"]["jwt_public_key"], "rb") as handle:
+            self.verifier = TokenVerifier(handle.read(), audience=cfg["auth"]["audience"],
+                                          issuer=cfg["auth"]["issuer"],
+                                          leeway=cfg["auth"]["leeway"])
+        self.acl = self._make_acl(self.listen[1])
+        dns = cfg["dns"]
+        self.resolver = Resolver(cache_ttl=dns["cache_ttl"], negative_ttl=dns["negative_ttl"],
+                                 timeout=dns["timeout"])
+        self.dialer = Dialer(self.resolver, self.acl, connect_timeout=tunnel["connect_timeout"])
+        self.ssl_context = tls.server_context(server["cert"], server["key"]) if server["tls"] else None
+        self.sessions = set()
+        self.stopping = False
+        self._stopped = Event()
+        self.wsgi = make_server(
+            self.listen, self._on_tunnel, authorize=self._authorize, path=server["path"],
+            ssl_context=self.ssl_context, decoy_dir=cfg["decoy"]["dir"] or None,
+            max_message=tunnel["max_message"], handshake_timeout=server["handshake_timeout"])
+
+    def _make_acl(self, port):
+        """The destination ACL; the server's own endpoint is always refused (no loops)."""
+        acl = self.cfg["acl"]
+        return DestinationAcl(allow=acl["allow"], deny=list(acl["deny"]) + _own_endpoints(
+            self.listen[0], port), allow_private=acl["allow_private"])
+
+    @property
+    def address(self):
+        """The (host, port) actually bound (useful with port 0 in tests)."""
+        return self.wsgi.server_host, self.wsgi.server_port
+
+    # --- per tunnel ---------------------------------------------------------
+
+    def _authorize(self, environ):
+        if self.stopping:
+            raise AuthError("server is shutting down")
+        token = token_from_headers(environ)
+        if not token:
+            raise AuthError("no token")
+        return self.verifier.verify(token)
+
+    def _on_tunnel(self, ws, claims, environ):
+        tunnel = self.cfg["tunnel"]
+        peer = environ.get("REMOTE_ADDR", "?")
+        label = "tunnel %s@%s" % (claims.get("sub", "?"), peer)
+        session = Session(ws, client=False, window=tunnel["stream_window"],
+                          max_message=tunnel["max_message"], max_streams=tunnel["max_streams"],
+                          ping_interval=tunnel["ping_interval"], on_open=self._serve_stream,
+                          label=label)
+        try:
+            session.handshake(timeout=self.cfg["server"]["handshake_timeout"])
+        except AfbError as exc:
+            log.warning("%s: handshake failed: %s", label, exc)
+            ws.close(exc.close_code, str(exc))
+            return
+        session.start()
+        self.sessions.add(session)
+        log.info("%s: tunnel open", label)
+        started = time.monotonic()
+        try:
+            session.run()
+        finally:
+            self.sessions.discard(session)
+            session.tasks.kill(block=False)
+            log.info("%s: tunnel closed after %.0f s: %s", label, time.monotonic() - started,
+                     session.close_reason or "done")
+
+    def _serve_stream(self, session, stream, command):
+        if command != frames.CMD_CONNECT:
+            session.refuse(stream, CommandNotSupported("command %d is not supported" % command))
+            return
+        try:
+            sock = self.dialer.dial(stream.host, stream.port)
+        except DestinationError as exc:
+            log.info("%s: open %s refused: %s", session.label, stream.target, exc)
+            session.refuse(stream, exc)
+            return
+        if stream.reset_error is not None:   # the client gave up while we dialled
+            sock.close()
+            return
+        session.accept(stream)
+        relay(sock, stream)
+
+    # --- life cycle ---------------------------------------------------------------
+
+    def start(self):
+        self.wsgi.start()
+        if self.listen[1] == 0:     # an ephemeral port: refuse the one we got
+            self.dialer.acl = self.acl = self._make_acl(self.address[1])
+        scheme = "wss" if self.ssl_context else "ws"
+        host, port = self.address
+        log.info("listening on %s://%s:%d%s", scheme, "[%s]" % host if ":" in host else host,
+                 port, self.cfg["server"]["path"])
+
+    def stop(self, timeout=None):
+        """Graceful stop: no new tunnels, GOAWAY, let streams finish, then close."""
+        if self.stopping:
+            self._stopped.wait()
+            return
+        self.stopping = True
+        timeout = self.cfg["server"]["drain_timeout"] if timeout is None else timeout
+        self.wsgi.close()      # stop accepting
+        for session in list(self.sessions):
+            session.goaway("server is restarting")
+        deadline = time.monotonic() + timeout
+        for session in list(self.sessions):
+            session.drained.wait(max(0, deadline - time.monotonic()))
+        left = sum(len(s.streams) for s in self.sessions)
+        if left:
+            log.info("drain timeout: closing %d streams still open", left)
+        for session in list(self.sessions):
+            session.flush(0.5)
+            session.close(CLOSE_GOING_AWAY, "server stopping")
+        self.wsgi.stop(timeout=1)
+        self._stopped.set()
+        log.info("stopped")
+
+    def serve_until_signal(self):
+        stop = Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(signum, stop.set)
+        self.start()
+        stop.wait()
+        log.info("signal received: draining (up to %.0f s)", self.cfg["server"]["drain_timeout"])
+        self.stop()
+
+
+def _own_endpoints(host, port):
+    """Deny rules for our own listening endpoint, so a stream cannot loop back into us."""
+    if host in ("", "0.0.0.0", "::"):
+        hosts = ["127.0.0.0/8", "::1"]
+        try:
+            hosts += sorted({info[4][0].split("%")[0]
+                             for info in socket.getaddrinfo(socket.gethostname(), None)})
+        except OSError:
+            pass
+    else:
+        hosts = [host]
+    return ["[%s]:%d" % (h, port) if ":" in h else "%s:%d" % (h, port) for h in hosts]
+
+
+def run_server(cfg):
+    """Entry from the CLI; returns the process exit code."""
+    try:
+        server = TunnelServer(cfg)
+    except (OSError, AfbError, ValueError) as exc:
+        log.error("cannot start the server: %s", exc)
+        return 1
+    server.serve_until_signal()
+    return 0

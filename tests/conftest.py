@@ -1,0 +1,46 @@
+from gevent import monkey
+
+monkey.patch_all()
+
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+from gevent.pywsgi import WSGIServer  # noqa: E402
+
+from tests.support import EchoTarget, InProcessTunnel, Setup  # noqa: E402
+
+BLOB = os.urandom(3 * 1024 * 1024 + 17)
+
+
+def _blob_app(environ, start_response):
+    size = int(environ.get("PATH_INFO", "/").rsplit("/", 1)[-1] or len(BLOB))
+    start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", str(size))])
+    return [BLOB[:size]]
+
+
+@pytest.fixture
+def setup(tmp_path):
+    return Setup(tmp_path)
+
+
+@pytest.fixture
+def tunnel(setup):
+    with InProcessTunnel(setup) as running:
+        yield running
+
+
+@pytest.fixture
+def echo():
+    target = EchoTarget()
+    yield target
+    target.close()
+
+
+@pytest.fixture(params=["127.0.0.1", "::1"])
+def http_target(request):
+    server = WSGIServer((request.param, 0), _blob_app, log=None)
+    server.start()
+    host = "[%s]" % request.param if ":" in request.param else request.param
+    yield "http://%s:%d" % (host, server.server_port), BLOB
+    server.stop()

@@ -1,0 +1,277 @@
+"""Shared test helpers: keys, configs, loopback targets, tunnels in-process and as processes.
+
+Everything here listens on and connects to 127.0.0.1 / ::1 only.
+"""
+
+import hashlib
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import gevent
+from gevent.server import StreamServer
+
+from afb import keys
+from afb.config import load_config
+from afb.policy.auth import issue_token
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port(host="127.0.0.1"):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port, host="127.0.0.1", timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), 0.5).close()
+            return
+        except OSError:
+            gevent.sleep(0.05)
+    raise AssertionError("nothing listening on %s:%d after %.0f s" % (host, port, timeout))
+
+
+class Setup:
+    """Keys, token and config files for one server + client pair in ``directory``."""
+
+    def __init__(self, directory, *, tls=True, server_extra="", client_extra="", ttl=3600):
+        self.dir = str(directory)
+        self.tls = tls
+        self.paths = keys.generate_server_keys(self.dir)
+        self.pin = self.paths["pin"]
+        with open(self.paths["jwt_private_key"], "rb") as handle:
+            self.jwt_key = handle.read()
+        self.token = issue_token(self.jwt_key, "tester", ttl)
+        self.server_port = free_port()
+        self.proxy_port = free_port()
+        self.server_extra = server_extra
+        self.client_extra = client_extra
+        self.write()
+
+    @property
+    def url(self):
+        return "%s://127.0.0.1:%d/tunnel" % ("wss" if self.tls else "ws", self.server_port)
+
+    def write(self):
+        self.server_conf = os.path.join(self.dir, "server.conf")
+        self.client_conf = os.path.join(self.dir, "client.conf")
+        with open(os.path.join(self.dir, "client.token"), "w") as handle:
+            handle.write(self.token)
+        os.chmod(os.path.join(self.dir, "client.token"), 0o600)
+        with open(self.server_conf, "w") as handle:
+            handle.write(_SERVER.format(port=self.server_port, tls=self.tls) + self.server_extra)
+        with open(self.client_conf, "w") as handle:
+            handle.write(_CLIENT.format(url=self.url, port=self.proxy_port, pin=self.pin)
+                         + self.client_extra)
+
+    def server_cfg(self):
+        return load_config(self.server_conf, "server")
+
+    def client_cfg(self):
+        return load_config(self.client_conf, "client")
+
+
+_SERVER = """\
+[server]
+listen = 127.0.0.1:{port}
+path = /tunnel
+tls = {tls}
+cert = server.crt
+key = server.key
+state_dir = state
+log_level = debug
+drain_timeout = 5
+[auth]
+jwt_public_key = jwt.pub
+jwt_private_key = jwt.key
+[acl]
+allow_private = true
+"""
+
+_CLIENT = """\
+[client]
+server = {url}
+listen = 127.0.0.1:{port}
+token_file = client.token
+pin = {pin}
+log_level = debug
+drain_timeout = 5
+[tunnel]
+reconnect_min = 0.05
+reconnect_max = 0.5
+open_timeout = 5
+"""
+
+
+class InProcessTunnel:
+    """TunnelServer + ProxyClient in this process (gevent); a context manager."""
+
+    def __init__(self, setup):
+        from afb.apps.client import ProxyClient
+        from afb.apps.server import TunnelServer
+
+        self.setup = setup
+        self.server = TunnelServer(setup.server_cfg())
+        self.client = ProxyClient(setup.client_cfg())
+
+    def __enter__(self):
+        self.server.start()
+        self.client.start()
+        self.client.tunnel.get_session(10)
+        return self
+
+    def __exit__(self, *exc):
+        self.client.stop(timeout=0)
+        self.server.stop(timeout=0)
+
+    @property
+    def proxy(self):
+        return ("127.0.0.1", self.setup.proxy_port)
+
+
+class Daemon:
+    """``afb server|client -c FILE`` as a real process."""
+
+    def __init__(self, role, conf, log_path):
+        self.role = role
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "afb", role, "-c", conf], cwd=ROOT,
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    def stop(self, sig=15, timeout=15):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+    def output(self):
+        with open(self.log_path, "rb") as handle:
+            return handle.read().decode("utf-8", "replace")
+
+
+# --- targets -----------------------------------------------------------------
+
+class EchoTarget:
+    """Echoes what it gets; EOF from the client is answered by a half-close."""
+
+    def __init__(self, host="127.0.0.1"):
+        self.server = StreamServer((host, 0), self._handle)
+        self.server.start()
+        self.port = self.server.server_port
+        self.connections = 0
+
+    def _handle(self, sock, _address):
+        self.connections += 1
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    sock.shutdown(socket.SHUT_WR)
+                    return
+                sock.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def close(self):
+        self.server.stop()
+
+
+class HashTarget:
+    """Per connection: reads ``16-byte id, up_len, down_len``, then sends
+    ``down_len`` random bytes while reading ``up_len`` bytes, and records both
+    SHA-256 digests under the id."""
+
+    HEAD = struct.Struct("!16sII")
+
+    def __init__(self, pattern):
+        self.pattern = pattern
+        self.results = {}
+        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+        self.server.start()
+        self.port = self.server.server_port
+
+    def _handle(self, sock, _address):
+        try:
+            head = recv_exact(sock, self.HEAD.size)
+            ident, up_len, down_len = self.HEAD.unpack(head)
+            sender = gevent.spawn(send_pattern, sock, self.pattern, down_len, ident)
+            up_hash = hashlib.sha256()
+            left = up_len
+            while left:
+                data = sock.recv(min(left, 262144))
+                if not data:
+                    break
+                up_hash.update(data)
+                left -= len(data)
+            down_hash = sender.get()
+            self.results[ident] = (up_hash.hexdigest(), down_hash)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def close(self):
+        self.server.stop()
+
+
+def send_pattern(sock, pattern, length, salt=b""):
+    """Send ``length`` bytes cut from ``pattern`` at an offset derived from ``salt``."""
+    digest = hashlib.sha256()
+    offset = int.from_bytes(hashlib.sha256(salt).digest()[:4], "big") % len(pattern)
+    view = memoryview(pattern)
+    left = length
+    while left:
+        piece = view[offset:offset + min(left, 65536)]
+        sock.sendall(piece)
+        digest.update(piece)
+        left -= len(piece)
+        offset = (offset + len(piece)) % len(pattern)
+    return digest.hexdigest()
+
+
+def recv_exact(sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        data = sock.recv(n - len(buf))
+        if not data:
+            raise EOFError("peer closed after %d of %d bytes" % (len(buf), n))
+        buf += data
+    return bytes(buf)
+
+
+def recv_all(sock):
+    chunks = []
+    while True:
+        data = sock.recv(262144)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+def socks_connect(proxy, host, port, rdns=True, timeout=20):
+    """A real SOCKS5 client socket (PySocks) connected through ``proxy``."""
+    import socks
+
+    sock = socks.socksocket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.set_proxy(socks.SOCKS5, proxy[0], proxy[1], rdns=rdns)
+    sock.settimeout(timeout)
+    sock.connect((host, port))
+    return sock

@@ -1,0 +1,48 @@
+"""gevent patches first: the entry point imports nothing that patching must precede.
+
+Each check runs in a fresh interpreter, since this test process is patched already.
+"""
+
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SENSITIVE = ("threading", "socket", "ssl", "select", "asyncio", "gevent", "logging")
+
+
+def _run(code):
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_importing_afb_and_its_entry_point_loads_nothing_patching_must_precede():
+    out = _run("import sys, afb, afb.entry; "
+               "print(','.join(m for m in %r if m in sys.modules))" % (SENSITIVE,))
+    assert out == ""
+
+
+def test_daemon_commands_patch_before_loading_the_code_without_warnings():
+    out = _run(
+        "import warnings; from gevent.monkey import MonkeyPatchWarning; "
+        "warnings.simplefilter('error', MonkeyPatchWarning); "
+        "import afb.entry as e; e.patch_gevent(); "
+        "import afb.cli, afb.apps.server, afb.apps.client, afb.apps.demo; "
+        "from gevent import monkey; import threading, socket, ssl; "
+        "print(all(monkey.is_module_patched(m) for m in ('socket', 'ssl', 'threading', 'select')))")
+    assert out == "True"
+
+
+def test_offline_commands_never_load_gevent(tmp_path):
+    conf = ROOT / "conf" / "afb-server.conf"
+    out = _run("import sys; from afb.entry import main; rc = main(['config', 'check', %r]); "
+               "print(rc, 'gevent' in sys.modules, 'asyncio' in sys.modules)" % str(conf))
+    assert out.splitlines()[-1] == "0 False False"
+
+
+def test_only_the_entry_point_monkey_patches():
+    offenders = [str(path.relative_to(ROOT)) for path in (ROOT / "afb").rglob("*.py")
+                 if "patch_all" in path.read_text() and path.name != "entry.py"]
+    assert offenders == []
