@@ -167,9 +167,9 @@ class Session:
             while True:
                 message = self.ws.recv_message()
                 if message is None:
-                    self.close_reason = self.close_reason or "closed by peer (%s %s)" % (
+                    self.close_reason = self.close_reason or ("closed by peer (%s %s)" % (
                         getattr(self.ws, "peer_close_code", None) or "",
-                        getattr(self.ws, "peer_close_reason", "") or "").strip()
+                        getattr(self.ws, "peer_close_reason", "") or "")).replace(" )", ")")
                     break
                 self.last_received = time.monotonic()
                 for ftype, flags, stream_id, payload in frames.iter_frames(message):
