@@ -42,9 +42,13 @@ def wait_port(port, host="127.0.0.1", timeout=20.0):
 class Setup:
     """Keys, token and config files for one server + client pair in ``directory``."""
 
-    def __init__(self, directory, *, tls=True, server_extra="", client_extra="", ttl=3600):
+    def __init__(self, directory, *, tls=True, allow_private=True, fast_open=True, open_timeout=5,
+                 server_extra="", client_extra="", ttl=3600):
         self.dir = str(directory)
         self.tls = tls
+        self.allow_private = allow_private
+        self.fast_open = fast_open
+        self.open_timeout = open_timeout
         self.paths = keys.generate_server_keys(self.dir)
         self.pin = self.paths["pin"]
         with open(self.paths["jwt_private_key"], "rb") as handle:
@@ -67,9 +71,11 @@ class Setup:
             handle.write(self.token)
         os.chmod(os.path.join(self.dir, "client.token"), 0o600)
         with open(self.server_conf, "w") as handle:
-            handle.write(_SERVER.format(port=self.server_port, tls=self.tls) + self.server_extra)
+            handle.write(_SERVER.format(port=self.server_port, tls=self.tls,
+                                        allow_private=self.allow_private) + self.server_extra)
         with open(self.client_conf, "w") as handle:
-            handle.write(_CLIENT.format(url=self.url, port=self.proxy_port, pin=self.pin)
+            handle.write(_CLIENT.format(url=self.url, port=self.proxy_port, pin=self.pin,
+                                        fast_open=self.fast_open, open_timeout=self.open_timeout)
                          + self.client_extra)
 
     def server_cfg(self):
@@ -93,7 +99,7 @@ drain_timeout = 5
 jwt_public_key = jwt.pub
 jwt_private_key = jwt.key
 [acl]
-allow_private = true
+allow_private = {allow_private}
 """
 
 _CLIENT = """\
@@ -102,12 +108,13 @@ server = {url}
 listen = 127.0.0.1:{port}
 token_file = client.token
 pin = {pin}
+fast_open = {fast_open}
 log_level = debug
 drain_timeout = 5
 [tunnel]
 reconnect_min = 0.05
 reconnect_max = 0.5
-open_timeout = 5
+open_timeout = {open_timeout}
 """
 
 

@@ -1,0 +1,122 @@
+"""Real `afb server` / `afb client` processes: restart, reconnection, graceful stop."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gevent
+import pytest
+from gevent.server import StreamServer
+
+from tests.support import Daemon, recv_all, recv_exact, socks_connect, wait_port
+
+
+@pytest.fixture
+def pair(setup, tmp_path):
+    procs = {}
+
+    def start(role):
+        conf = setup.server_conf if role == "server" else setup.client_conf
+        procs[role] = Daemon(role, conf, str(tmp_path / ("%s.log" % role)))
+        wait_port(setup.server_port if role == "server" else setup.proxy_port)
+        return procs[role]
+
+    yield start, procs
+    for proc in procs.values():
+        proc.stop(signal.SIGKILL)
+
+
+def _echo_through(proxy, port, deadline=20.0):
+    """Retry until an echo works through the proxy (the tunnel may be reconnecting)."""
+    end = time.monotonic() + deadline
+    last = None
+    while time.monotonic() < end:
+        try:
+            sock = socks_connect(proxy, "127.0.0.1", port, timeout=5)
+            sock.sendall(b"hello")
+            data = recv_exact(sock, 5)
+            sock.close()
+            if data == b"hello":
+                return
+        except (OSError, EOFError) as exc:
+            last = exc
+        gevent.sleep(0.2)
+    raise AssertionError("no echo through the tunnel: %s" % last)
+
+
+def test_server_killed_and_restarted_client_reconnects(setup, pair, echo):
+    start, procs = pair
+    start("server")
+    start("client")
+    proxy = ("127.0.0.1", setup.proxy_port)
+    _echo_through(proxy, echo.port)
+    procs["server"].stop(signal.SIGKILL)
+    with pytest.raises((OSError, EOFError)):
+        sock = socks_connect(proxy, "127.0.0.1", echo.port, timeout=5)
+        sock.sendall(b"x")
+        recv_exact(sock, 1)
+    start("server")
+    _echo_through(proxy, echo.port)
+    assert "tunnel down" in procs["client"].output()
+
+
+class SlowTarget:
+    """Sends ``size`` bytes in small slices over about ``seconds``, then closes."""
+
+    def __init__(self, size=2 << 20, seconds=1.5):
+        self.data = os.urandom(size)
+        self.seconds = seconds
+        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+        self.server.start()
+        self.port = self.server.server_port
+
+    def _handle(self, sock, _address):
+        step = len(self.data) // 30
+        for offset in range(0, len(self.data), step):
+            sock.sendall(self.data[offset:offset + step])
+            gevent.sleep(self.seconds / 30)
+        sock.close()
+
+
+@pytest.mark.parametrize("who", ["server", "client"])
+def test_sigterm_lets_open_streams_finish_then_exits_cleanly(setup, pair, who):
+    start, procs = pair
+    start("server")
+    start("client")
+    target = SlowTarget()
+    proxy = ("127.0.0.1", setup.proxy_port)
+    try:
+        sock = socks_connect(proxy, "127.0.0.1", target.port, timeout=20)
+        reader = gevent.spawn(recv_all, sock)
+        gevent.sleep(0.3)                              # the transfer is under way
+        procs[who].proc.send_signal(signal.SIGTERM)
+        body = reader.get(timeout=20)
+        assert hashlib.sha256(body).digest() == hashlib.sha256(target.data).digest()
+        assert procs[who].proc.wait(timeout=15) == 0
+        out = procs[who].output()
+        assert "signal received" in out and "stopped" in out
+        # After the stop, nothing new is accepted.
+        with pytest.raises(OSError):
+            port = setup.server_port if who == "server" else setup.proxy_port
+            socks_connect(("127.0.0.1", port), "127.0.0.1", target.port, timeout=3)
+    finally:
+        target.server.stop()
+
+
+def test_bad_config_is_refused_at_start_with_the_check_text(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text("[client]\nserver = ftp://x/\nlisten = 127.0.0.1:1080\ntoken = t\nbogus = 1\n")
+    result = subprocess.run([sys.executable, "-m", "afb", "client", "-c", str(conf)],
+                            capture_output=True, text=True, timeout=60,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode != 0
+    assert "bogus" in result.stderr and "server" in result.stderr
+    check = subprocess.run([sys.executable, "-m", "afb", "config", "check", str(conf)],
+                           capture_output=True, text=True, timeout=60,
+                           cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert check.returncode == 1
+    assert set(check.stdout.splitlines() + check.stderr.splitlines()) >= {
+        line for line in result.stderr.splitlines() if "bogus" in line}
