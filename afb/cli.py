@@ -59,6 +59,9 @@ def cmd_client(args):
 
 
 def cmd_demo(args):
+    from afb import logsetup
+
+    logsetup.configure("info")
     from afb.apps.demo import run_demo
 
     return run_demo(args.dir)
