@@ -137,6 +137,12 @@ def test_stateful_masker_continues_across_chunks(chunks, key):
     assert b"".join(py.process(c) for c in chunks) == expected
 
 
+def test_zero_key_is_identity():
+    data = os.urandom(1000)
+    assert wsc.mask(data, b"\0\0\0\0") == data
+    assert wsc.mask(memoryview(data), b"\0\0\0\0") == data
+
+
 def test_mask_accepts_bytearray_and_memoryview():
     data = bytes(range(256)) * 3
     key = b"\x10\x20\x30\x40"

@@ -5,6 +5,7 @@ Each test of a gevent-websocket defect says which one it proves fixed.
 
 import base64
 import hashlib
+import logging
 import os
 import socket
 import struct
@@ -317,6 +318,20 @@ def test_refused_token_gets_decoy_identical_to_plain_get(serve):
     blob = (repr(plain[1]) + plain[2].decode()).lower()
     for word in ("afb", "tunnel", "proxy", "gevent", "python"):
         assert word not in blob
+
+
+def test_refusal_logged_once_without_token(serve, caplog):
+    port = serve()
+    caplog.set_level(logging.INFO, logger="afb.transport.wsserver")
+    exchange(port, upgrade_request(port, token="s3cr3t-token-value"))
+    exchange(port, upgrade_request(port, key="bad key"))
+    exchange(port, plain_request(port, "/"))           # not an upgrade attempt: no line
+    lines = [r for r in caplog.records if r.name == "afb.transport.wsserver"]
+    assert len(lines) == 2
+    assert all(r.levelno == logging.INFO for r in lines)
+    assert "not authorized" in lines[0].getMessage()
+    assert "Sec-WebSocket-Key" in lines[1].getMessage()
+    assert not any("s3cr3t" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("request_kw", [

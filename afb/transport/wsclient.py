@@ -1,0 +1,120 @@
+"""WebSocket client: TCP (optionally through a proxy), TLS + pin, HTTP upgrade.
+
+:func:`connect` returns a :class:`~afb.transport.wsconn.WsConnection` ready for
+binary messages.  The upgrade request is written and its answer read by
+websocket-client's handshake code, which reads the response one byte at a
+time, so no WebSocket bytes are ever swallowed with the HTTP headers.
+
+Errors: ``OSError`` for network failures (including proxy errors and
+timeouts), :class:`TlsError` for TLS and pin failures, :class:`AuthError` when
+the server answers the upgrade with anything but 101, :class:`ProtocolError`
+for a malformed 101 answer.
+"""
+
+import socket
+import ssl
+from urllib.parse import urlsplit
+
+from afb.errors import AuthError, ProtocolError, TlsError
+from afb.transport import tls
+from afb.transport.wsconn import WsConnection
+
+_PROXY_SCHEMES = {
+    # scheme: (PySocks proxy type name, resolve names at the proxy)
+    "socks5": ("SOCKS5", False),
+    "socks5h": ("SOCKS5", True),
+    "http": ("HTTP", True),
+}
+
+
+def parse_ws_url(url):
+    """``(secure, host, port, resource)`` of a ws:// or wss:// URL."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("ws", "wss"):
+        raise ValueError("WebSocket URL must start with ws:// or wss://: %r" % (url,))
+    host = parts.hostname
+    if not host:
+        raise ValueError("WebSocket URL has no host: %r" % (url,))
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError("bad port in WebSocket URL %r" % (url,)) from exc
+    secure = scheme == "wss"
+    if port is None:
+        port = 443 if secure else 80
+    resource = parts.path or "/"
+    if parts.query:
+        resource += "?" + parts.query
+    return secure, host, port, resource
+
+
+def _open_tcp(host, port, proxy, timeout):
+    if not proxy:
+        return socket.create_connection((host, port), timeout=timeout)
+    import socks  # PySocks; imported late so that gevent patches it first
+
+    p = urlsplit(proxy)
+    scheme = p.scheme.lower()
+    if scheme not in _PROXY_SCHEMES or not p.hostname or not p.port:
+        raise ValueError("proxy must be socks5://host:port, socks5h://host:port or "
+                         "http://host:port, not %r" % (proxy,))
+    type_name, rdns = _PROXY_SCHEMES[scheme]
+    return socks.create_connection(
+        (host, port), timeout=timeout,
+        proxy_type=getattr(socks, type_name), proxy_addr=p.hostname, proxy_port=p.port,
+        proxy_rdns=rdns, proxy_username=p.username or None, proxy_password=p.password or None)
+
+
+def _upgrade(sock, url, host, port, resource, headers):
+    # Imported here: websocket-client pulls in modules we only need at connect time.
+    from websocket import _exceptions as wsexc
+    from websocket._handshake import handshake
+
+    try:
+        response = handshake(sock, url, host, port, resource,
+                             header=dict(headers or {}), suppress_origin=True)
+    except wsexc.WebSocketBadStatusException as exc:
+        raise AuthError("server refused the WebSocket upgrade: HTTP %s" % exc.status_code) from None
+    except wsexc.WebSocketTimeoutException as exc:
+        raise TimeoutError("WebSocket handshake timed out: %s" % exc) from None
+    except wsexc.WebSocketConnectionClosedException as exc:
+        raise ConnectionResetError("connection closed during the WebSocket handshake: %s"
+                                   % exc) from None
+    except wsexc.WebSocketException as exc:
+        raise ProtocolError("bad WebSocket handshake answer: %s" % exc) from None
+    if response.status != 101:
+        raise AuthError("server refused the WebSocket upgrade: HTTP %s" % response.status)
+
+
+def connect(url, *, headers=None, ssl_context=None, pin=None, proxy=None, timeout=10,
+            max_message=1 << 20):
+    """Open a WebSocket to *url* and return a client :class:`WsConnection`."""
+    secure, host, port, resource = parse_ws_url(url)
+    sock = _open_tcp(host, port, proxy, timeout)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        if secure:
+            ctx = ssl_context or tls.client_context(pin=pin)
+            try:
+                sock = ctx.wrap_socket(sock, server_hostname=host)
+            except ssl.SSLError as exc:  # includes certificate verification errors
+                raise TlsError("TLS handshake with %s:%s failed: %s" % (host, port, exc)) from exc
+            if pin:
+                tls.check_pin(sock, pin)
+        _upgrade(sock, url, host, port, resource, headers)
+        sock.settimeout(None)
+    except BaseException:
+        try:
+            sock.close()
+        except OSError:
+            pass
+        raise
+    return WsConnection(sock, client=True, max_message=max_message, peer=(host, port))
+
+
+__all__ = ["connect", "parse_ws_url"]

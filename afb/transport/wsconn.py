@@ -1,0 +1,383 @@
+"""One WebSocket connection on a (gevent) socket: binary messages in and out.
+
+``WsConnection`` is what the tunnel session talks to, on both ends:
+
+* :meth:`WsConnection.recv_message` returns one whole binary message (fragments
+  reassembled, unmasked) or ``None`` once the connection is closed.  Pings are
+  answered, close frames are answered once with the peer's code.  Size limits
+  are checked on the frame header, before a byte of the payload is read.
+* :meth:`WsConnection.send_message` sends one binary message made of several
+  buffers, without joining them on plain sockets (``sendmsg``).  A lock makes
+  concurrent senders safe: frames never interleave.
+* :meth:`WsConnection.close` sends the close frame with the given code and
+  reason (once), then shuts the socket down.
+
+Reads go through one reused buffer with ``recv_into``; payloads larger than a
+small threshold are read straight into a preallocated ``bytearray``.  Every
+payload is copied once after the kernel hands it over (by the unmasking, or by
+``bytes()`` on the client side, which receives unmasked frames).
+"""
+
+import os
+import socket
+
+from gevent.lock import RLock
+
+from afb.codec import websocket as wsc
+from afb.errors import CLOSE_NORMAL, CLOSE_UNSUPPORTED_DATA, MessageTooBig, ProtocolError
+
+#: Size of the reused receive buffer.
+RECV_BUFFER = 64 * 1024
+#: Payloads up to this size are gathered in the receive buffer; larger ones
+#: are read straight into their own bytearray.
+SMALL_PAYLOAD = 16 * 1024
+#: On sockets without ``sendmsg`` (TLS), messages up to this size are joined
+#: into one write so that they leave as one TLS record train.
+JOIN_LIMIT = 64 * 1024
+#: How long close() waits for a sender holding the write lock.
+CLOSE_LOCK_TIMEOUT = 5.0
+#: Most buffers handed to one sendmsg call (Linux IOV_MAX is 1024).
+IOV_MAX = 512
+
+
+def _as_bytes_view(part):
+    """A byte-sized, length-correct view of a bytes-like *part*."""
+    if isinstance(part, (bytes, bytearray)):
+        return part
+    view = memoryview(part)
+    if view.itemsize != 1 or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+class WsConnection:
+    """A WebSocket on a connected socket, after the HTTP upgrade."""
+
+    def __init__(self, sock, *, client, max_message=1 << 20, initial=b"", peer=None):
+        self._sock = sock
+        self.client = bool(client)
+        self.max_message = int(max_message)
+        self.peer = peer
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.peer_close_code = None
+        self.peer_close_reason = ""
+        #: Optional callable(payload: bytes) run when a pong arrives (RTT probes).
+        self.on_pong = None
+        cap = max(RECV_BUFFER, len(initial))
+        self._buf = bytearray(cap)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = len(initial)
+        if initial:
+            self._buf[:self._end] = initial
+        self._wlock = RLock()
+        self._close_sent = False
+        self._closed = False         # no more reading or writing
+        self._eof = False
+        self._use_sendmsg = hasattr(sock, "sendmsg") and not hasattr(sock, "do_handshake")
+
+    def __repr__(self):
+        return "<WsConnection %s peer=%r%s>" % (
+            "client" if self.client else "server", self.peer, " closed" if self._closed else "")
+
+    @property
+    def closed(self):
+        """True once the connection can carry no more messages."""
+        return self._closed or self._close_sent or self._eof
+
+    # --- receiving ------------------------------------------------------------
+
+    def recv_message(self):
+        """The next binary message as bytes, or ``None`` when the connection closed.
+
+        Raises :class:`ProtocolError` (after sending a close frame with its
+        code) when the peer breaks RFC 6455 or sends text, and
+        :class:`MessageTooBig` (close 1009) for a frame or message over
+        ``max_message``, before reading its payload.
+        """
+        if self._closed or self._eof:
+            return None
+        try:
+            return self._recv_message()
+        except ProtocolError as exc:
+            if self._closed:
+                return None
+            self.close(exc.close_code, str(exc))
+            raise
+        except OSError:
+            if self._closed:
+                return None
+            raise
+
+    def _recv_message(self):
+        fragments = None
+        total = 0
+        max_message = self.max_message
+        want_masked = not self.client
+        while True:
+            header = self._read_header()
+            if header is None:
+                return None
+            fin, opcode, masked, key, length, header_len = header
+            if masked != want_masked:
+                raise ProtocolError("unmasked frame from a client" if want_masked
+                                    else "masked frame from a server")
+            if opcode >= wsc.OP_CLOSE:
+                self._start += header_len
+                payload = self._read_small(length, key)
+                if payload is None:
+                    return self._lost()
+                if opcode == wsc.OP_CLOSE:
+                    self._on_close(payload)
+                    return None
+                if opcode == wsc.OP_PING:
+                    self._send_frame(wsc.OP_PONG, payload)
+                elif self.on_pong is not None:
+                    self.on_pong(payload)
+                continue
+            if opcode == wsc.OP_TEXT:
+                raise ProtocolError("text WebSocket messages are not accepted",
+                                    close_code=CLOSE_UNSUPPORTED_DATA)
+            if opcode == wsc.OP_CONTINUATION:
+                if fragments is None:
+                    raise ProtocolError("continuation frame without a message to continue")
+            elif fragments is not None:
+                raise ProtocolError("new message started inside a fragmented message")
+            total += length
+            if total > max_message:
+                raise MessageTooBig("WebSocket message of %d bytes or more exceeds the limit of %d"
+                                    % (total, max_message))
+            self._start += header_len
+            if length <= SMALL_PAYLOAD or length <= self._end - self._start:
+                payload = self._read_small(length, key)
+            else:
+                payload = self._read_large(length, key)
+            if payload is None:
+                return self._lost()
+            if fin:
+                if fragments is None:
+                    return payload
+                fragments.append(payload)
+                return b"".join(fragments)
+            if fragments is None:
+                fragments = [payload]
+            else:
+                fragments.append(payload)
+
+    def _lost(self):
+        """EOF inside a frame: the transport broke."""
+        self._eof = True
+        raise ConnectionResetError("WebSocket connection closed in the middle of a frame")
+
+    def _fill(self, need):
+        """Make ``need`` bytes available at ``_start``; False on EOF."""
+        avail = self._end - self._start
+        if avail >= need:
+            return True
+        if avail == 0:
+            self._start = self._end = 0
+        elif len(self._buf) - self._start < need:
+            # Move the partial data to the front (it is small: a header or a
+            # small payload), so that `need` bytes fit.
+            self._buf[:avail] = bytes(self._view[self._start:self._end])
+            self._start, self._end = 0, avail
+        recv_into = self._sock.recv_into
+        view = self._view
+        while self._end - self._start < need:
+            n = recv_into(view[self._end:])
+            if not n:
+                return False
+            self._end += n
+            self.bytes_in += n
+        return True
+
+    def _read_header(self):
+        """The next frame header tuple, or None on a clean EOF before it."""
+        while True:
+            header = wsc.parse_header(self._view[:self._end], self._start)
+            if header is not None:
+                return header
+            avail = self._end - self._start
+            if not self._fill(avail + 1):
+                if avail:
+                    self._lost()
+                self._eof = True
+                return None
+
+    def _read_small(self, length, key):
+        if not self._fill(length):
+            return None
+        start = self._start
+        self._start = start + length
+        chunk = self._view[start:start + length]
+        if key is not None:
+            return wsc.mask(chunk, key)
+        return bytes(chunk)
+
+    def _read_large(self, length, key):
+        # Only called when the buffer holds less than `length` bytes.
+        out = bytearray(length)
+        target = memoryview(out)
+        have = self._end - self._start
+        if have:
+            target[:have] = self._view[self._start:self._end]
+        self._start = self._end = 0
+        recv_into = self._sock.recv_into
+        pos = have
+        while pos < length:
+            n = recv_into(target[pos:])
+            if not n:
+                return None
+            pos += n
+            self.bytes_in += n
+        target.release()
+        if key is not None:
+            return wsc.mask(out, key)
+        return bytes(out)
+
+    def _on_close(self, payload):
+        code, reason = wsc.decode_close(payload)
+        self.peer_close_code = code
+        self.peer_close_reason = reason
+        if code == wsc.CLOSE_NO_STATUS:
+            self._close(None, "")
+        else:
+            self._close(code, reason)
+
+    # --- sending --------------------------------------------------------------
+
+    def send_message(self, parts):
+        """Send one binary message whose payload is the concatenation of *parts*."""
+        if isinstance(parts, (bytes, bytearray, memoryview)):
+            parts = (parts,)
+        parts = [_as_bytes_view(p) for p in parts]
+        total = 0
+        for p in parts:
+            total += len(p)
+        if self.client:
+            key = os.urandom(4)
+            masker = wsc.Masker(key)
+            buffers = [wsc.encode_header(wsc.OP_BINARY, total, mask_key=key)]
+            buffers.extend(masker.process(p) for p in parts if len(p))
+        else:
+            buffers = [wsc.encode_header(wsc.OP_BINARY, total)]
+            buffers.extend(p for p in parts if len(p))
+        with self._wlock:
+            if self._close_sent or self._closed:
+                raise BrokenPipeError("WebSocket connection is closed")
+            self._write(buffers, total + len(buffers[0]))
+
+    def send_ping(self, payload=b""):
+        """Send a ping; the peer's pong goes to :attr:`on_pong`."""
+        with self._wlock:
+            if self._close_sent or self._closed:
+                raise BrokenPipeError("WebSocket connection is closed")
+            self._send_frame(wsc.OP_PING, bytes(payload))
+
+    def _send_frame(self, opcode, payload):
+        """One control frame; the caller holds no lock or the write lock."""
+        if self.client:
+            key = os.urandom(4)
+            data = wsc.encode_header(opcode, len(payload), mask_key=key) + wsc.mask(payload, key)
+        else:
+            data = wsc.encode_header(opcode, len(payload)) + payload
+        with self._wlock:
+            if self._closed:
+                return
+            self._write([data], len(data))
+
+    def _write(self, buffers, total):
+        sock = self._sock
+        if len(buffers) == 1:
+            sock.sendall(buffers[0])
+        elif self._use_sendmsg:
+            self._sendmsg_all(buffers)
+        elif total <= JOIN_LIMIT:
+            sock.sendall(b"".join(buffers))
+        else:
+            self._sendall_coalesced(buffers)
+        self.bytes_out += total
+
+    def _sendmsg_all(self, buffers):
+        sendmsg = self._sock.sendmsg
+        while buffers:
+            batch = buffers[:IOV_MAX]
+            sent = sendmsg(batch)
+            i = 0
+            count = len(batch)
+            while i < count and sent >= len(batch[i]):
+                sent -= len(batch[i])
+                i += 1
+            if i == count:
+                buffers = buffers[count:]
+                continue
+            rest = memoryview(batch[i])[sent:]
+            buffers = [rest] + buffers[i + 1:]
+
+    def _sendall_coalesced(self, buffers):
+        """sendall on a TLS socket: small pieces joined, big ones as they are."""
+        sendall = self._sock.sendall
+        pending = []
+        pending_len = 0
+        for buf in buffers:
+            n = len(buf)
+            if n >= SMALL_PAYLOAD:
+                if pending:
+                    if pending_len + n <= JOIN_LIMIT:
+                        pending.append(buf)
+                        sendall(b"".join(pending))
+                        pending, pending_len = [], 0
+                        continue
+                    sendall(b"".join(pending))
+                    pending, pending_len = [], 0
+                sendall(buf)
+            else:
+                pending.append(buf)
+                pending_len += n
+                if pending_len >= JOIN_LIMIT:
+                    sendall(b"".join(pending))
+                    pending, pending_len = [], 0
+        if pending:
+            sendall(b"".join(pending))
+
+    # --- closing --------------------------------------------------------------
+
+    def close(self, code=CLOSE_NORMAL, reason=""):
+        """Send a close frame (once) with *code* and *reason*, then shut the socket.
+
+        Idempotent.  A *code* that may not be sent (e.g. 1005, 1006) goes out
+        as an empty close frame.
+        """
+        if code is not None and not wsc.valid_close_code(code):
+            code, reason = None, ""
+        self._close(code, reason)
+
+    def _close(self, code, reason):
+        if self._closed:
+            return
+        if not self._close_sent:
+            payload = wsc.encode_close(code, reason or "")
+            if self._wlock.acquire(timeout=CLOSE_LOCK_TIMEOUT):
+                try:
+                    if not self._close_sent and not self._closed:
+                        self._close_sent = True
+                        self._send_frame(wsc.OP_CLOSE, payload)
+                except OSError:
+                    pass
+                finally:
+                    self._wlock.release()
+            self._close_sent = True
+        self._closed = True
+        sock = self._sock
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+__all__ = ["WsConnection", "RECV_BUFFER", "SMALL_PAYLOAD"]
