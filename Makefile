@@ -13,6 +13,9 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(MAKE) --no-print-directory apt-deps APT_PACKAGES=python3-venv
+	@# A C compiler and Python.h build afb's fast WebSocket masker (optional but expected).
+	@$(PYTHON) -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+	  && command -v gcc >/dev/null || $(MAKE) --no-print-directory apt-deps APT_PACKAGES="gcc python3-dev"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'

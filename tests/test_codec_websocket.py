@@ -209,3 +209,17 @@ def test_bad_close_payloads():
     with pytest.raises(ProtocolError) as info:
         wsc.decode_close(b"\x03\xe8\xff\xfe")
     assert info.value.close_code == wsc.CLOSE_INVALID_DATA
+
+
+@given(st.binary(min_size=1, max_size=300), st.binary(min_size=4, max_size=4))
+def test_fast_masker_in_place_and_copying_agree_with_the_reference(data, key):
+    reference = wsc.mask_python(data, key)
+    assert wsc.mask(data, key) == reference
+    buffer = bytearray(data)
+    wsc.mask_inplace(memoryview(buffer), key)
+    assert bytes(buffer) == reference
+
+
+def test_fast_masker_is_built():
+    # setup.py builds afb._xormask whenever a compiler is present (it is in CI).
+    assert wsc.HAVE_FAST_MASK

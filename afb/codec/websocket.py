@@ -15,9 +15,15 @@ try:  # pragma: no cover - which branch runs depends on the environment
     from wsaccel.xormask import XorMaskerSimple as _CMasker
 except ImportError:  # pragma: no cover
     _CMasker = None
+try:  # pragma: no cover - afb's own C masker (setup.py builds it when it can)
+    from afb._xormask import mask as _c_mask, mask_inplace as _c_mask_inplace
+except ImportError:  # pragma: no cover
+    _c_mask = _c_mask_inplace = None
 
 #: True when masking runs in C (wsaccel).
 HAVE_WSACCEL = _CMasker is not None
+#: True when afb's 64-bit-word C masker is built (several GB/s).
+HAVE_FAST_MASK = _c_mask is not None
 
 # Opcodes (RFC 6455, section 5.2).
 OP_CONTINUATION = 0x0
@@ -161,9 +167,21 @@ def mask(data, key):
         return b""
     if key == _ZERO_KEY:
         return bytes(data)
+    if _c_mask is not None:
+        return _c_mask(data, key)
     if _CMasker is not None:
         return _CMasker(key).process(data)
     return _PyMasker(key).process(data)
+
+
+def mask_inplace(buffer, key):
+    """Mask a writable buffer (bytearray or memoryview of one) in place."""
+    if not len(buffer) or key == _ZERO_KEY:
+        return
+    if _c_mask_inplace is not None:
+        _c_mask_inplace(buffer, key)
+    else:
+        buffer[:] = mask(buffer, key)
 
 
 def mask_python(data, key):

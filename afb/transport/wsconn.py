@@ -233,8 +233,8 @@ class WsConnection:
             self.bytes_in += n
         target.release()
         if key is not None:
-            return wsc.mask(out, key)
-        return bytes(out)
+            wsc.mask_inplace(out, key)
+        return out
 
     def _on_close(self, payload):
         code, reason = wsc.decode_close(payload)
@@ -256,10 +256,14 @@ class WsConnection:
         for p in parts:
             total += len(p)
         if self.client:
+            # One copy: header and payload joined into one buffer, masked in place.
             key = os.urandom(4)
-            masker = wsc.Masker(key)
-            buffers = [wsc.encode_header(wsc.OP_BINARY, total, mask_key=key)]
-            buffers.extend(masker.process(p) for p in parts if len(p))
+            head = wsc.encode_header(wsc.OP_BINARY, total, mask_key=key)
+            message = bytearray(head)
+            for p in parts:
+                message += p
+            wsc.mask_inplace(memoryview(message)[len(head):], key)
+            buffers = [message]
         else:
             buffers = [wsc.encode_header(wsc.OP_BINARY, total)]
             buffers.extend(p for p in parts if len(p))
