@@ -455,7 +455,7 @@ def test_concurrent_client_sends_do_not_interleave(serve):
 
     def receiver():
         for _ in range(400):
-            got.append(ws.recv_message())
+            got.append(bytes(ws.recv_message()))   # large messages come as memoryviews
 
     r = gevent.spawn(receiver)
     senders = [gevent.spawn(sender, b"A"), gevent.spawn(sender, b"B")]
