@@ -43,12 +43,13 @@ class Setup:
     """Keys, token and config files for one server + client pair in ``directory``."""
 
     def __init__(self, directory, *, tls=True, allow_private=True, fast_open=True, open_timeout=5,
-                 server_extra="", client_extra="", ttl=3600):
+                 server_extra="", client_extra="", ttl=3600, leeway=30):
         self.dir = str(directory)
         self.tls = tls
         self.allow_private = allow_private
         self.fast_open = fast_open
         self.open_timeout = open_timeout
+        self.leeway = leeway
         self.paths = keys.generate_server_keys(self.dir)
         self.pin = self.paths["pin"]
         with open(self.paths["jwt_private_key"], "rb") as handle:
@@ -72,7 +73,8 @@ class Setup:
         os.chmod(os.path.join(self.dir, "client.token"), 0o600)
         with open(self.server_conf, "w") as handle:
             handle.write(_SERVER.format(port=self.server_port, tls=self.tls,
-                                        allow_private=self.allow_private) + self.server_extra)
+                                        allow_private=self.allow_private, leeway=self.leeway)
+                         + self.server_extra)
         with open(self.client_conf, "w") as handle:
             handle.write(_CLIENT.format(url=self.url, port=self.proxy_port, pin=self.pin,
                                         fast_open=self.fast_open, open_timeout=self.open_timeout)
@@ -98,6 +100,7 @@ drain_timeout = 5
 [auth]
 jwt_public_key = jwt.pub
 jwt_private_key = jwt.key
+leeway = {leeway}
 [acl]
 allow_private = {allow_private}
 """

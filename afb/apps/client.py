@@ -9,24 +9,10 @@ from gevent.event import Event
 from afb.apps.local_proxy import LocalProxy
 from afb.config import parse_hostport
 from afb.errors import AfbError
+from afb.policy.client_token import ClientToken
 from afb.transport.tunnel_client import TunnelClient
 
 log = logging.getLogger(__name__)
-
-
-def token_source(client_cfg):
-    """A callable returning the current token (re-reading token_file each time)."""
-    token = (client_cfg.get("token") or "").strip()
-    path = client_cfg.get("token_file") or ""
-    if token:
-        return lambda: token
-
-    def read_token():
-        with open(path, encoding="ascii") as handle:
-            return handle.read().strip()
-
-    read_token()   # fail early on an unreadable file
-    return read_token
 
 
 class ProxyClient:
@@ -36,7 +22,8 @@ class ProxyClient:
         self.cfg = cfg
         client, tunnel = cfg["client"], cfg["tunnel"]
         self.tunnel = TunnelClient(
-            client["server"], token_source(client), pin=client["pin"], ca_file=client["ca_file"],
+            client["server"], ClientToken(client["token"], client["token_file"]),
+            pin=client["pin"], ca_file=client["ca_file"],
             proxy=client["upstream_proxy"], window=tunnel["stream_window"],
             max_message=tunnel["max_message"], connect_timeout=tunnel["connect_timeout"],
             ping_interval=tunnel["ping_interval"], ping_timeout=tunnel["ping_timeout"],

@@ -33,14 +33,19 @@ DATAGRAM = 0x08
 PING = 0x09
 PONG = 0x0A
 GOAWAY = 0x0B
+#: Client asks for a fresh token before its own expires (stream 0, empty).
+REFRESH = 0x0C
+#: Server's answer to REFRESH: the new JWT (UTF-8), or empty + reason on refusal.
+TOKEN = 0x0D
 
 FRAME_NAMES = {
     HELLO: "HELLO", OPEN: "OPEN", OPEN_OK: "OPEN_OK", OPEN_FAIL: "OPEN_FAIL",
     DATA: "DATA", WINDOW: "WINDOW", FIN: "FIN", RST: "RST",
     DATAGRAM: "DATAGRAM", PING: "PING", PONG: "PONG", GOAWAY: "GOAWAY",
+    REFRESH: "REFRESH", TOKEN: "TOKEN",
 }
 KNOWN_TYPES = frozenset(FRAME_NAMES)
-SESSION_TYPES = frozenset({HELLO, PING, PONG, GOAWAY})
+SESSION_TYPES = frozenset({HELLO, PING, PONG, GOAWAY, REFRESH, TOKEN})
 
 # OPEN commands (the SOCKS5 ones).
 CMD_CONNECT = 0x01
@@ -170,6 +175,26 @@ def parse_window(payload):
 
 
 # --- session frames ---------------------------------------------------------
+
+def token_payload(token="", error=""):
+    """TOKEN payload: status byte (0 ok, 1 refused), then the token or the reason."""
+    if token:
+        return b"\x00" + token.encode("ascii")
+    return b"\x01" + error.encode("utf-8", "replace")[:200]
+
+
+def parse_token(payload):
+    """``(token, error)`` from a TOKEN payload; exactly one of them is non-empty."""
+    if len(payload) < 2:
+        raise ProtocolError("TOKEN payload of %d bytes" % len(payload))
+    text = bytes(payload[1:])
+    if payload[0] == 0:
+        try:
+            return text.decode("ascii"), ""
+        except UnicodeDecodeError:
+            raise ProtocolError("TOKEN is not ASCII") from None
+    return "", text.decode("utf-8", "replace")
+
 
 def ping_payload(stamp):
     return _PING.pack(stamp & 0xFFFFFFFFFFFFFFFF)

@@ -11,13 +11,13 @@ import os
 import time
 
 import gevent
-from gevent.event import Event
+from gevent.event import AsyncResult, Event
 from gevent.pool import Group
 
 from afb import PROTOCOL_VERSION
 from afb.codec import frames
-from afb.errors import (CLOSE_GOING_AWAY, CLOSE_NORMAL, REP_GENERAL_FAILURE, AfbError,
-                        ProtocolError, VersionMismatch)
+from afb.errors import (CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION,
+                        REP_GENERAL_FAILURE, AfbError, AuthError, ProtocolError, VersionMismatch)
 from afb.mux.scheduler import FairScheduler
 from afb.transport.stream import Stream
 
@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 #: Largest batch the writer puts in one WebSocket message.
 BATCH_LIMIT = 256 * 1024
+#: A client may refresh its token at most this often (seconds).
+MIN_REFRESH_INTERVAL = 1.0
+#: After dispatching a message this large, the reader yields to the streams.
+YIELD_AFTER = 64 * 1024
 
 
 class Session:
@@ -32,7 +36,7 @@ class Session:
 
     def __init__(self, ws, *, client, window=256 * 1024, window_max=None,
                  max_message=1 << 20, max_streams=4096, ping_interval=20.0,
-                 ping_timeout=15.0, on_open=None, label=""):
+                 ping_timeout=15.0, on_open=None, on_refresh=None, label=""):
         self.ws = ws
         self.client = client
         self.window = window
@@ -42,7 +46,12 @@ class Session:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.on_open = on_open
+        self.on_refresh = on_refresh   # server: callable(session) -> new token
         self.label = label
+        self.claims = {}               # server: claims of the token in force
+        self._expiry_timer = None
+        self._token_request = None     # client: AsyncResult of a REFRESH in flight
+        self._last_refresh = 0.0
         self.session_id = os.urandom(16)
         self.peer_window = window
         self.batch_limit = BATCH_LIMIT
@@ -174,6 +183,9 @@ class Session:
                 self.last_received = time.monotonic()
                 for ftype, flags, stream_id, payload in frames.iter_frames(message):
                     self._dispatch(ftype, flags, stream_id, payload)
+                if len(message) >= YIELD_AFTER:
+                    # Let the streams hand this to their apps before reading on.
+                    gevent.sleep(0)
         except AfbError as exc:
             self.close_reason = str(exc)
             log.warning("%s: %s; closing the tunnel", self.label, exc)
@@ -219,6 +231,12 @@ class Session:
             self._queue_control(frames.frame(frames.PONG, 0, payload))
         elif ftype == frames.PONG:
             self.rtt = max(0, time.monotonic_ns() - frames.parse_ping(payload)) / 1e9
+        elif ftype == frames.REFRESH and not self.client:
+            self.tasks.spawn(self._answer_refresh)
+        elif ftype == frames.TOKEN and self.client:
+            request = self._token_request
+            if request is not None and not request.ready():
+                request.set(frames.parse_token(payload))
         elif ftype == frames.GOAWAY:
             last, code, message = frames.parse_goaway(payload)
             log.info("%s: peer is going away (%s); no new streams on this tunnel",
@@ -266,6 +284,46 @@ class Session:
         else:
             self._queue_control(frames.frame(frames.RST, stream_id, frames.rst_payload(
                 REP_GENERAL_FAILURE, "unknown frame type %s" % name)))
+
+    # --- token life (refresh on the client, expiry on the server) -----------------
+
+    def request_token(self, timeout=10.0):
+        """Client: ask the server for a fresh token; returns it or raises AuthError."""
+        if self._token_request is None or self._token_request.ready():
+            self._token_request = AsyncResult()
+            self._queue_control(frames.frame(frames.REFRESH, 0))
+        try:
+            token, error = self._token_request.get(timeout=timeout)
+        except gevent.Timeout:
+            raise AuthError("token refresh: no answer within %.0f s" % timeout) from None
+        if not token:
+            raise AuthError("token refresh refused: %s" % error)
+        return token
+
+    def _answer_refresh(self):
+        now = time.monotonic()
+        if now - self._last_refresh < MIN_REFRESH_INTERVAL or self.on_refresh is None:
+            payload = frames.token_payload(error="refresh not available now")
+        else:
+            self._last_refresh = now
+            try:
+                payload = frames.token_payload(self.on_refresh(self))
+            except AfbError as exc:
+                log.warning("%s: token refresh refused: %s", self.label, exc)
+                payload = frames.token_payload(error=str(exc))
+        self._queue_control(frames.frame(frames.TOKEN, 0, payload))
+
+    def expire_at(self, timestamp, grace=0.0):
+        """Server: close the tunnel when the token in force expires (unless refreshed)."""
+        if self._expiry_timer is not None:
+            self._expiry_timer.kill(block=False)
+        delay = max(0.0, timestamp + grace - time.time())
+        self._expiry_timer = gevent.spawn_later(delay, self._expired)
+
+    def _expired(self):
+        log.info("%s: token expired and was not refreshed; closing the tunnel", self.label)
+        self.close_reason = "token expired"
+        self.close(CLOSE_POLICY_VIOLATION, "token expired")
 
     # --- writer and pinger ------------------------------------------------------
 
@@ -337,6 +395,10 @@ class Session:
         self.drained.set()
         self._wake.set()
         self.state_changed.set()
+        if self._token_request is not None and not self._token_request.ready():
+            self._token_request.set(("", "tunnel closed"))
+        if self._expiry_timer is not None:
+            self._expiry_timer.kill(block=False)
         for greenlet in self._greenlets:
             if greenlet is not gevent.getcurrent():
                 greenlet.kill(block=False)

@@ -51,9 +51,35 @@ class TunnelClient:
         self._ready = Event()
         self._stopping = False
         self._greenlet = None
+        self._refresher = None
 
     def start(self):
         self._greenlet = gevent.spawn(self._connect_loop)
+        if hasattr(self.token_source, "refresh_due"):
+            self._refresher = gevent.spawn(self._refresh_loop)
+
+    def _refresh_loop(self):
+        """Ask the server for a fresh token before ours expires; keep it."""
+        token = self.token_source
+        failures = 0
+        while not self._stopping:
+            due = token.refresh_due()
+            if due is None:
+                return
+            session = self.session
+            if due > 0 or session is None:
+                gevent.sleep(min(max(due, 0.5), 60.0))
+                continue
+            try:
+                fresh = session.request_token(timeout=self.connect_timeout)
+            except AfbError as exc:
+                failures += 1
+                log.warning("token refresh failed: %s", exc)
+                gevent.sleep(min(2.0 ** failures, 60.0))
+                continue
+            failures = 0
+            token.store(fresh)
+            log.info("token refreshed")
 
     def get_session(self, timeout):
         """The live session, waiting up to ``timeout`` s; else TunnelUnavailable."""
@@ -135,5 +161,6 @@ class TunnelClient:
         for session in list(self.sessions):
             session.flush(0.5)
             session.close(1000, "client stopping")
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
+        for greenlet in (self._greenlet, self._refresher):
+            if greenlet is not None:
+                greenlet.kill(block=False)
