@@ -13,7 +13,7 @@ from afb.config import parse_hostport
 from afb.errors import (CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported,
                         DestinationError)
 from afb.policy.acl import DestinationAcl
-from afb.policy.auth import TokenVerifier, token_from_headers
+from afb.policy.auth import TokenVerifier, issue_token, token_from_headers
 from afb.transport import tls
 from afb.transport.dialer import Dialer
 from afb.transport.relay import relay
@@ -77,7 +77,10 @@ class TunnelServer:
         session = Session(ws, client=False, window=tunnel["stream_window"],
                           max_message=tunnel["max_message"], max_streams=tunnel["max_streams"],
                           ping_interval=tunnel["ping_interval"], on_open=self._serve_stream,
-                          label=label)
+                          on_refresh=self._refresh_token, label=label)
+        session.claims = claims
+        if "exp" in claims:
+            session.expire_at(claims["exp"], grace=self.cfg["auth"]["leeway"])
         try:
             session.handshake(timeout=self.cfg["server"]["handshake_timeout"])
         except AfbError as exc:
@@ -95,6 +98,29 @@ class TunnelServer:
             session.tasks.kill(block=False)
             log.info("%s: tunnel closed after %.0f s: %s", label, time.monotonic() - started,
                      session.close_reason or "done")
+
+    def _refresh_token(self, session):
+        """A fresh token for the tunnel's user, same lifetime as the one in force."""
+        claims = session.claims
+        self._check_still_valid(claims)
+        lifetime = max(60, int(claims.get("exp", 0) - claims.get("iat", 0)))
+        token = self._issue_token(claims["sub"], lifetime)
+        session.claims = self.verifier.verify(token)
+        session.expire_at(session.claims["exp"], grace=self.cfg["auth"]["leeway"])
+        log.info("%s: token refreshed (%d s)", session.label, lifetime)
+        return token
+
+    def _check_still_valid(self, claims):
+        """Refuse a refresh for a revoked token (hook for the revocation store)."""
+
+    def _issue_token(self, sub, lifetime):
+        auth = self.cfg["auth"]
+        try:
+            with open(auth["jwt_private_key"], "rb") as handle:
+                key = handle.read()
+        except OSError as exc:
+            raise AuthError("this server cannot issue tokens: %s" % exc.strerror) from None
+        return issue_token(key, sub, lifetime, audience=auth["audience"], issuer=auth["issuer"])
 
     def _serve_stream(self, session, stream, command):
         if command != frames.CMD_CONNECT:
