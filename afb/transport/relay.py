@@ -17,6 +17,7 @@ import socket
 import struct
 
 import gevent
+from gevent import sleep
 
 from afb.errors import REP_GENERAL_FAILURE, StreamReset
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: Largest single read from a local socket.
 READ_CHUNK = 256 * 1024
+#: After queueing a read this large, yield to the writer greenlet.
+YIELD_AFTER = 64 * 1024
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
 
@@ -51,6 +54,10 @@ def pump_up(sock, stream):
                 stream.close_write()
                 return
             stream.write(data)
+            if len(data) >= YIELD_AFTER:
+                # Let the writer send this now instead of reading on while the
+                # socket has data: the peer starts on it at once (pipelining).
+                sleep(0)
     except StreamReset:
         return
     except OSError as exc:
