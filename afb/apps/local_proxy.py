@@ -19,25 +19,46 @@ from gevent.server import StreamServer
 from afb.codec import frames, httpproxy, socks5
 from afb.errors import (REP_GENERAL_FAILURE, REP_SUCCEEDED, AfbError, CommandNotSupported,
                         DestinationError, HttpProxyError, SocksError, TimedOut, reply_reason)
-from afb.transport.relay import close_socket, relay
+from afb.policy.proxy_users import parse_basic
+from afb.transport.relay import SocketRelay, close_socket
 
 log = logging.getLogger(__name__)
 
 _HTTP_STATUS = {0x02: 403, 0x03: 502, 0x04: 502, 0x05: 502, 0x06: 504, 0x07: 501, 0x08: 400}
+
+_407_BODY = b"407 Proxy Authentication Required\n"
+#: The answer to an HTTP proxy request without valid credentials (users_file set).
+PROXY_AUTH_REQUIRED = (
+    b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+    b'Proxy-Authenticate: Basic realm="proxy", charset="UTF-8"\r\n'
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_407_BODY)) + _407_BODY
+
+
+class _HandOffServer(StreamServer):
+    """A StreamServer that leaves closing to the handler: an accepted socket
+    outlives its handler greenlet once a relay has taken it over."""
+
+    def do_close(self, sock, *args):
+        pass
 
 
 class LocalProxy:
     """SOCKS5 + HTTP CONNECT listener feeding a :class:`TunnelClient`."""
 
     def __init__(self, listen, tunnel, *, fast_open=True, open_timeout=10.0,
-                 handshake_timeout=10.0, authenticate=None):
+                 handshake_timeout=10.0, authenticate=None, sources=None):
+        """*authenticate*: None, or ``(user, password) -> bool`` required of every
+        client (SOCKS5 method 2, HTTP ``Proxy-Authorization: Basic``); *sources*:
+        None (anyone), or a :class:`~afb.policy.access.SourceAcl` of client addresses."""
         self.tunnel = tunnel
+        self.sources = sources
         self.fast_open = fast_open
         self.open_timeout = open_timeout
         self.handshake_timeout = handshake_timeout
         self.authenticate = authenticate
         self.active = 0
-        self.server = StreamServer(listen, self._handle)
+        self.server = _HandOffServer(listen, self._handle)
 
     @property
     def address(self):
@@ -56,15 +77,22 @@ class LocalProxy:
 
     def _handle(self, sock, address):
         peer = "%s:%d" % address[:2]
-        self.active += 1
+        if self.sources is not None:
+            refused = self.sources.check(address[0])
+            if refused:
+                log.warning("%s: connection refused: source %s ([client] allow_sources)",
+                            peer, refused)
+                close_socket(sock)
+                return
+        handed_off = False
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._serve(sock, peer)
+            handed_off = self._serve(sock, peer)
         except (OSError, AfbError) as exc:
             log.info("%s: %s", peer, exc)
         finally:
-            self.active -= 1
-            close_socket(sock)
+            if not handed_off:
+                close_socket(sock)
 
     def _serve(self, sock, peer):
         timeout = gevent.Timeout(self.handshake_timeout,
@@ -72,7 +100,7 @@ class LocalProxy:
         with timeout:
             first = sock.recv(8192)
             if not first:
-                return
+                return False
             kind = httpproxy.sniff(first[0])
             if kind == "socks5":
                 request = self._socks5_request(sock, peer, first)
@@ -80,9 +108,10 @@ class LocalProxy:
                 request = self._http_request(sock, peer, first)
             else:
                 log.info("%s: not a SOCKS5 or HTTP proxy request (first byte 0x%02x)", peer, first[0])
-                return
-        if request is not None:
-            self._open(sock, peer, *request)
+                return False
+        if request is None:
+            return False
+        return self._open(sock, peer, *request)
 
     def _socks5_request(self, sock, peer, data):
         parser = socks5.Socks5Parser(self.authenticate)
@@ -123,9 +152,20 @@ class LocalProxy:
             data = sock.recv(8192)
             if not data:
                 return None
+        if self.authenticate is not None and not self._http_authorized(parser.headers):
+            sock.sendall(PROXY_AUTH_REQUIRED)
+            log.info("%s: HTTP proxy request refused: 407, no valid Proxy-Authorization", peer)
+            return None
         if request.method == "CONNECT":
             return "connect", request.host, request.port, parser.leftover
         return "http", request.host, request.port, request.forward + parser.leftover
+
+    def _http_authorized(self, headers):
+        for name, value in headers:
+            if name.lower() == "proxy-authorization":
+                credentials = parse_basic(value)
+                return credentials is not None and bool(self.authenticate(*credentials))
+        return False
 
     def _open(self, sock, peer, kind, host, port, early):
         try:
@@ -133,7 +173,7 @@ class LocalProxy:
         except AfbError as exc:
             self._fail(sock, kind, exc)
             log.warning("%s -> %s:%d: %s", peer, host, port, exc)
-            return
+            return False
         stream = session.open_stream(frames.CMD_CONNECT, host, port, early)
         optimistic = self.fast_open and kind != "http"
         if optimistic:
@@ -146,13 +186,19 @@ class LocalProxy:
                     stream.reset(exc.reply, "client gave up waiting")
                 self._fail(sock, kind, exc)
                 log.info("%s -> %s: %s", peer, stream.target, exc)
-                return
+                return False
             if kind != "http":
                 self._succeed(sock, kind)
-        relay(sock, stream)
+        self.active += 1
+        SocketRelay(sock, stream, on_close=self._relay_closed).start()
+        return True
+
+    def _relay_closed(self, relay):
+        self.active -= 1
+        stream = relay.stream
         error = stream.reset_error
         if error is not None and stream.bytes_in == 0 and error.reply != REP_GENERAL_FAILURE:
-            log.info("%s -> %s: %s", peer, stream.target, reply_reason(error.reply))
+            log.info("%s: %s", stream.target, reply_reason(error.reply))
 
     @staticmethod
     def _succeed(sock, kind):

@@ -1,87 +1,194 @@
-"""Relay bytes between a TCP socket and a tunnel stream, with half-close.
+"""Relay bytes between a TCP socket and a tunnel stream, driven by socket readiness.
 
-Two directions, one greenlet each:
+No greenlet per stream: two libev watchers on the socket's descriptor do the
+work, in the event loop, with non-blocking reads and writes.
 
-* up: socket -> stream.  Reads only as much as the peer's credit allows, so
-  nothing waits in our memory that the peer has not agreed to take.  EOF on
-  the socket becomes FIN.
-* down: stream -> socket.  Hands credit back only after ``sendall`` returned,
-  so a local app that stops reading stops the far end after one window.  FIN
-  becomes ``shutdown(SHUT_WR)``.
+* up (socket -> stream): the read watcher runs only while the peer grants
+  credit, and a read never takes more than that credit, so nothing waits in
+  our memory that the peer has not agreed to take.  EOF becomes FIN.
+* down (stream -> socket): data from the peer is written at once, by the
+  session's reader; what the socket does not take waits for the write
+  watcher.  Credit goes back only for bytes the socket took, so a local app
+  that stops reading stops the far end after one window.  FIN becomes
+  ``shutdown(SHUT_WR)`` once everything is written.
 
-A reset either way aborts both directions and closes the socket with an RST.
+A reset either way stops both directions and closes the socket with an RST.
+Compared with two greenlets per stream this saves their stacks (memory per
+stream) and a greenlet switch per chunk (CPU).
 """
 
+import errno
 import logging
+import os
 import socket
 import struct
+from collections import deque
 
 import gevent
-from gevent import sleep
 
-from afb.errors import REP_GENERAL_FAILURE, StreamReset
+from afb.errors import REP_GENERAL_FAILURE
 
 log = logging.getLogger(__name__)
 
 #: Largest single read from a local socket.
 READ_CHUNK = 256 * 1024
-#: After queueing a read this large, yield to the writer greenlet.
-YIELD_AFTER = 64 * 1024
 _LINGER_ABORT = struct.pack("ii", 1, 0)
+_READ, _WRITE = 1, 2
+_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 
-def relay(sock, stream):
-    """Pump both ways until both directions ended or the stream was reset; close ``sock``."""
-    up = gevent.spawn(pump_up, sock, stream)
-    try:
-        pump_down(sock, stream)
-        if stream.reset_error is None:
-            up.join()
-    finally:
-        if not up.dead:
-            up.kill(block=True)
-        close_socket(sock, abort=stream.reset_error is not None)
+class SocketRelay:
+    """Moves one stream's bytes to and from one connected socket."""
 
+    __slots__ = ("sock", "stream", "fd", "out", "out_bytes", "local_eof", "write_closed",
+                 "closed", "_reader", "_writer", "_reading", "_on_close")
 
-def pump_up(sock, stream):
-    """Socket -> stream until EOF (then FIN) or reset."""
-    recv = sock.recv
-    try:
-        while True:
-            credit = stream.wait_credit()
-            data = recv(credit if credit < READ_CHUNK else READ_CHUNK)
-            if not data:
-                stream.close_write()
+    def __init__(self, sock, stream, on_close=None):
+        self.sock = sock
+        self.stream = stream
+        self.fd = sock.fileno()
+        self.out = deque()          # peer's data the socket has not taken yet
+        self.out_bytes = 0
+        self.local_eof = False      # the socket said EOF; FIN sent
+        self.write_closed = False   # we shut down our write side after the peer's FIN
+        self.closed = False
+        self._on_close = on_close
+        loop = gevent.get_hub().loop
+        self._reader = loop.io(self.fd, _READ)
+        self._writer = loop.io(self.fd, _WRITE)
+        self._reading = False
+
+    def start(self):
+        """Begin relaying (the stream replays whatever arrived before)."""
+        self.stream.attach(self)
+        if not self.closed:
+            self.credit_available()
+
+    # --- up: socket -> stream -------------------------------------------------------
+
+    def credit_available(self):
+        if not self._reading and not self.local_eof and not self.closed \
+                and self.stream.credit.available > 0:
+            self._reading = True
+            self._reader.start(self._on_readable)
+
+    def _pause_reading(self):
+        if self._reading:
+            self._reading = False
+            self._reader.stop()
+
+    def _on_readable(self):
+        stream = self.stream
+        credit = stream.credit.available
+        if credit <= 0:
+            self._pause_reading()
+            return
+        try:
+            data = os.read(self.fd, credit if credit < READ_CHUNK else READ_CHUNK)
+        except OSError as exc:
+            if exc.errno in _AGAIN:
                 return
-            stream.write(data)
-            if len(data) >= YIELD_AFTER:
-                # Let the writer send this now instead of reading on while the
-                # socket has data: the peer starts on it at once (pipelining).
-                sleep(0)
-    except StreamReset:
-        return
-    except OSError as exc:
-        stream.reset(REP_GENERAL_FAILURE, "read from %s failed: %s" % (_peer(sock), _why(exc)))
+            self._fail("read from %s failed: %s" % (_peer(self.sock), exc.strerror))
+            return
+        if not data:
+            self._pause_reading()
+            self.local_eof = True
+            stream.close_write()
+            self._maybe_done()
+            return
+        stream.send(data)
+        if stream.credit.available <= 0:
+            self._pause_reading()
 
+    # --- down: stream -> socket -------------------------------------------------------
 
-def pump_down(sock, stream):
-    """Stream -> socket until FIN (then shutdown) or reset."""
-    sendall = sock.sendall
-    try:
-        while True:
-            chunk = stream.read()
-            if not chunk:
-                try:
-                    sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
+    def deliver(self, data):
+        """Peer's data for the socket: written now, or queued for the write watcher."""
+        if self.closed:
+            return
+        if self.out:
+            self.out.append(data)
+            self.out_bytes += len(data)
+            return
+        try:
+            written = os.write(self.fd, data)
+        except OSError as exc:
+            if exc.errno not in _AGAIN:
+                self._fail("write to %s failed: %s" % (_peer(self.sock), exc.strerror))
                 return
-            sendall(chunk)
-            stream.consumed(len(chunk))
-    except StreamReset:
-        return
-    except OSError as exc:
-        stream.reset(REP_GENERAL_FAILURE, "write to %s failed: %s" % (_peer(sock), _why(exc)))
+            written = 0
+        if written:
+            self.stream.consumed(written)
+        if written < len(data):
+            rest = memoryview(data)[written:]
+            self.out.append(rest)
+            self.out_bytes += len(rest)
+            self._writer.start(self._on_writable)
+
+    def _on_writable(self):
+        out = self.out
+        total = 0
+        try:
+            while out:
+                chunk = out[0]
+                written = os.write(self.fd, chunk)
+                total += written
+                if written < len(chunk):
+                    out[0] = memoryview(chunk)[written:]
+                    break
+                out.popleft()
+        except OSError as exc:
+            if exc.errno not in _AGAIN:
+                self.out_bytes -= total
+                self._fail("write to %s failed: %s" % (_peer(self.sock), exc.strerror))
+                return
+        self.out_bytes -= total
+        if total:
+            self.stream.consumed(total)
+        if not out:
+            self._writer.stop()
+            if self.stream.remote_fin:
+                self.remote_eof()
+
+    def remote_eof(self):
+        """The peer sent FIN: shut our write side once everything is written."""
+        if self.out or self.write_closed or self.closed:
+            return
+        self.write_closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self._maybe_done()
+
+    # --- ending --------------------------------------------------------------------------
+
+    def abort(self, error=None):
+        """The stream was reset: stop and close the socket with an RST."""
+        self._close(abort=True)
+
+    def _fail(self, message):
+        self.stream.reset(REP_GENERAL_FAILURE, message)   # calls abort()
+        self._close(abort=True)
+
+    def _maybe_done(self):
+        if self.local_eof and self.write_closed:
+            self._close(abort=False)
+
+    def _close(self, abort):
+        if self.closed:
+            return
+        self.closed = True
+        self._reading = False
+        self._reader.stop()
+        self._writer.stop()
+        self._reader.close()
+        self._writer.close()
+        self.out.clear()
+        self.out_bytes = 0
+        close_socket(self.sock, abort=abort)
+        if self._on_close is not None:
+            self._on_close(self)
 
 
 def close_socket(sock, abort=False):
@@ -103,7 +210,3 @@ def _peer(sock):
         return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
     except OSError:
         return "socket"
-
-
-def _why(exc):
-    return exc.strerror or str(exc) or type(exc).__name__

@@ -19,6 +19,7 @@ from afb.codec import frames
 from afb.errors import (CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION,
                         REP_GENERAL_FAILURE, AfbError, AuthError, ProtocolError, VersionMismatch)
 from afb.mux.scheduler import FairScheduler
+from afb.transport.idle import sweep_idle
 from afb.transport.stream import Stream
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ class Session:
 
     def __init__(self, ws, *, client, window=256 * 1024, window_max=None,
                  max_message=1 << 20, max_streams=4096, ping_interval=20.0,
-                 ping_timeout=15.0, on_open=None, on_refresh=None, label=""):
+                 ping_timeout=15.0, on_open=None, on_refresh=None, admit=None,
+                 idle_timeout=0.0, label=""):
         self.ws = ws
         self.client = client
         self.window = window
@@ -47,7 +49,10 @@ class Session:
         self.ping_timeout = ping_timeout
         self.on_open = on_open
         self.on_refresh = on_refresh   # server: callable(session) -> new token
+        self.admit = admit             # server: callable(session, stream), raises to refuse
+        self.idle_timeout = idle_timeout
         self.label = label
+        self.clock = time.monotonic
         self.claims = {}               # server: claims of the token in force
         self._expiry_timer = None
         self._token_request = None     # client: AsyncResult of a REFRESH in flight
@@ -111,6 +116,8 @@ class Session:
         self._greenlets = [gevent.spawn(self._write_loop)]
         if self.ping_interval > 0:
             self._greenlets.append(gevent.spawn(self._ping_loop))
+        if self.idle_timeout > 0:
+            self._greenlets.append(gevent.spawn(sweep_idle, self, self.idle_timeout))
 
     # --- streams ------------------------------------------------------------
 
@@ -164,7 +171,6 @@ class Session:
     def _forget(self, stream):
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
-            stream.finished.set()
             if not self.streams:
                 self.drained.set()
 
@@ -268,6 +274,13 @@ class Session:
             self.refuse(stream, AfbError(reason))
             log.warning("%s: refused stream to %s: %s", self.label, stream.target, reason)
             return
+        if self.admit is not None:
+            try:
+                self.admit(self, stream)
+            except AfbError as exc:
+                self.refuse(stream, exc)
+                log.warning("%s: refused stream to %s: %s", self.label, stream.target, exc)
+                return
         if early:
             stream._on_data(early)
         self.tasks.spawn(self.on_open, self, stream, command)

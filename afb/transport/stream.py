@@ -1,16 +1,22 @@
-"""One multiplexed stream of a tunnel session (gevent side).
+"""One multiplexed stream of a tunnel session.
 
-A :class:`Stream` is what a relay sees: ``write()`` blocks until the peer has
-granted credit, ``read()`` blocks until data, EOF (``b''``) or a reset, and
-``consumed()`` hands credit back.  The session's reader greenlet feeds it with
-``_on_*`` calls; the session's writer sends what it queues.
+A :class:`Stream` keeps the stream's flow-control state and turns what the
+local side does into frames: ``send()`` (DATA, within the peer's credit),
+``consumed()`` (WINDOW, once half a window went), ``close_write()`` (FIN) and
+``reset()`` (RST).  What the peer sends is handed to the stream's *sink*, the
+:class:`~afb.transport.relay.SocketRelay` that owns the local socket, through
+``deliver``, ``credit_available``, ``remote_eof`` and ``abort``.  Until a sink
+is attached (the server is still dialling, the client still answering SOCKS),
+received data waits here, bounded by the window.
+
+No greenlet belongs to a stream: the session's reader feeds it, the relay's
+socket watchers drive it.
 """
 
 import logging
-import time
 from collections import deque
 
-from gevent.event import AsyncResult, Event
+from gevent.event import AsyncResult
 
 from afb.codec import frames
 from afb.errors import (REP_GENERAL_FAILURE, DestinationError, StreamReset, TimedOut,
@@ -19,35 +25,32 @@ from afb.mux.flow import ReceiveWindow, SendCredit
 
 log = logging.getLogger(__name__)
 
-#: Largest DATA payload one write() queues at once.
-MAX_CHUNK = 256 * 1024
-
 
 class Stream:
     """A bidirectional byte stream inside a :class:`~afb.transport.session.Session`."""
+
+    __slots__ = ("session", "id", "host", "port", "credit", "window", "bytes_in", "bytes_out",
+                 "remote_fin", "local_fin", "reset_error", "sink", "_early", "_result",
+                 "__weakref__")
 
     def __init__(self, session, stream_id, host, port, send_window, recv_window, recv_max):
         self.session = session
         self.id = stream_id
         self.host = host
         self.port = port
-        self.opened_at = time.monotonic()
         self.credit = SendCredit(send_window)
         self.window = ReceiveWindow(recv_window, recv_max)
         self.bytes_in = 0
         self.bytes_out = 0
-        self._credit_event = Event()
-        self._inbound = deque()
-        self._inbound_bytes = 0
-        self._data_event = Event()
-        self.result = AsyncResult()   # OPEN_OK (True) or a DestinationError
         self.remote_fin = False
         self.local_fin = False
         self.reset_error = None
-        self.finished = Event()      # set when the stream left the session table
+        self.sink = None
+        self._early = None      # data received before a sink was attached
+        self._result = None     # AsyncResult of OPEN_OK / OPEN_FAIL, made on demand
 
     def __repr__(self):
-        return "<Stream %d %s:%s>" % (self.id, self.host, self.port)
+        return "<Stream %d %s>" % (self.id, self.target)
 
     @property
     def target(self):
@@ -56,63 +59,53 @@ class Stream:
 
     @property
     def buffered(self):
-        """Received bytes waiting for the local app (bounded by the window)."""
-        return self._inbound_bytes
+        """Received bytes not yet taken by the local app (bounded by the window)."""
+        early = sum(len(chunk) for chunk in self._early) if self._early else 0
+        return early + (self.sink.out_bytes if self.sink is not None else 0)
 
-    # --- used by relays -----------------------------------------------------
+    # --- used by the local side ---------------------------------------------------
+
+    def attach(self, sink):
+        """Hand the stream to ``sink``; data, EOF or a reset that came early is replayed."""
+        self.sink = sink
+        early, self._early = self._early, None
+        if self.reset_error is not None:
+            sink.abort(self.reset_error)
+            return
+        for chunk in early or ():
+            sink.deliver(chunk)
+        if self.remote_fin:
+            sink.remote_eof()
+
+    @property
+    def result(self):
+        if self._result is None:
+            self._result = AsyncResult()
+        return self._result
 
     def wait_open(self, timeout):
         """Wait for OPEN_OK; raise the DestinationError of OPEN_FAIL, or TimedOut."""
-        if not self.result.wait(timeout) and not self.result.ready():
+        result = self.result
+        if self.reset_error is not None and not result.ready():
+            raise DestinationError(str(self.reset_error), reply=self.reset_error.reply)
+        if not result.wait(timeout) and not result.ready():
             raise TimedOut("%s: no answer from the server in %.1f s" % (self.target, timeout))
-        if self.result.successful():
+        if result.successful():
             return True
-        raise self.result.exception
+        raise result.exception
 
-    def write(self, data):
-        """Queue ``data`` as DATA frames, blocking while the peer grants no credit."""
-        view = memoryview(data)
-        while view:
-            if self.reset_error is not None:
-                raise self.reset_error
-            granted = self.credit.take(min(len(view), MAX_CHUNK))
-            if not granted:
-                self._credit_event.clear()
-                self._credit_event.wait()
-                continue
-            chunk = view[:granted] if granted < len(view) else view
-            view = view[granted:]
-            self.bytes_out += granted
-            self.session._queue(self.id, frames.DATA, chunk)
-
-    def wait_credit(self):
-        """Block until some send credit is available (or raise if reset)."""
-        while not self.credit.available:
-            if self.reset_error is not None:
-                raise self.reset_error
-            self._credit_event.clear()
-            self._credit_event.wait()
-        if self.reset_error is not None:
-            raise self.reset_error
-        return self.credit.available
-
-    def read(self):
-        """Next received chunk (memoryview), ``b''`` at EOF; raises StreamReset."""
-        while True:
-            if self._inbound:
-                chunk = self._inbound.popleft()
-                self._inbound_bytes -= len(chunk)
-                return chunk
-            if self.reset_error is not None:
-                raise self.reset_error
-            if self.remote_fin:
-                return b""
-            self._data_event.clear()
-            self._data_event.wait()
+    def send(self, data):
+        """Queue ``data`` as DATA; the caller read no more than ``credit.available``."""
+        granted = self.credit.take(len(data))
+        if granted != len(data):
+            raise AssertionError("stream %d: %d bytes sent with %d credit" % (
+                self.id, len(data), granted))
+        self.bytes_out += granted
+        self.session._queue(self.id, frames.DATA, data)
 
     def consumed(self, n):
         """The local app took ``n`` bytes: hand credit back when half a window went."""
-        increment = self.window.on_consumed(n, time.monotonic())
+        increment = self.window.on_consumed(n, self.session.clock())
         if increment and self.reset_error is None:
             self.session._queue_control(
                 frames.frame(frames.WINDOW, self.id, frames.window_payload(increment)))
@@ -133,28 +126,34 @@ class Stream:
     # --- fed by the session's reader ------------------------------------------
 
     def _on_open_result(self, error):
-        if not self.result.ready():
+        result = self.result
+        if not result.ready():
             if error is None:
-                self.result.set(True)
+                result.set(True)
             else:
-                self.result.set_exception(error)
+                result.set_exception(error)
 
     def _on_data(self, payload):
         self.window.on_data(len(payload))
         if self.remote_fin or self.reset_error is not None:
             return
-        self._inbound.append(payload)
-        self._inbound_bytes += len(payload)
         self.bytes_in += len(payload)
-        self._data_event.set()
+        if self.sink is not None:
+            self.sink.deliver(payload)
+        elif self._early is None:
+            self._early = deque((payload,))
+        else:
+            self._early.append(payload)
 
     def _on_window(self, increment):
         self.credit.grant(increment)
-        self._credit_event.set()
+        if self.sink is not None:
+            self.sink.credit_available()
 
     def _on_fin(self):
         self.remote_fin = True
-        self._data_event.set()
+        if self.sink is not None:
+            self.sink.remote_eof()
         self.session._maybe_finish(self)
 
     def _on_reset(self, reply, message, by_peer=True):
@@ -163,9 +162,9 @@ class Stream:
         text = message or reply_reason(reply)
         self.reset_error = StreamReset("stream to %s reset%s: %s" % (
             self.target, " by peer" if by_peer else "", text), reply=reply)
-        self._inbound.clear()
-        self._inbound_bytes = 0
-        self._data_event.set()
-        self._credit_event.set()
-        self._on_open_result(DestinationError(text, reply=reply))
+        self._early = None
+        if self._result is not None:
+            self._on_open_result(DestinationError(text, reply=reply))
+        if self.sink is not None:
+            self.sink.abort(self.reset_error)
         self.session._forget(self)
