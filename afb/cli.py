@@ -5,6 +5,7 @@ this module never imports gevent and loads the daemons lazily.
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -67,55 +68,190 @@ def cmd_demo(args):
     return run_demo(args.dir)
 
 
+def _utc(ts):
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
 def cmd_keygen(args):
     from afb.keys import DEFAULT_NAMES, generate_server_keys
 
+    if args.rotate:
+        return _keygen_rotate(args)
+    if args.grace is not None:
+        _err("afb keygen: --grace only goes with --rotate")
+        return EXIT_FAILURE
     names = args.names or list(DEFAULT_NAMES)
     try:
-        result = generate_server_keys(args.dir, names=names, days=args.days, force=args.force)
+        result = generate_server_keys(args.dir, names=names, days=args.days, force=args.force,
+                                      algorithm=args.algorithm or "EdDSA")
     except (OSError, ValueError) as exc:
         _err("afb keygen: %s" % exc)
         return EXIT_FAILURE
-    for what in ("cert", "key", "jwt_private_key", "jwt_public_key"):
-        print("%s: %s" % (what, result[what]))
+    for what in ("cert", "key", "jwt_private_key", "jwt_public_key", "jwt_secret", "keyring"):
+        if what in result:
+            print("%s: %s" % (what, result[what]))
+    print("kid: %s" % result["kid"])
     print("names: %s" % ", ".join(names))
     print("pin: %s" % result["pin"])
     return EXIT_OK
 
 
+def _keygen_rotate(args):
+    from afb.keys import rotate_jwt_keys
+    from afb.policy.auth import parse_ttl
+
+    if args.names or args.force:
+        _err("afb keygen: --rotate makes a JWT key only; --name and --force do not apply")
+        return EXIT_FAILURE
+    try:
+        grace = None if args.grace is None else parse_ttl(args.grace, allow_zero=True)
+        result = rotate_jwt_keys(args.dir, algorithm=args.algorithm, grace=grace)
+    except (OSError, ValueError) as exc:
+        _err("afb keygen --rotate: %s" % exc)
+        return EXIT_FAILURE
+    print("new signing key: %s (%s)" % (result["kid"], result["alg"]))
+    for path in result["files"]:
+        print("file: %s" % path)
+    for kid, until in result["retired"]:
+        print("retired: %s (verifies tokens until %s)" % (
+            kid, _utc(until) if until is not None else "[auth] rotation_grace after now"))
+    print("keyring: %s" % result["keyring"])
+    return EXIT_OK
+
+
+def _store(cfg, create):
+    """The server's state store, or None (after a message) if it cannot be opened."""
+    import sqlite3
+
+    from afb.state import open_store
+
+    try:
+        return open_store(cfg, create=create)
+    except (OSError, sqlite3.Error) as exc:
+        _err("state store in %s: %s" % (cfg["server"]["state_dir"], exc))
+        return None
+
+
+def _record(cfg, claims, kid):
+    """Record an issued token in the state store; False (after a message) if that failed."""
+    store = _store(cfg, create=True)
+    if store is None:
+        return False
+    try:
+        store.record_issued(claims, kid=kid)
+        store.purge_expired()
+        return True
+    except Exception as exc:      # sqlite3 errors, a locked database...
+        _err("state store: %s" % exc)
+        return False
+    finally:
+        store.close()
+
+
 def cmd_token_issue(args):
     from afb.keys import write_secret
-    from afb.policy.auth import issue_token, parse_ttl
+    from afb.policy.auth import ALGORITHM, parse_ttl
+    from afb.policy.keyring import SingleKeySigner, make_signer
 
     try:
         ttl = parse_ttl(args.ttl)
     except ValueError as exc:
         _err("afb token issue: %s" % exc)
         return EXIT_FAILURE
-    audience, issuer, key_path = "afb", "afb", args.key
-    if key_path is None:
-        cfg = _load(args.config or DEFAULT_SERVER_CONF, "server")
-        if cfg is None:
-            return EXIT_CONFIG
-        key_path = cfg["auth"]["jwt_private_key"]
-        audience, issuer = cfg["auth"]["audience"], cfg["auth"]["issuer"]
-    audience = args.audience or audience
-    issuer = args.issuer or issuer
+    audience, issuer, cfg = "afb", "afb", None
     try:
-        with open(key_path, "rb") as fh:
-            pem = fh.read()
-        token = issue_token(pem, args.sub, ttl, audience=audience, issuer=issuer)
+        if args.key is not None:
+            signer = SingleKeySigner(args.key, args.algorithm or ALGORITHM)
+        else:
+            cfg = _load(args.config or DEFAULT_SERVER_CONF, "server")
+            if cfg is None:
+                return EXIT_CONFIG
+            if args.algorithm and args.algorithm != cfg["auth"]["algorithm"]:
+                _err("afb token issue: --algorithm %s differs from [auth] algorithm = %s"
+                     % (args.algorithm, cfg["auth"]["algorithm"]))
+                return EXIT_FAILURE
+            signer = make_signer(cfg)
+            audience, issuer = cfg["auth"]["audience"], cfg["auth"]["issuer"]
+        audience = args.audience or audience
+        issuer = args.issuer or issuer
+        token, claims, kid = signer.issue(args.sub, ttl, audience=audience, issuer=issuer)
         if args.out:
             write_secret(args.out, token + "\n")
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, ConfigError) as exc:
         _err("afb token issue: %s" % exc)
         return EXIT_FAILURE
-    expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() + ttl))
+    if cfg is not None and not _record(cfg, claims, kid):
+        _err("note: this token is not in the list of `afb token list`")
+    expires = _utc(claims["exp"])
     if args.out:
         print("token for %s written to %s (expires %s)" % (args.sub, args.out, expires))
     else:
         print(token)
         _err("token for %s expires %s" % (args.sub, expires))
+    return EXIT_OK
+
+
+def cmd_token_revoke(args):
+    cfg = _load(args.config or DEFAULT_SERVER_CONF, "server")
+    if cfg is None:
+        return EXIT_CONFIG
+    store = _store(cfg, create=True)
+    if store is None:
+        return EXIT_FAILURE
+    try:
+        if args.jti:
+            known = store.lookup_token(args.jti)
+            store.revoke_jti(args.jti, exp=known["exp"] if known else None, reason=args.reason)
+            if known:
+                print("revoked token %s of %s (expires %s)" % (args.jti, known["sub"],
+                                                              _utc(known["exp"])))
+            else:
+                print("revoked token %s" % args.jti)
+                _err("note: %s is not in the issued-token list; it is refused anyway" % args.jti)
+        else:
+            before = store.revoke_subject(args.sub, reason=args.reason)
+            print("revoked every token of %s issued before %s; tokens issued later work"
+                  % (args.sub, _utc(before)))
+        store.purge_expired()
+    except Exception as exc:      # sqlite3 errors, locked database...
+        _err("afb token revoke: %s" % exc)
+        return EXIT_FAILURE
+    finally:
+        store.close()
+    _err("a running server applies it within a few seconds")
+    return EXIT_OK
+
+
+def cmd_token_list(args):
+    cfg = _load(args.config or DEFAULT_SERVER_CONF, "server")
+    if cfg is None:
+        return EXIT_CONFIG
+    if not os.path.isdir(cfg["server"]["state_dir"]):
+        print("no tokens recorded (no state directory %s)" % cfg["server"]["state_dir"])
+        return EXIT_OK
+    store = _store(cfg, create=True)
+    if store is None:
+        return EXIT_FAILURE
+    try:
+        tokens, revocations = store.list_tokens(), store.list_revocations()
+    except Exception as exc:      # sqlite3 errors, a locked database...
+        _err("afb token list: %s" % exc)
+        return EXIT_FAILURE
+    finally:
+        store.close()
+    now = time.time()
+    print("%-32s  %-16s  %-23s  %-23s  %s" % ("JTI", "SUB", "ISSUED", "EXPIRES", "STATUS"))
+    for tok in tokens:
+        status = tok["revoked"] or ("expired" if tok["exp"] < now else "valid")
+        print("%-32s  %-16s  %-23s  %-23s  %s" % (tok["jti"], tok["sub"], _utc(tok["iat"]),
+                                                 _utc(tok["exp"]), status))
+    subjects = [r for r in revocations if r["kind"] == "sub"]
+    if subjects:
+        print()
+        print("revoked subjects (tokens issued before the time are refused):")
+        for rev in subjects:
+            print("  %s before %s%s" % (rev["value"], _utc(rev["before"]),
+                                        " (%s)" % rev["reason"] if rev["reason"] else ""))
     return EXIT_OK
 
 
@@ -157,6 +293,14 @@ def build_parser():
                         "default localhost, 127.0.0.1, ::1)")
     p.add_argument("--days", type=int, default=825, help="certificate lifetime (default 825)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument("--algorithm", choices=("EdDSA", "ES256", "HS256"),
+                   help="JWT key type (default EdDSA; with --rotate: that of the current key)")
+    p.add_argument("--rotate", action="store_true",
+                   help="only add a new JWT signing key to the key ring in --dir; the "
+                        "previous one keeps verifying until its grace period ends")
+    p.add_argument("--grace", metavar="TIME",
+                   help="with --rotate: how long the previous key stays valid, e.g. 0, 12h, "
+                        "7d (default: the server's [auth] rotation_grace)")
     p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("token", help="user tokens")
@@ -168,11 +312,24 @@ def build_parser():
     src = t.add_mutually_exclusive_group()
     src.add_argument("-c", "--config", help="server config for key path, audience and issuer "
                                             "(default %s)" % DEFAULT_SERVER_CONF)
-    src.add_argument("--key", help="Ed25519 private key file (instead of -c)")
+    src.add_argument("--key", help="private key file (HS256: secret file) instead of -c; "
+                                   "the token is then not recorded for `afb token list`")
+    t.add_argument("--algorithm", choices=("EdDSA", "ES256", "HS256"),
+                   help="with --key: the key's algorithm (default EdDSA)")
     t.add_argument("--audience", help="override the audience (default from config, or afb)")
     t.add_argument("--issuer", help="override the issuer (default from config, or afb)")
     t.add_argument("--out", help="write the token to this file (mode 0600) instead of stdout")
     t.set_defaults(func=cmd_token_issue)
+    t = tsub.add_parser("revoke", help="revoke one token (--jti) or every token of a user (--sub)")
+    what = t.add_mutually_exclusive_group(required=True)
+    what.add_argument("--jti", help="token id (see afb token list)")
+    what.add_argument("--sub", help="user: refuse every token issued to it until now")
+    t.add_argument("-c", "--config", help="server config (default %s)" % DEFAULT_SERVER_CONF)
+    t.add_argument("--reason", default="", help="short note kept with the revocation")
+    t.set_defaults(func=cmd_token_revoke)
+    t = tsub.add_parser("list", help="list issued tokens and revocations")
+    t.add_argument("-c", "--config", help="server config (default %s)" % DEFAULT_SERVER_CONF)
+    t.set_defaults(func=cmd_token_list)
 
     p = sub.add_parser("config", help="configuration files")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")

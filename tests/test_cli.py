@@ -55,7 +55,8 @@ def test_token_issue_with_key(keydir, tmp_path):
 def test_token_issue_from_server_config_to_file(keydir, tmp_path):
     path, _ = keydir
     conf = tmp_path / "server.conf"
-    conf.write_text("[server]\n[auth]\njwt_private_key = %s/jwt.key\naudience = aud1\nissuer = me\n" % path)
+    conf.write_text("[server]\nstate_dir = state\n[auth]\njwt_private_key = %s/jwt.key\n"
+                    "audience = aud1\nissuer = me\n" % path)
     out = tmp_path / "alice.token"
     result = afb("token", "issue", "--sub", "bob", "--ttl", "30d", "-c", str(conf), "--out", str(out))
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,270 @@
+"""The server's state store: token revocations and the list of issued tokens.
+
+One node keeps it in an embedded SQLite file, ``[server] state_dir`` /
+``afb.sqlite3`` (directory 0700, file 0600), shared by the one server process
+(reads on every tunnel upgrade) and the ``afb token`` commands (writes).  WAL
+journal mode lets the server read while a command writes; every connection
+waits up to ``timeout`` seconds for a lock.
+
+The interface is deliberately small so that a shared store (Redis, for
+several servers) can implement the same methods:
+
+``revoke_jti(jti, exp, reason)``
+    refuse the token ``jti`` (``exp``: its expiry, after which the row may be
+    purged; None keeps it until removed by hand).
+``revoke_subject(sub, before_ts=None, reason)``
+    refuse every token of ``sub`` issued (``iat``) before ``before_ts``
+    (default: now); tokens issued later work.  Tokens issued within the same
+    second as the revocation are refused too (``iat`` has whole seconds).
+``is_revoked(claims) -> reason or None``
+    the check of verified claims (``jti``, ``sub``, ``iat``).
+``list_revocations() -> [dict]``
+    ``{"kind": "jti"|"sub", "value", "reason", "revoked_at", "exp"|"before"}``.
+``record_issued(claims, kid=None)`` / ``list_tokens() -> [dict]``
+    the issued-token list ``{"jti", "sub", "iat", "exp", "kid", "revoked"}``
+    (``revoked``: the reason, or None).
+``purge_expired(now=None, keep=PURGE_KEEP)``
+    drop token and jti-revocation rows expired more than ``keep`` s ago.
+``close()``
+
+:class:`RevocationCache` puts a short cache (2 s by default) in front of
+``is_revoked`` for the server, so a revocation reaches a running server
+within that time.
+"""
+
+import os
+import sqlite3
+import threading
+import time
+
+DB_NAME = "afb.sqlite3"
+SCHEMA_VERSION = 1
+#: Rows are purged this long after their token expired (> any clock leeway).
+PURGE_KEEP = 86400
+#: Seconds a running server may use a cached revocation answer.
+REVOCATION_CACHE_SECONDS = 2.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    jti TEXT PRIMARY KEY, sub TEXT NOT NULL, iat INTEGER NOT NULL, exp INTEGER NOT NULL,
+    kid TEXT, recorded_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS tokens_sub ON tokens (sub);
+CREATE TABLE IF NOT EXISTS revoked_jti (
+    jti TEXT PRIMARY KEY, exp INTEGER, reason TEXT NOT NULL DEFAULT '',
+    revoked_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS revoked_sub (
+    sub TEXT PRIMARY KEY, before_ts REAL NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    revoked_at REAL NOT NULL);
+"""
+
+
+def store_path(state_dir):
+    """The SQLite file inside ``state_dir``."""
+    return os.path.join(state_dir, DB_NAME)
+
+
+def open_store(cfg, **kwargs):
+    """The state store of a server config (``[server] state_dir``).
+
+    The one place that picks the backend; a Redis store would be chosen here.
+    """
+    return StateStore(store_path(cfg["server"]["state_dir"]), **kwargs)
+
+
+def _same_owner_as(path, directory):
+    """As root, give a new file to the owner of its directory (the service user)."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        info = os.stat(directory)
+        if (info.st_uid, info.st_gid) != (0, 0):
+            os.chown(path, info.st_uid, info.st_gid)
+
+
+class StateStore:
+    """SQLite-backed store; see the module doc for the interface."""
+
+    def __init__(self, path, timeout=10.0, create=True):
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            if not create:
+                raise FileNotFoundError("state directory %s does not exist" % directory)
+            os.makedirs(directory, mode=0o700)
+            os.chmod(directory, 0o700)
+        if not os.path.exists(path):
+            if not create:
+                raise FileNotFoundError("state store %s does not exist" % path)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            _same_owner_as(path, directory)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            with self._write():
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise sqlite3.DatabaseError("%s has schema %d, newer than this afb (%d)"
+                                                % (path, version, SCHEMA_VERSION))
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
+        except BaseException:
+            self._db.close()
+            raise
+
+    # --- plumbing -------------------------------------------------------------
+
+    class _Tx:
+        def __init__(self, store):
+            self.store = store
+
+        def __enter__(self):
+            self.store._lock.acquire()
+            try:
+                self.store._db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.store._lock.release()
+                raise
+
+        def __exit__(self, kind, *_):
+            try:
+                self.store._db.execute("COMMIT" if kind is None else "ROLLBACK")
+            finally:
+                self.store._lock.release()
+
+    def _write(self):
+        return self._Tx(self)
+
+    def _query(self, sql, args=()):
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def close(self):
+        with self._lock:
+            self._db.close()
+
+    # --- revocations --------------------------------------------------------------
+
+    def revoke_jti(self, jti, exp=None, reason=""):
+        if not jti or not isinstance(jti, str):
+            raise ValueError("a token id (jti) is needed")
+        with self._write():
+            self._db.execute(
+                "INSERT INTO revoked_jti (jti, exp, reason, revoked_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (jti) DO UPDATE SET reason = excluded.reason, "
+                "exp = COALESCE(excluded.exp, revoked_jti.exp)",
+                (jti, None if exp is None else int(exp), reason or "", time.time()))
+
+    def revoke_subject(self, sub, before_ts=None, reason=""):
+        """Refuse tokens of ``sub`` issued before ``before_ts`` (default now); -> before_ts."""
+        if not sub or not isinstance(sub, str):
+            raise ValueError("a subject (user name) is needed")
+        now = time.time()
+        before_ts = now if before_ts is None else float(before_ts)
+        with self._write():
+            self._db.execute(
+                "INSERT INTO revoked_sub (sub, before_ts, reason, revoked_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (sub) DO UPDATE SET before_ts = MAX(before_ts, excluded.before_ts), "
+                "reason = excluded.reason, revoked_at = excluded.revoked_at",
+                (sub, before_ts, reason or "", now))
+        return before_ts
+
+    def is_revoked(self, claims):
+        """A short reason if the verified ``claims`` are revoked, else None."""
+        jti, sub, iat = claims.get("jti"), claims.get("sub"), claims.get("iat")
+        with self._lock:
+            row = self._db.execute("SELECT reason FROM revoked_jti WHERE jti = ?",
+                                   (str(jti),)).fetchone()
+            if row is not None:
+                return _reason("token revoked", row["reason"])
+            row = self._db.execute("SELECT before_ts, reason FROM revoked_sub WHERE sub = ?",
+                                   (str(sub),)).fetchone()
+        if row is not None:
+            if not isinstance(iat, (int, float)) or iat < row["before_ts"]:
+                return _reason("subject revoked", row["reason"])
+        return None
+
+    def list_revocations(self):
+        out = [{"kind": "jti", "value": r["jti"], "exp": r["exp"], "reason": r["reason"],
+                "revoked_at": r["revoked_at"]}
+               for r in self._query("SELECT * FROM revoked_jti ORDER BY revoked_at")]
+        out += [{"kind": "sub", "value": r["sub"], "before": r["before_ts"],
+                 "reason": r["reason"], "revoked_at": r["revoked_at"]}
+                for r in self._query("SELECT * FROM revoked_sub ORDER BY revoked_at")]
+        return out
+
+    # --- issued tokens --------------------------------------------------------------
+
+    def record_issued(self, claims, kid=None):
+        with self._write():
+            self._db.execute(
+                "INSERT OR REPLACE INTO tokens (jti, sub, iat, exp, kid, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (claims["jti"], claims["sub"], int(claims["iat"]), int(claims["exp"]), kid,
+                 time.time()))
+
+    def list_tokens(self):
+        """Issued tokens, oldest first, each with ``revoked``: reason or None."""
+        rows = self._query(
+            "SELECT t.jti, t.sub, t.iat, t.exp, t.kid, j.reason AS jti_reason, "
+            "j.jti AS jti_revoked, s.before_ts, s.reason AS sub_reason "
+            "FROM tokens t LEFT JOIN revoked_jti j ON j.jti = t.jti "
+            "LEFT JOIN revoked_sub s ON s.sub = t.sub ORDER BY t.iat, t.jti")
+        out = []
+        for r in rows:
+            revoked = None
+            if r["jti_revoked"] is not None:
+                revoked = _reason("token revoked", r["jti_reason"])
+            elif r["before_ts"] is not None and r["iat"] < r["before_ts"]:
+                revoked = _reason("subject revoked", r["sub_reason"])
+            out.append({"jti": r["jti"], "sub": r["sub"], "iat": r["iat"], "exp": r["exp"],
+                        "kid": r["kid"], "revoked": revoked})
+        return out
+
+    def lookup_token(self, jti):
+        """The recorded token ``jti`` as a dict, or None."""
+        rows = self._query("SELECT jti, sub, iat, exp, kid FROM tokens WHERE jti = ?", (jti,))
+        return dict(rows[0]) if rows else None
+
+    def purge_expired(self, now=None, keep=PURGE_KEEP):
+        """Drop rows of tokens expired more than ``keep`` seconds ago -> rows removed."""
+        limit = (time.time() if now is None else now) - keep
+        with self._write():
+            a = self._db.execute("DELETE FROM tokens WHERE exp < ?", (limit,)).rowcount
+            b = self._db.execute("DELETE FROM revoked_jti WHERE exp IS NOT NULL AND exp < ?",
+                                 (limit,)).rowcount
+        return a + b
+
+
+def _reason(what, text):
+    return "%s (%s)" % (what, text) if text else what
+
+
+class RevocationCache:
+    """``is_revoked`` answers of ``store`` kept ``ttl`` seconds (per jti/sub/iat)."""
+
+    def __init__(self, store, ttl=REVOCATION_CACHE_SECONDS, max_entries=10000, clock=time.monotonic):
+        self.store = store
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self._cache = {}
+
+    def is_revoked(self, claims):
+        key = (claims.get("jti"), claims.get("sub"), claims.get("iat"))
+        now = self.clock()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        reason = self.store.is_revoked(claims)
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        self._cache[key] = (now, reason)
+        return reason
+
+    def close(self):
+        self.store.close()
