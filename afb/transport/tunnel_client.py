@@ -30,9 +30,11 @@ class TunnelClient:
     def __init__(self, url, token_source, *, pin=None, ca_file=None, proxy=None,
                  window=256 * 1024, max_message=1 << 20, connect_timeout=10.0,
                  ping_interval=20.0, ping_timeout=15.0, reconnect_min=0.5,
-                 reconnect_max=30.0):
+                 reconnect_max=30.0, token_place="header", token_cookie="session"):
         self.url = url
         self.token_source = token_source
+        self.token_place = token_place      # "header" (Authorization: Bearer) or "cookie"
+        self.token_cookie = token_cookie
         self.pin = pin or None
         self.proxy = proxy or None
         self.ssl_context = tls.client_context(ca_file=ca_file or None, pin=self.pin) \
@@ -96,7 +98,10 @@ class TunnelClient:
         return session
 
     def _dial(self):
-        headers = {"Authorization": "Bearer " + self.token_source()}
+        if self.token_place == "cookie":
+            headers = {"Cookie": "%s=%s" % (self.token_cookie, self.token_source())}
+        else:
+            headers = {"Authorization": "Bearer " + self.token_source()}
         ws = wsclient.connect(self.url, headers=headers, ssl_context=self.ssl_context,
                               pin=self.pin, proxy=self.proxy, timeout=self.connect_timeout,
                               max_message=self.max_message)
