@@ -1,0 +1,168 @@
+"""The E2E AEAD channel on a WebSocket: one sealed record per message (gevent).
+
+:class:`SecureChannel` has the interface of
+:class:`~afb.transport.wsconn.WsConnection` that the tunnel session uses
+(``recv_message``, ``send_message(parts)``, ``close``, ``closed``, the peer's
+close code and reason, byte counters), so the session runs unchanged on top of
+it.  :func:`client_secure` and :func:`server_secure` run the handshake of
+:mod:`afb.codec.aead` on a fresh WebSocket, right after the upgrade and before
+the tunnel HELLO.
+
+A record that fails to open closes the WebSocket with
+:data:`~afb.codec.aead.CLOSE_E2E_FAILED` and raises
+:class:`~afb.codec.aead.RecordError`.
+"""
+
+import gevent
+from gevent.lock import RLock
+
+from afb.codec import aead
+from afb.errors import CLOSE_NORMAL, CLOSE_VERSION_MISMATCH, AfbError, VersionMismatch
+
+
+class SecureChannel:
+    """A WebSocket whose messages are E2E records; see the module doc."""
+
+    def __init__(self, ws, sealer, opener):
+        self.ws = ws
+        self.sealer = sealer
+        self.opener = opener
+        self.cipher = sealer.cipher
+        # Records must leave in counter order, and the sealer's output buffer
+        # is reused: seal and send under one lock.
+        self._wlock = RLock()
+
+    def __repr__(self):
+        return "<SecureChannel %s over %r>" % (aead.cipher_name(self.cipher), self.ws)
+
+    # --- the WsConnection interface ---------------------------------------------
+
+    def recv_message(self):
+        """The next plaintext message (bytes), or ``None`` once the WebSocket is closed."""
+        record = self.ws.recv_message()
+        if record is None:
+            return None
+        try:
+            return self.opener.open(record)
+        except aead.RecordError as exc:
+            self.ws.close(exc.close_code, str(exc))
+            raise
+
+    def send_message(self, parts):
+        """Seal *parts* (one plaintext) into one record and send it as one message."""
+        with self._wlock:
+            if self.ws.closed:
+                raise BrokenPipeError("WebSocket connection is closed")
+            self.ws.send_message([self.sealer.seal_view(parts)])
+
+    def send_ping(self, payload=b""):
+        """A WebSocket ping (outside the records: it carries nothing of the tunnel's)."""
+        self.ws.send_ping(payload)
+
+    def close(self, code=CLOSE_NORMAL, reason=""):
+        self.ws.close(code, reason)
+
+    @property
+    def closed(self):
+        return self.ws.closed
+
+    @property
+    def client(self):
+        return self.ws.client
+
+    @property
+    def peer(self):
+        return getattr(self.ws, "peer", None)
+
+    @property
+    def max_message(self):
+        """The largest plaintext that fits in one message of the WebSocket."""
+        return self.ws.max_message - aead.OVERHEAD
+
+    @property
+    def peer_close_code(self):
+        return self.ws.peer_close_code
+
+    @property
+    def peer_close_reason(self):
+        return self.ws.peer_close_reason
+
+    @property
+    def bytes_in(self):
+        return self.ws.bytes_in
+
+    @property
+    def bytes_out(self):
+        return self.ws.bytes_out
+
+    @property
+    def on_pong(self):
+        return self.ws.on_pong
+
+    @on_pong.setter
+    def on_pong(self, callback):
+        self.ws.on_pong = callback
+
+
+# --- handshakes -------------------------------------------------------------------
+
+def _recv_hello(ws, peer):
+    message = ws.recv_message()
+    if message is None:
+        code = getattr(ws, "peer_close_code", None)
+        reason = getattr(ws, "peer_close_reason", "") or ""
+        text = "E2E handshake failed: the %s closed the connection (%s%s)" % (
+            peer, code if code is not None else "no close code", (" " + reason) if reason else "")
+        if code == CLOSE_VERSION_MISMATCH:
+            raise VersionMismatch(text)
+        if peer == "server" and code == aead.CLOSE_E2E_FAILED:
+            raise aead.HandshakeError(text)
+        raise aead.HandshakeError(text + "; is E2E enabled on the %s?" % peer)
+    return message
+
+
+def client_secure(ws, server_pub_b64, binding, cipher=None, timeout=10.0):
+    """Run the client's E2E handshake on *ws*; return a :class:`SecureChannel`.
+
+    On failure the WebSocket is closed and an :class:`AfbError` raised
+    (:class:`~afb.codec.aead.HandshakeError`, also on timeout, with the
+    server's close reason when it refused us; ``VersionMismatch``), or the
+    ``OSError`` of a broken connection.
+    """
+    handshake = aead.ClientHandshake(server_pub_b64, binding, cipher)
+    try:
+        with gevent.Timeout(timeout, aead.HandshakeError(
+                "E2E handshake failed: no answer from the server within %.0f s" % timeout)):
+            ws.send_message([handshake.start()])
+            sealer, opener = handshake.finish(_recv_hello(ws, "server"))
+    except AfbError as exc:
+        ws.close(exc.close_code, str(exc))
+        raise
+    except OSError:
+        ws.close()
+        raise
+    return SecureChannel(ws, sealer, opener)
+
+
+def server_secure(ws, static_priv, binding, allowed=None, timeout=10.0):
+    """Run the server's E2E handshake on *ws*; return a :class:`SecureChannel`.
+
+    On failure the WebSocket is closed with the error's code and reason (the
+    client shows them) and the error is raised.
+    """
+    handshake = aead.ServerHandshake(static_priv, binding, allowed)
+    try:
+        with gevent.Timeout(timeout, aead.HandshakeError(
+                "E2E handshake failed: no ClientHello within %.0f s" % timeout)):
+            reply, sealer, opener = handshake.respond(_recv_hello(ws, "client"))
+            ws.send_message([reply])
+    except AfbError as exc:
+        ws.close(exc.close_code, str(exc))
+        raise
+    except OSError:
+        ws.close()
+        raise
+    return SecureChannel(ws, sealer, opener)
+
+
+__all__ = ["SecureChannel", "client_secure", "server_secure"]
