@@ -36,8 +36,9 @@ SPEC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configspec"
 #: (section, key) of path values resolved against the config file's directory.
 PATH_KEYS = {
     "server": [("server", "cert"), ("server", "key"), ("server", "state_dir"),
-               ("auth", "jwt_public_key"), ("auth", "jwt_private_key"), ("decoy", "dir")],
-    "client": [("client", "token_file"), ("client", "ca_file")],
+               ("auth", "jwt_public_key"), ("auth", "jwt_private_key"), ("auth", "keyring"),
+               ("decoy", "dir")],
+    "client": [("client", "token_file"), ("client", "ca_file"), ("client", "users_file")],
 }
 
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
@@ -155,6 +156,38 @@ def _check_string_list(value, *args, **kwargs):
     return is_string_list(value, *args, **kwargs)
 
 
+def _check_cidr_list(value, *args, **kwargs):
+    """A string_list whose items are IP addresses or networks (10.0.0.0/8, ::1)."""
+    from afb.policy.access import parse_networks
+
+    value = _check_string_list(value, *args, **kwargs)
+    try:
+        parse_networks(value)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    return value
+
+
+_COOKIE_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}$")
+
+
+def _check_cookie_name(value, *args, **kwargs):
+    """An HTTP cookie name (an RFC 6265 token: no spaces, '=', ';', quotes)."""
+    if not _COOKIE_NAME_RE.match(_check_str(value)):
+        raise _Invalid('bad cookie name "%s" (letters, digits and !#$%%&\'*+-.^_`|~)' % value)
+    return value
+
+
+def _check_duration(value, *args, **kwargs):
+    """Seconds (int >= 0) from 3600, 3600s, 15m, 12h, 7d or 2w."""
+    from afb.policy.auth import parse_ttl
+
+    try:
+        return parse_ttl(_check_str(value), allow_zero=True)
+    except ValueError:
+        raise _Invalid('bad duration "%s" (use e.g. 0, 3600, 15m, 12h, 7d)' % value) from None
+
+
 def make_validator():
     return Validator({
         "hostport": _check_hostport,
@@ -163,6 +196,9 @@ def make_validator():
         "proxy_url": _check_proxy_url,
         "spki_pin": _check_spki_pin,
         "string_list": _check_string_list,
+        "duration": _check_duration,
+        "cidr_list": _check_cidr_list,
+        "cookie_name": _check_cookie_name,
     })
 
 

@@ -3,6 +3,7 @@
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -120,3 +121,44 @@ def test_bad_config_is_refused_at_start_with_the_check_text(tmp_path):
     assert check.returncode == 1
     assert set(check.stdout.splitlines() + check.stderr.splitlines()) >= {
         line for line in result.stderr.splitlines() if "bogus" in line}
+
+
+def _served_pin(port):
+    import ssl
+
+    from afb.transport.tls import spki_pin_of_der
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw) as sock:
+            return spki_pin_of_der(sock.getpeercert(binary_form=True))
+
+
+def test_sighup_reloads_the_certificate_without_dropping_tunnels(setup, pair, echo):
+    from afb import keys
+
+    start, procs = pair
+    start("server")
+    start("client")
+    proxy = ("127.0.0.1", setup.proxy_port)
+    _echo_through(proxy, echo.port)
+    open_stream = socks_connect(proxy, "127.0.0.1", echo.port)
+    assert _served_pin(setup.server_port) == setup.pin
+    key_pem, cert_pem = keys.make_self_signed()
+    keys.write_secret(os.path.join(setup.dir, "server.key"), key_pem)
+    with open(os.path.join(setup.dir, "server.crt"), "wb") as handle:
+        handle.write(cert_pem)
+    procs["server"].proc.send_signal(signal.SIGHUP)
+    new_pin = keys.spki_pin(cert_pem)
+    for _ in range(50):
+        if _served_pin(setup.server_port) == new_pin:
+            break
+        gevent.sleep(0.1)
+    assert _served_pin(setup.server_port) == new_pin          # new handshakes: new certificate
+    open_stream.sendall(b"still here")                         # the old tunnel carries on
+    assert recv_exact(open_stream, 10) == b"still here"
+    open_stream.close()
+    assert procs["server"].proc.poll() is None
+    assert "certificate reloaded" in procs["server"].output()

@@ -9,7 +9,10 @@ from gevent.event import Event
 from afb.apps.local_proxy import LocalProxy
 from afb.config import parse_hostport
 from afb.errors import AfbError
+from afb.keys import check_secret_file
+from afb.policy.access import SourceAcl
 from afb.policy.client_token import ClientToken
+from afb.policy.proxy_users import ProxyUsers
 from afb.transport.tunnel_client import TunnelClient
 
 log = logging.getLogger(__name__)
@@ -21,15 +24,21 @@ class ProxyClient:
     def __init__(self, cfg):
         self.cfg = cfg
         client, tunnel = cfg["client"], cfg["tunnel"]
+        if client["token_file"]:
+            check_secret_file(client["token_file"], "token file")
         self.tunnel = TunnelClient(
             client["server"], ClientToken(client["token"], client["token_file"]),
             pin=client["pin"], ca_file=client["ca_file"],
             proxy=client["upstream_proxy"], window=tunnel["stream_window"],
             max_message=tunnel["max_message"], connect_timeout=tunnel["connect_timeout"],
             ping_interval=tunnel["ping_interval"], ping_timeout=tunnel["ping_timeout"],
-            reconnect_min=tunnel["reconnect_min"], reconnect_max=tunnel["reconnect_max"])
+            reconnect_min=tunnel["reconnect_min"], reconnect_max=tunnel["reconnect_max"],
+            token_place=client["token_place"], token_cookie=client["token_cookie"])
+        users = ProxyUsers.from_file(client["users_file"]) if client["users_file"] else None
         self.proxy = LocalProxy(parse_hostport(client["listen"]), self.tunnel,
-                                fast_open=client["fast_open"], open_timeout=tunnel["open_timeout"])
+                                fast_open=client["fast_open"], open_timeout=tunnel["open_timeout"],
+                                authenticate=users,
+                                sources=SourceAcl(allow=client["allow_sources"]))
 
     def start(self):
         self.proxy.start()

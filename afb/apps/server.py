@@ -12,11 +12,15 @@ from afb.codec import frames
 from afb.config import parse_hostport
 from afb.errors import (CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported,
                         DestinationError)
+from afb.keys import check_secret_file, spki_pin
+from afb.policy.access import AuthThrottle, SourceAcl, client_ip, parse_networks
 from afb.policy.acl import DestinationAcl
-from afb.policy.auth import TokenVerifier, issue_token, token_from_headers
+from afb.policy.auth import token_from_headers
+from afb.policy.keyring import make_signer, make_verifier
+from afb.state import RevocationCache, open_store
 from afb.transport import tls
 from afb.transport.dialer import Dialer
-from afb.transport.relay import relay
+from afb.transport.relay import SocketRelay
 from afb.transport.resolver import Resolver
 from afb.transport.session import Session
 from afb.transport.wsserver import make_server
@@ -31,11 +35,21 @@ class TunnelServer:
         self.cfg = cfg
         server, tunnel = cfg["server"], cfg["tunnel"]
         self.listen = parse_hostport(server["listen"])
-        with open(cfg["auth"]["jwt_public_key"], "rb") as handle:
-            self.verifier = TokenVerifier(handle.read(), audience=cfg["auth"]["audience"],
-                                          issuer=cfg["auth"]["issuer"],
-                                          leeway=cfg["auth"]["leeway"])
+        if server["tls"]:
+            check_secret_file(server["key"], "TLS private key")
+        # Key ring (or single key) + revocations from the state store (answers
+        # cached 2 s); refuses group/world-readable JWT private keys / secrets.
+        self.state = open_store(cfg, timeout=5.0)
+        self.revocations = RevocationCache(self.state)
+        self.verifier = make_verifier(cfg, revocations=self.revocations)
+        # Signs refreshed tokens: the ring's newest key (or the single jwt_private_key).
+        self.signer = make_signer(cfg, keyring=self.verifier.keyring)
         self.acl = self._make_acl(self.listen[1])
+        access = cfg["access"]
+        self.sources = SourceAcl(allow=access["allow"], deny=access["deny"])
+        self.trusted_proxies = parse_networks(access["trusted_proxies"])
+        self.throttle = AuthThrottle(access["max_auth_failures"], access["auth_failure_window"],
+                                     access["ban_time"])
         dns = cfg["dns"]
         self.resolver = Resolver(cache_ttl=dns["cache_ttl"], negative_ttl=dns["negative_ttl"],
                                  timeout=dns["timeout"])
@@ -63,16 +77,39 @@ class TunnelServer:
     # --- per tunnel ---------------------------------------------------------
 
     def _authorize(self, environ):
+        """Claims of an upgrade request allowed in; AuthError (-> decoy, one log line) if not.
+
+        Order: source lists, then a ban in force, then the token; a missing or
+        bad token counts towards a ban of the client address.
+        """
         if self.stopping:
             raise AuthError("server is shutting down")
-        token = token_from_headers(environ)
-        if not token:
-            raise AuthError("no token")
-        return self.verifier.verify(token)
+        ip = client_ip(environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR"),
+                       self.trusted_proxies)
+        environ["afb.client_ip"] = ip
+        refused = self.sources.check(ip)
+        if refused:
+            raise AuthError("client %s %s of [access]" % (ip, refused))
+        if self.throttle.is_banned(ip):
+            raise AuthError("client %s is banned for %.0f s more after failed logins"
+                            % (ip, self.throttle.banned_for(ip)))
+        auth = self.cfg["auth"]
+        try:
+            token = token_from_headers(environ, auth["token_place"], auth["token_cookie"])
+            if not token:
+                raise AuthError("no token")
+            claims = self.verifier.verify(token)
+        except AuthError as exc:
+            if self.throttle.failed(ip):
+                raise AuthError("%s; client %s banned for %.0f s after %d failures" % (
+                    exc, ip, self.throttle.ban_time, self.throttle.max_failures)) from None
+            raise
+        self.throttle.succeeded(ip)
+        return claims
 
     def _on_tunnel(self, ws, claims, environ):
         tunnel = self.cfg["tunnel"]
-        peer = environ.get("REMOTE_ADDR", "?")
+        peer = environ.get("afb.client_ip") or environ.get("REMOTE_ADDR", "?")
         label = "tunnel %s@%s" % (claims.get("sub", "?"), peer)
         session = Session(ws, client=False, window=tunnel["stream_window"],
                           max_message=tunnel["max_message"], max_streams=tunnel["max_streams"],
@@ -111,16 +148,24 @@ class TunnelServer:
         return token
 
     def _check_still_valid(self, claims):
-        """Refuse a refresh for a revoked token (hook for the revocation store)."""
+        """Refuse a refresh for a revoked token or subject."""
+        reason = self.revocations.is_revoked(claims)
+        if reason:
+            raise AuthError(reason)
 
     def _issue_token(self, sub, lifetime):
+        """A token signed by the newest key of the ring, recorded in the state store."""
         auth = self.cfg["auth"]
         try:
-            with open(auth["jwt_private_key"], "rb") as handle:
-                key = handle.read()
-        except OSError as exc:
-            raise AuthError("this server cannot issue tokens: %s" % exc.strerror) from None
-        return issue_token(key, sub, lifetime, audience=auth["audience"], issuer=auth["issuer"])
+            token, claims, kid = self.signer.issue(sub, lifetime, audience=auth["audience"],
+                                                   issuer=auth["issuer"])
+        except (OSError, ValueError) as exc:
+            raise AuthError("this server cannot issue tokens: %s" % exc) from None
+        try:
+            self.state.record_issued(claims, kid=kid)
+        except Exception as exc:  # noqa: BLE001 - the store is advisory for the refresh
+            log.warning("refreshed token of %s not recorded: %s", sub, exc)
+        return token
 
     def _serve_stream(self, session, stream, command):
         if command != frames.CMD_CONNECT:
@@ -136,7 +181,7 @@ class TunnelServer:
             sock.close()
             return
         session.accept(stream)
-        relay(sock, stream)
+        SocketRelay(sock, stream).start()
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -169,13 +214,38 @@ class TunnelServer:
             session.flush(0.5)
             session.close(CLOSE_GOING_AWAY, "server stopping")
         self.wsgi.stop(timeout=1)
+        self.state.close()
         self._stopped.set()
         log.info("stopped")
+
+    def reload_tls(self):
+        """SIGHUP: load the certificate and key again; open tunnels are not touched.
+
+        A new context is built and swapped in for new connections, so a bad
+        new pair (unreadable, or key and certificate not matching) leaves the
+        old one serving.
+        """
+        if self.ssl_context is None:
+            return False
+        server = self.cfg["server"]
+        try:
+            context = tls.server_context(server["cert"], server["key"])
+        except (OSError, ValueError) as exc:
+            log.error("certificate reload failed, keeping the old one: %s", exc)
+            return False
+        self.ssl_context = context
+        self.wsgi.wrap_socket = context.wrap_socket     # what gevent wraps new connections with
+        with open(server["cert"], "rb") as handle:
+            pin = spki_pin(handle.read())
+        log.info("certificate reloaded from %s (pin %s); %d tunnels kept", server["cert"], pin,
+                 len(self.sessions))
+        return True
 
     def serve_until_signal(self):
         stop = Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, stop.set)
+        gevent.signal_handler(signal.SIGHUP, self.reload_tls)
         self.start()
         stop.wait()
         log.info("signal received: draining (up to %.0f s)", self.cfg["server"]["drain_timeout"])
