@@ -37,6 +37,7 @@ class ProxyClient:
         users = ProxyUsers.from_file(client["users_file"]) if client["users_file"] else None
         self.proxy = LocalProxy(parse_hostport(client["listen"]), self.tunnel,
                                 fast_open=client["fast_open"], open_timeout=tunnel["open_timeout"],
+                                handshake_timeout=client["handshake_timeout"],
                                 authenticate=users,
                                 sources=SourceAcl(allow=client["allow_sources"]))
 

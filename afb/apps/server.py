@@ -114,7 +114,8 @@ class TunnelServer:
         session = Session(ws, client=False, window=tunnel["stream_window"],
                           max_message=tunnel["max_message"], max_streams=tunnel["max_streams"],
                           ping_interval=tunnel["ping_interval"], on_open=self._serve_stream,
-                          on_refresh=self._refresh_token, label=label)
+                          on_refresh=self._refresh_token, admit=self._admit_stream,
+                          idle_timeout=tunnel["idle_timeout"], label=label)
         session.claims = claims
         if "exp" in claims:
             session.expire_at(claims["exp"], grace=self.cfg["auth"]["leeway"])
@@ -135,6 +136,15 @@ class TunnelServer:
             session.tasks.kill(block=False)
             log.info("%s: tunnel closed after %.0f s: %s", label, time.monotonic() - started,
                      session.close_reason or "done")
+
+    def _admit_stream(self, session, stream):
+        """Per-user stream limit, over all of the user's tunnels."""
+        limit = self.cfg["tunnel"]["max_streams_per_user"]
+        if limit:
+            sub = session.claims.get("sub")
+            open_streams = sum(len(s.streams) for s in self.sessions if s.claims.get("sub") == sub)
+            if open_streams > limit:
+                raise AfbError("user %s has too many streams (limit %d)" % (sub, limit))
 
     def _refresh_token(self, session):
         """A fresh token for the tunnel's user, same lifetime as the one in force."""
