@@ -87,12 +87,14 @@ def cmd_keygen(args):
     except (OSError, ValueError) as exc:
         _err("afb keygen: %s" % exc)
         return EXIT_FAILURE
-    for what in ("cert", "key", "jwt_private_key", "jwt_public_key", "jwt_secret", "keyring"):
+    for what in ("cert", "key", "jwt_private_key", "jwt_public_key", "jwt_secret", "keyring",
+                 "e2e_key"):
         if what in result:
             print("%s: %s" % (what, result[what]))
     print("kid: %s" % result["kid"])
     print("names: %s" % ", ".join(names))
     print("pin: %s" % result["pin"])
+    print("e2e public key: %s" % result["e2e_public_key"])
     return EXIT_OK
 
 
@@ -286,7 +288,8 @@ def build_parser():
     p.add_argument("--dir", default=None, help="working directory (default: a temporary one)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("keygen", help="create the server's TLS key, certificate and JWT keys")
+    p = sub.add_parser("keygen", help="create the server's TLS key, certificate, JWT keys and "
+                                      "E2E key")
     p.add_argument("--dir", default=DEFAULT_KEY_DIR, help="output directory (default %(default)s)")
     p.add_argument("--name", dest="names", action="append", metavar="NAME",
                    help="host name or IP address for the certificate (repeatable; "

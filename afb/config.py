@@ -37,7 +37,7 @@ SPEC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configspec"
 PATH_KEYS = {
     "server": [("server", "cert"), ("server", "key"), ("server", "state_dir"),
                ("auth", "jwt_public_key"), ("auth", "jwt_private_key"), ("auth", "keyring"),
-               ("decoy", "dir")],
+               ("decoy", "dir"), ("e2e", "key")],
     "client": [("client", "token_file"), ("client", "ca_file"), ("client", "users_file")],
 }
 
@@ -188,6 +188,36 @@ def _check_duration(value, *args, **kwargs):
         raise _Invalid('bad duration "%s" (use e.g. 0, 3600, 15m, 12h, 7d)' % value) from None
 
 
+def _check_e2e_public_key(value, *args, **kwargs):
+    """Empty (E2E off) or the server's X25519 public key: base64 of 32 bytes."""
+    if _check_str(value).strip() == "":
+        return ""
+    from afb.codec.aead import parse_public_key
+
+    try:
+        parse_public_key(value)
+    except ConfigError:
+        raise _Invalid("must be the base64 X25519 public key printed by afb keygen as "
+                       "\"e2e public key\" (32 bytes, 44 characters), or empty") from None
+    return value.strip()
+
+
+def _check_cipher_list(value, *args, **kwargs):
+    """A string_list of E2E cipher names (aes-256-gcm, chacha20-poly1305), not empty."""
+    from afb.codec.aead import CIPHER_NAMES, cipher_id
+
+    value = _check_string_list(value, *args, **kwargs)
+    if not value:
+        raise _Invalid("name at least one cipher: %s" % ", ".join(CIPHER_NAMES.values()))
+    for name in value:
+        try:
+            cipher_id(name)
+        except ConfigError:
+            raise _Invalid('unknown cipher "%s" (use %s)' % (
+                name, " or ".join(CIPHER_NAMES.values()))) from None
+    return value
+
+
 def make_validator():
     return Validator({
         "hostport": _check_hostport,
@@ -199,6 +229,8 @@ def make_validator():
         "duration": _check_duration,
         "cidr_list": _check_cidr_list,
         "cookie_name": _check_cookie_name,
+        "e2e_public_key": _check_e2e_public_key,
+        "cipher_list": _check_cipher_list,
     })
 
 

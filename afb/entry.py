@@ -21,10 +21,25 @@ def patch_gevent():
         monkey.patch_all()
 
 
+def raise_open_files_limit():
+    """Daemons hold two sockets per stream: lift the soft descriptor limit to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in GEVENT_COMMANDS:
         patch_gevent()
+        raise_open_files_limit()
     from afb import cli  # noqa: E402  (after patching, on purpose)
 
     return cli.main(argv)

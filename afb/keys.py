@@ -1,15 +1,16 @@
 """Server key material: TLS key + self-signed certificate, JWT signing keys, pins.
 
-``afb keygen`` writes four files into one directory::
+``afb keygen`` writes five files into one directory::
 
     server.key  ECDSA P-256 private key, PKCS#8 PEM, 0600
     server.crt  self-signed X.509 certificate, SAN = the given names/IPs
     jwt.key     Ed25519 private key (signs user tokens), PKCS#8 PEM, 0600
     jwt.pub     Ed25519 public key (verifies tokens), PEM, 0644
+    e2e.key     X25519 static key of the end-to-end channel, PKCS#8 PEM, 0600
 
 plus the key ring index ``jwt-keys.json`` (0644, no secrets) naming that JWT
 key pair, and returns the certificate's SPKI pin for the client's ``pin``
-setting.  With ``algorithm='ES256'`` the JWT pair is ECDSA P-256; with
+setting and the E2E public key (base64) for the client's ``[e2e] server_key``.  With ``algorithm='ES256'`` the JWT pair is ECDSA P-256; with
 ``'HS256'`` there is no pair but ``jwt.secret``: 32 random bytes, 0600.
 
 The key ring (``afb keygen --rotate``) adds keys beside them; its index is::
@@ -48,6 +49,8 @@ from afb.errors import ConfigError
 DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
 FILES = {"cert": "server.crt", "key": "server.key",
          "jwt_private_key": "jwt.key", "jwt_public_key": "jwt.pub"}
+#: The server's static X25519 key of the E2E channel (see afb.codec.aead).
+E2E_KEY_FILE = "e2e.key"
 #: JWT signing algorithms afb knows; EdDSA (Ed25519) is the default.
 JWT_ALGORITHMS = ("EdDSA", "ES256", "HS256")
 #: Name of the key ring index inside the key directory.
@@ -208,16 +211,19 @@ def generate_server_keys(directory, names=DEFAULT_NAMES, days=825, force=False,
                          algorithm="EdDSA"):
     """Write the server's TLS and JWT keys into ``directory``; see the module doc.
 
-    Returns ``{'cert', 'key', 'jwt_private_key', 'jwt_public_key', 'keyring'}``
-    paths (``'jwt_secret'`` instead of the JWT pair for HS256) plus ``'pin'``
-    and ``'kid'``.  Raises FileExistsError if any file exists and ``force`` is
+    Returns ``{'cert', 'key', 'jwt_private_key', 'jwt_public_key', 'keyring',
+    'e2e_key'}`` paths (``'jwt_secret'`` instead of the JWT pair for HS256)
+    plus ``'pin'``, ``'kid'`` and ``'e2e_public_key'`` (base64, for the
+    client's ``[e2e] server_key``).  Raises FileExistsError if any file exists and ``force`` is
     false.
     """
     if algorithm not in JWT_ALGORITHMS:
         raise ValueError("unknown JWT algorithm %r (use one of %s)"
                          % (algorithm, ", ".join(JWT_ALGORITHMS)))
     names = tuple(names)
-    files = dict(FILES, keyring=KEYRING_FILE)
+    from afb.codec.aead import generate_static_key   # afb.codec.aead imports this module
+
+    files = dict(FILES, keyring=KEYRING_FILE, e2e_key=E2E_KEY_FILE)
     if algorithm == "HS256":
         del files["jwt_private_key"], files["jwt_public_key"]
         files["jwt_secret"] = HMAC_SECRET_FILE
@@ -241,7 +247,9 @@ def generate_server_keys(directory, names=DEFAULT_NAMES, days=825, force=False,
     entry = dict(kid=kid, alg=algorithm, created=int(time.time()), retired_at=None, grace=None,
                  **fields)
     write_keyring(paths["keyring"], [entry])
-    return dict(paths, pin=spki_pin(cert_pem), kid=kid)
+    e2e_private, e2e_public = generate_static_key()
+    write_secret(paths["e2e_key"], e2e_private)
+    return dict(paths, pin=spki_pin(cert_pem), kid=kid, e2e_public_key=e2e_public)
 
 
 # --- the JWT key ring ----------------------------------------------------------

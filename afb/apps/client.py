@@ -33,7 +33,12 @@ class ProxyClient:
             max_message=tunnel["max_message"], connect_timeout=tunnel["connect_timeout"],
             ping_interval=tunnel["ping_interval"], ping_timeout=tunnel["ping_timeout"],
             reconnect_min=tunnel["reconnect_min"], reconnect_max=tunnel["reconnect_max"],
-            token_place=client["token_place"], token_cookie=client["token_cookie"])
+            token_place=client["token_place"], token_cookie=client["token_cookie"],
+            e2e_key=cfg["e2e"]["server_key"] or None,
+            e2e_cipher=None if cfg["e2e"]["cipher"] == "auto" else cfg["e2e"]["cipher"])
+        if not self.tunnel.e2e_key:
+            log.warning("E2E is off ([e2e] server_key is empty): whatever terminates TLS in "
+                        "front of the server sees the tunnel's destinations and data")
         users = ProxyUsers.from_file(client["users_file"]) if client["users_file"] else None
         self.proxy = LocalProxy(parse_hostport(client["listen"]), self.tunnel,
                                 fast_open=client["fast_open"], open_timeout=tunnel["open_timeout"],

@@ -58,7 +58,8 @@ class LocalProxy:
         self.handshake_timeout = handshake_timeout
         self.authenticate = authenticate
         self.active = 0
-        self.server = _HandOffServer(listen, self._handle)
+        # A page load opens dozens of connections at once: a deep backlog.
+        self.server = _HandOffServer(listen, self._handle, backlog=4096)
 
     @property
     def address(self):

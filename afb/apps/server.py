@@ -1,5 +1,6 @@
 """``afb server``: the WebSocket tunnel endpoint that forwards streams to destinations."""
 
+import hashlib
 import logging
 import signal
 import socket
@@ -8,7 +9,7 @@ import time
 import gevent
 from gevent.event import Event
 
-from afb.codec import frames
+from afb.codec import aead, frames
 from afb.config import parse_hostport
 from afb.errors import (CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported,
                         DestinationError)
@@ -22,6 +23,7 @@ from afb.transport import tls
 from afb.transport.dialer import Dialer
 from afb.transport.relay import SocketRelay
 from afb.transport.resolver import Resolver
+from afb.transport.secure_channel import server_accept
 from afb.transport.session import Session
 from afb.transport.wsserver import make_server
 
@@ -55,6 +57,7 @@ class TunnelServer:
                                  timeout=dns["timeout"])
         self.dialer = Dialer(self.resolver, self.acl, connect_timeout=tunnel["connect_timeout"])
         self.ssl_context = tls.server_context(server["cert"], server["key"]) if server["tls"] else None
+        self._load_e2e(cfg["e2e"])
         self.sessions = set()
         self.stopping = False
         self._stopped = Event()
@@ -62,6 +65,15 @@ class TunnelServer:
             self.listen, self._on_tunnel, authorize=self._authorize, path=server["path"],
             ssl_context=self.ssl_context, decoy_dir=cfg["decoy"]["dir"] or None,
             max_message=tunnel["max_message"], handshake_timeout=server["handshake_timeout"])
+
+    def _load_e2e(self, e2e):
+        """The E2E static key and ciphers ([e2e]); a 0600 key file unless mode = off."""
+        self.e2e_mode = e2e["mode"]
+        self.e2e_key = None
+        self.e2e_ciphers = tuple(aead.cipher_id(name) for name in e2e["ciphers"])
+        if self.e2e_mode != "off":
+            check_secret_file(e2e["key"], "E2E private key ([e2e] key; made by afb keygen)")
+            self.e2e_key = aead.load_static_key(e2e["key"])
 
     def _make_acl(self, port):
         """The destination ACL; the server's own endpoint is always refused (no loops)."""
@@ -111,6 +123,9 @@ class TunnelServer:
         tunnel = self.cfg["tunnel"]
         peer = environ.get("afb.client_ip") or environ.get("REMOTE_ADDR", "?")
         label = "tunnel %s@%s" % (claims.get("sub", "?"), peer)
+        ws = self._secure(ws, environ, label)
+        if ws is None:
+            return
         session = Session(ws, client=False, window=tunnel["stream_window"],
                           max_message=tunnel["max_message"], max_streams=tunnel["max_streams"],
                           ping_interval=tunnel["ping_interval"], on_open=self._serve_stream,
@@ -136,6 +151,28 @@ class TunnelServer:
             session.tasks.kill(block=False)
             log.info("%s: tunnel closed after %.0f s: %s", label, time.monotonic() - started,
                      session.close_reason or "done")
+
+    def _secure(self, ws, environ, label):
+        """The E2E channel on a new tunnel ([e2e] mode), or None (one log line) if it failed.
+
+        The channel binding is SHA-256 of the token that authorized the upgrade.
+        """
+        if self.e2e_mode == "off":
+            return ws
+        auth = self.cfg["auth"]
+        token = token_from_headers(environ, auth["token_place"], auth["token_cookie"]) or ""
+        try:
+            secure = server_accept(ws, self.e2e_key, hashlib.sha256(token.encode()).digest(),
+                                   self.e2e_ciphers, self.cfg["server"]["handshake_timeout"],
+                                   self.e2e_mode)
+        except (AfbError, OSError) as exc:
+            log.warning("%s: %s", label, _e2e_failure(exc))
+            return None
+        if secure is ws or not hasattr(secure, "cipher"):
+            log.debug("%s: no E2E (plain client; [e2e] mode = optional)", label)
+        else:
+            log.debug("%s: E2E channel up (%s)", label, aead.cipher_name(secure.cipher))
+        return secure
 
     def _admit_stream(self, session, stream):
         """Per-user stream limit, over all of the user's tunnels."""
@@ -260,6 +297,11 @@ class TunnelServer:
         stop.wait()
         log.info("signal received: draining (up to %.0f s)", self.cfg["server"]["drain_timeout"])
         self.stop()
+
+
+def _e2e_failure(exc):
+    text = str(exc) or type(exc).__name__
+    return text if text.startswith("E2E ") else "E2E handshake failed: " + text
 
 
 def _own_endpoints(host, port):

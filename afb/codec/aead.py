@@ -344,9 +344,9 @@ def _parse_head(message, expected_type, size, peer):
         raise HandshakeError("E2E handshake failed: %s message is not bytes" % peer) from None
     if len(view) < 6 or bytes(view[:4]) != MAGIC:
         if peer == "client" and _looks_like_tunnel_hello(view):
+            # Short enough for a WebSocket close reason (123 bytes), which the client shows.
             raise HandshakeError("E2E handshake failed: the client sent a plain tunnel HELLO; "
-                                 "this server requires E2E (set the server's public key in the "
-                                 "client config)")
+                                 "this server requires E2E (set [e2e] server_key)")
         if len(view) < 6:
             raise HandshakeError("E2E handshake failed: %s sent %d bytes, too short for a hello"
                                  % (peer, len(view)))

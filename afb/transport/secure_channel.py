@@ -144,17 +144,20 @@ def client_secure(ws, server_pub_b64, binding, cipher=None, timeout=10.0):
     return SecureChannel(ws, sealer, opener)
 
 
-def server_secure(ws, static_priv, binding, allowed=None, timeout=10.0):
+def server_secure(ws, static_priv, binding, allowed=None, timeout=10.0, *, hello=None):
     """Run the server's E2E handshake on *ws*; return a :class:`SecureChannel`.
 
-    On failure the WebSocket is closed with the error's code and reason (the
-    client shows them) and the error is raised.
+    ``hello``: the ClientHello when the caller has already read it (see
+    :func:`server_accept`).  On failure the WebSocket is closed with the
+    error's code and reason (the client shows them) and the error is raised.
     """
     handshake = aead.ServerHandshake(static_priv, binding, allowed)
     try:
         with gevent.Timeout(timeout, aead.HandshakeError(
                 "E2E handshake failed: no ClientHello within %.0f s" % timeout)):
-            reply, sealer, opener = handshake.respond(_recv_hello(ws, "client"))
+            if hello is None:
+                hello = _recv_hello(ws, "client")
+            reply, sealer, opener = handshake.respond(hello)
             ws.send_message([reply])
     except AfbError as exc:
         ws.close(exc.close_code, str(exc))
@@ -165,4 +168,81 @@ def server_secure(ws, static_priv, binding, allowed=None, timeout=10.0):
     return SecureChannel(ws, sealer, opener)
 
 
-__all__ = ["SecureChannel", "client_secure", "server_secure"]
+# --- E2E required, optional or off (the server's [e2e] mode) -------------------------
+
+E2E_MODES = ("required", "optional", "off")
+
+
+def is_e2e_hello(message):
+    """True if *message* (a first WebSocket message) starts like an E2E hello.
+
+    A tunnel HELLO frame starts with its type and flags (zero bytes), never
+    with ``b"AFBE"``.
+    """
+    if message is None:
+        return False
+    return bytes(memoryview(message).cast("B")[:len(aead.MAGIC)]) == aead.MAGIC
+
+
+class ReplayConnection:
+    """A WebSocket whose first message was read already: ``recv_message`` gives it again.
+
+    Everything else (attributes, properties, ``on_pong``) goes to the wrapped
+    connection.
+    """
+
+    def __init__(self, ws, first):
+        self.__dict__["ws"] = ws
+        self.__dict__["_first"] = first
+
+    def __repr__(self):
+        return "<ReplayConnection over %r>" % (self.ws,)
+
+    def recv_message(self):
+        first = self.__dict__["_first"]
+        if first is not None:
+            self.__dict__["_first"] = None
+            return first
+        return self.ws.recv_message()
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["ws"], name)
+
+    def __setattr__(self, name, value):
+        setattr(self.__dict__["ws"], name, value)
+
+
+def server_accept(ws, static_priv, binding, allowed=None, timeout=10.0, mode="required"):
+    """The server's side of a fresh WebSocket, by the ``[e2e] mode``.
+
+    ``required``: :func:`server_secure` (a plain client is refused with a
+    close reason that tells what to set); ``optional``: the first message
+    decides -- an E2E hello gets the handshake, anything else (a plain tunnel
+    HELLO) a :class:`ReplayConnection` that hands it to the session; ``off``:
+    *ws* unchanged.  Errors as for :func:`server_secure`.
+    """
+    if mode == "off":
+        return ws
+    if mode == "required":
+        return server_secure(ws, static_priv, binding, allowed, timeout)
+    if mode != "optional":
+        raise ValueError("E2E mode must be one of %s, not %r" % (E2E_MODES, mode))
+    try:
+        with gevent.Timeout(timeout, aead.HandshakeError(
+                "no first message within %.0f s after the upgrade" % timeout)):
+            first = ws.recv_message()
+    except AfbError as exc:
+        ws.close(exc.close_code, str(exc))
+        raise
+    except OSError:
+        ws.close()
+        raise
+    if first is None:
+        raise aead.HandshakeError("the client closed the connection before its first message")
+    if not is_e2e_hello(first):
+        return ReplayConnection(ws, first)
+    return server_secure(ws, static_priv, binding, allowed, timeout, hello=first)
+
+
+__all__ = ["E2E_MODES", "ReplayConnection", "SecureChannel", "client_secure",
+           "is_e2e_hello", "server_accept", "server_secure"]

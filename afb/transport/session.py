@@ -36,7 +36,7 @@ class Session:
     """Multiplexes :class:`Stream` objects over one ``WsConnection``."""
 
     def __init__(self, ws, *, client, window=256 * 1024, window_max=None,
-                 max_message=1 << 20, max_streams=4096, ping_interval=20.0,
+                 max_message=1 << 20, max_streams=16384, ping_interval=20.0,
                  ping_timeout=15.0, on_open=None, on_refresh=None, admit=None,
                  idle_timeout=0.0, label=""):
         self.ws = ws

@@ -7,6 +7,7 @@ and full jitter.  Streams opened while no tunnel is up wait up to
 ``open_timeout`` for one (``get_session``), then fail cleanly.
 """
 
+import hashlib
 import logging
 import random
 import time
@@ -16,6 +17,7 @@ from gevent.event import Event
 
 from afb.errors import AfbError, TlsError, TunnelUnavailable
 from afb.transport import tls, wsclient
+from afb.transport.secure_channel import client_secure
 from afb.transport.session import Session
 
 log = logging.getLogger(__name__)
@@ -30,13 +32,18 @@ class TunnelClient:
     def __init__(self, url, token_source, *, pin=None, ca_file=None, proxy=None,
                  window=256 * 1024, max_message=1 << 20, connect_timeout=10.0,
                  ping_interval=20.0, ping_timeout=15.0, reconnect_min=0.5,
-                 reconnect_max=30.0, token_place="header", token_cookie="session"):
+                 reconnect_max=30.0, token_place="header", token_cookie="session",
+                 e2e_key=None, e2e_cipher=None):
         self.url = url
         self.token_source = token_source
         self.token_place = token_place      # "header" (Authorization: Bearer) or "cookie"
         self.token_cookie = token_cookie
         self.pin = pin or None
         self.proxy = proxy or None
+        # E2E: the server's pinned X25519 public key (base64; None: off) and the
+        # cipher to ask for (None: the faster one on this CPU).
+        self.e2e_key = e2e_key or None
+        self.e2e_cipher = e2e_cipher or None
         self.ssl_context = tls.client_context(ca_file=ca_file or None, pin=self.pin) \
             if url.startswith("wss:") else None
         self.window = window
@@ -98,13 +105,18 @@ class TunnelClient:
         return session
 
     def _dial(self):
+        token = self.token_source()
         if self.token_place == "cookie":
-            headers = {"Cookie": "%s=%s" % (self.token_cookie, self.token_source())}
+            headers = {"Cookie": "%s=%s" % (self.token_cookie, token)}
         else:
-            headers = {"Authorization": "Bearer " + self.token_source()}
+            headers = {"Authorization": "Bearer " + token}
         ws = wsclient.connect(self.url, headers=headers, ssl_context=self.ssl_context,
                               pin=self.pin, proxy=self.proxy, timeout=self.connect_timeout,
                               max_message=self.max_message)
+        if self.e2e_key:
+            # Bound to the token of this upgrade; closes ws and raises on failure.
+            ws = client_secure(ws, self.e2e_key, hashlib.sha256(token.encode()).digest(),
+                               self.e2e_cipher, self.connect_timeout)
         session = Session(ws, client=True, window=self.window, max_message=self.max_message,
                           ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
                           label="tunnel to %s" % self.url)

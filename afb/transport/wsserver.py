@@ -408,6 +408,11 @@ class TunnelHandler(WebSocketHandler):
             ws.close()
 
 
+#: Listen backlog: bursts of new connections must not overflow it (the kernel
+#: caps it at net.core.somaxconn).
+LISTEN_BACKLOG = 4096
+
+
 class TunnelServer(WSGIServer):
     """WSGIServer whose TLS handshake is bounded by the handshake timeout."""
 
@@ -467,7 +472,8 @@ def make_server(listen, on_tunnel, *, authorize, path="/", ssl_context=None, dec
     host, port = listen[0], listen[1]
     ssl_kw = {"ssl_context": ssl_context} if ssl_context is not None else {}
     server = TunnelServer(
-        (host, port), DecoyApp(decoy_dir), log=log, error_log=logging.getLogger(__name__),
+        (host, port), DecoyApp(decoy_dir), backlog=LISTEN_BACKLOG, log=log,
+        error_log=logging.getLogger(__name__),
         environ={"SERVER_NAME": str(host), "SERVER_SOFTWARE": SERVER_HEADER}, **ssl_kw)
     server.afb = _Settings(on_tunnel=on_tunnel, authorize=authorize, path=path,
                            max_message=max_message, handshake_timeout=float(handshake_timeout))
