@@ -43,8 +43,14 @@ class Setup:
     """Keys, token and config files for one server + client pair in ``directory``."""
 
     def __init__(self, directory, *, tls=True, allow_private=True, fast_open=True, open_timeout=5,
-                 server_extra="", client_extra="", ttl=3600, leeway=30):
+                 server_extra="", client_extra="", ttl=3600, leeway=30, e2e=True,
+                 e2e_mode=None):
+        """``e2e``: the client pins the server's E2E key (the default, as in every
+        generated config); the server's ``[e2e] mode`` is ``e2e_mode``, by
+        default required with E2E and off without."""
         self.dir = str(directory)
+        self.e2e = e2e
+        self.e2e_mode = e2e_mode or ("required" if e2e else "off")
         self.tls = tls
         self.allow_private = allow_private
         self.fast_open = fast_open
@@ -52,6 +58,7 @@ class Setup:
         self.leeway = leeway
         self.paths = keys.generate_server_keys(self.dir)
         self.pin = self.paths["pin"]
+        self.e2e_public_key = self.paths["e2e_public_key"]
         with open(self.paths["jwt_private_key"], "rb") as handle:
             self.jwt_key = handle.read()
         self.token = issue_token(self.jwt_key, "tester", ttl)
@@ -73,11 +80,13 @@ class Setup:
         os.chmod(os.path.join(self.dir, "client.token"), 0o600)
         with open(self.server_conf, "w") as handle:
             handle.write(_SERVER.format(port=self.server_port, tls=self.tls,
-                                        allow_private=self.allow_private, leeway=self.leeway)
+                                        allow_private=self.allow_private, leeway=self.leeway,
+                                        e2e_mode=self.e2e_mode)
                          + self.server_extra)
         with open(self.client_conf, "w") as handle:
             handle.write(_CLIENT.format(url=self.url, port=self.proxy_port, pin=self.pin,
-                                        fast_open=self.fast_open, open_timeout=self.open_timeout)
+                                        fast_open=self.fast_open, open_timeout=self.open_timeout,
+                                        e2e_key=self.e2e_public_key if self.e2e else '""')
                          + self.client_extra)
 
     def server_cfg(self):
@@ -101,6 +110,9 @@ drain_timeout = 5
 jwt_public_key = jwt.pub
 jwt_private_key = jwt.key
 leeway = {leeway}
+[e2e]
+key = e2e.key
+mode = {e2e_mode}
 [acl]
 allow_private = {allow_private}
 """
@@ -114,6 +126,8 @@ pin = {pin}
 fast_open = {fast_open}
 log_level = debug
 drain_timeout = 5
+[e2e]
+server_key = {e2e_key}
 [tunnel]
 reconnect_min = 0.05
 reconnect_max = 0.5

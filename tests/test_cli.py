@@ -1,5 +1,6 @@
 """The ``afb`` command line, run as ``python -m afb`` in subprocesses."""
 
+import base64
 import os
 import stat
 import subprocess
@@ -38,6 +39,9 @@ def test_keygen_output_and_refusal(keydir):
     assert lines["jwt_public_key"] == os.path.join(path, "jwt.pub")
     assert lines["pin"].startswith("sha256//") and len(lines["pin"]) == 52
     assert stat.S_IMODE(os.stat(lines["key"]).st_mode) == 0o600
+    assert lines["e2e_key"] == os.path.join(path, "e2e.key")
+    assert stat.S_IMODE(os.stat(lines["e2e_key"]).st_mode) == 0o600
+    assert len(base64.b64decode(lines["e2e public key"], validate=True)) == 32
     again = afb("keygen", "--dir", path)
     assert again.returncode == 1 and "refusing to overwrite" in again.stderr and "--force" in again.stderr
 

@@ -384,6 +384,46 @@ def test_seal_view_reuses_its_buffer():
         assert isinstance(second, memoryview)
 
 
+@pytest.mark.parametrize("cipher", [1, 2])
+def test_many_parts_are_gathered_without_a_join(cipher):
+    key = os.urandom(32)
+    sealer = aead.RecordSealer(cipher, key, use_into=True)
+    slow = aead.RecordSealer(cipher, key, use_into=False)
+    opener = aead.RecordOpener(cipher, key)
+    parts = [os.urandom(n) for n in (9, 70000, 1, 0, 200000)] + [memoryview(b"tail")]
+    for _ in range(3):            # the staging buffer is reused each time
+        record = bytes(sealer.seal_view(parts))
+        assert record == slow.seal(parts)
+        assert opener.open(record) == b"".join(bytes(p) for p in parts)
+    big = [os.urandom(aead.POOL_BUFFER), b"more"]      # grows past the first buffer size
+    assert opener.open(sealer.seal_view(big)) == b"".join(big)
+
+
+@pytest.mark.parametrize("cipher", [1, 2])
+def test_open_view_pools_large_plaintexts_while_nobody_views_them(cipher):
+    key = os.urandom(32)
+    sealer = aead.RecordSealer(cipher, key)
+    opener = aead.RecordOpener(cipher, key)
+    small = opener.open_view(sealer.seal([b"s" * 100]))
+    assert small == b"s" * 100 and isinstance(small, bytes)
+    first_data, second_data = os.urandom(256 * 1024), os.urandom(256 * 1024)
+    first = opener.open_view(sealer.seal([first_data]))
+    assert bytes(first) == first_data
+    second = opener.open_view(sealer.seal([second_data]))   # `first` is alive: another buffer
+    assert bytes(first) == first_data and bytes(second) == second_data
+    if aead.HAVE_DECRYPT_INTO:
+        assert isinstance(first, memoryview)
+        assert first.obj is not second.obj
+        first_buffer = id(first.obj)      # (holding the object itself would keep it busy)
+        del first
+        third = opener.open_view(sealer.seal([b"t" * 50000]))
+        assert id(third.obj) == first_buffer and bytes(third) == b"t" * 50000      # reused
+    huge = os.urandom(aead.POOL_BUFFER + 1)
+    assert bytes(opener.open_view(sealer.seal([huge]))) == huge
+    with pytest.raises(aead.RecordError, match="failed authentication"):
+        opener.open_view(flip(sealer.seal([second_data]), 100))
+
+
 # --- fuzz ---------------------------------------------------------------------
 
 def _only_afb_errors(call, data):

@@ -1,5 +1,6 @@
 """Bad input and failures: a clear reply or close, one log line, other streams unaffected."""
 
+import hashlib
 import logging
 import socket
 import struct
@@ -14,6 +15,7 @@ from afb.codec import websocket as wsc
 from afb.errors import AuthError
 from afb.policy.auth import issue_token
 from afb.transport import tls, wsclient
+from afb.transport.secure_channel import client_secure
 from tests.support import InProcessTunnel, Setup, recv_all, recv_exact, socks_connect
 
 
@@ -97,11 +99,21 @@ def test_handshake_timeout_drops_a_silent_local_client(setup):
 # --- the server side: raw WebSocket peers -------------------------------------------
 
 def _raw_tunnel(setup, token=None, hello=True, version=PROTOCOL_VERSION):
-    ws = wsclient.connect(setup.url, headers={"Authorization": "Bearer " + (token or setup.token)},
+    """A tunnel peer speaking the protocol by hand (inside the E2E channel if the setup has it)."""
+    token = token or setup.token
+    ws = wsclient.connect(setup.url, headers={"Authorization": "Bearer " + token},
                           ssl_context=tls.client_context(pin=setup.pin), pin=setup.pin)
+    if setup.e2e:
+        ws = client_secure(ws, setup.e2e_public_key, hashlib.sha256(token.encode()).digest(),
+                           None, 5)
     if hello:
         ws.send_message([frames.frame(frames.HELLO, 0, frames.hello_payload(version, 65536, 1 << 20))])
     return ws
+
+
+def _raw_sock(ws):
+    """The TCP/TLS socket under a tunnel WebSocket (below the E2E channel, if any)."""
+    return getattr(ws, "ws", ws)._sock
 
 
 def _frames_until(ws, wanted_type, limit=20):
@@ -135,7 +147,7 @@ def test_oversized_frame_header_closes_that_tunnel_with_1009(tunnel, echo):
     ws = _raw_tunnel(tunnel.setup)
     assert _frames_until(ws, frames.HELLO) is not None
     # A masked binary frame header claiming 4 GiB, and no payload.
-    ws._sock.sendall(bytes([0x82, 0xFF]) + struct.pack("!Q", 4 << 30) + b"mask")
+    _raw_sock(ws).sendall(bytes([0x82, 0xFF]) + struct.pack("!Q", 4 << 30) + b"mask")
     assert ws.recv_message() is None
     assert ws.peer_close_code == 1009
     background.check()
@@ -144,7 +156,7 @@ def test_oversized_frame_header_closes_that_tunnel_with_1009(tunnel, echo):
 def test_garbage_after_the_upgrade_closes_with_1002(tunnel, echo):
     background = Background(tunnel.proxy, echo.port)
     ws = _raw_tunnel(tunnel.setup, hello=False)
-    ws._sock.sendall(b"\x8f\x80garbage-garbage")
+    _raw_sock(ws).sendall(b"\x8f\x80garbage-garbage")
     assert ws.recv_message() is None
     assert ws.peer_close_code == 1002
     background.check()

@@ -41,6 +41,29 @@ def secure_pair(ws_a, ws_b, cipher=None, *, pub=PUB, client_binding=BINDING,
     return client, (server.value if server.successful() else server.exception)
 
 
+@pytest.mark.parametrize("client_sends", [True, False], ids=["client", "server"])
+def test_send_in_place_and_the_reused_client_buffer(wspair, client_sends):
+    from afb.transport.wsconn import MAX_HEADER, POOL_BUFFER
+
+    ws_a, ws_b = wspair
+    sender, receiver = (ws_a, ws_b) if client_sends else (ws_b, ws_a)
+    for size in (0, 1, 125, 126, 65535, 65536, 256 * 1024, POOL_BUFFER + 5, 3):
+        data = os.urandom(size)
+        buf = bytearray(MAX_HEADER + 7) + data
+        job = gevent.spawn(sender.send_in_place, memoryview(buf)[7:], MAX_HEADER)
+        assert bytes(receiver.recv_message()) == data
+        job.get(timeout=5)
+        # ... and send_message, whose client copy goes through one reused buffer.
+        job = gevent.spawn(sender.send_message, [data[:5], memoryview(data)[5:]])
+        assert bytes(receiver.recv_message()) == data
+        job.get(timeout=5)
+    with pytest.raises(ValueError):
+        sender.send_in_place(bytearray(20), MAX_HEADER - 1)
+    sender.close()
+    with pytest.raises(BrokenPipeError):
+        sender.send_in_place(bytearray(20), MAX_HEADER)
+
+
 @pytest.mark.parametrize("cipher", CIPHERS)
 def test_round_trip(wspair, cipher):
     ws_a, ws_b = wspair

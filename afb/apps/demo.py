@@ -16,6 +16,7 @@ import gevent
 from gevent.event import Event
 
 from afb import keys
+from afb.codec import aead
 from afb.apps.client import ProxyClient
 from afb.apps.server import TunnelServer
 from afb.config import load_config
@@ -48,6 +49,11 @@ jwt_private_key = jwt.key
 # server keeps allow_private = false (the default) so it is no open door
 # into its own network.
 allow_private = true
+
+[e2e]
+# End-to-end encryption inside the WebSocket (required of every client).
+key = e2e.key
+mode = required
 """
 
 CLIENT_CONF = """\
@@ -58,6 +64,10 @@ listen = 127.0.0.1:{proxy_port}
 token_file = client.token
 pin = {pin}
 log_level = info
+
+[e2e]
+# The server's E2E public key (its e2e.key): end-to-end encryption on.
+server_key = {e2e_key}
 """
 
 
@@ -68,6 +78,11 @@ def prepare(directory):
         keys.generate_server_keys(directory)
     with open(os.path.join(directory, "server.crt"), "rb") as handle:
         pin = keys.spki_pin(handle.read())
+    e2e_path = os.path.join(directory, keys.E2E_KEY_FILE)
+    if os.path.exists(e2e_path):
+        e2e_key = aead.public_key_b64(aead.load_static_key(e2e_path))
+    else:       # a demo folder from before E2E
+        e2e_key = aead.save_static_key(e2e_path, aead.generate_static_key()[0])
     with open(os.path.join(directory, "jwt.key"), "rb") as handle:
         token = issue_token(handle.read(), "demo", 30 * 86400)
     keys.write_secret(os.path.join(directory, "client.token"), token + "\n")
@@ -77,7 +92,7 @@ def prepare(directory):
         handle.write(SERVER_CONF.format(port=SERVER_PORT, path=TUNNEL_PATH))
     with open(paths["client"], "w", encoding="utf-8") as handle:
         handle.write(CLIENT_CONF.format(port=SERVER_PORT, path=TUNNEL_PATH,
-                                        proxy_port=PROXY_PORT, pin=pin))
+                                        proxy_port=PROXY_PORT, pin=pin, e2e_key=e2e_key))
     return paths, pin
 
 
@@ -86,6 +101,7 @@ def banner(directory, paths, pin):
 afb demo is running (Ctrl-C or SIGTERM stops it).
 
   server   wss://127.0.0.1:{SERVER_PORT}{TUNNEL_PATH}   (self-signed, pin {pin})
+           end-to-end encryption (E2E) on inside the WebSocket
   proxy    127.0.0.1:{PROXY_PORT}   SOCKS5 and HTTP CONNECT
   files    {directory}
            reuse them:  afb server -c {paths['server']}

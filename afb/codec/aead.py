@@ -81,6 +81,7 @@ import binascii
 import hashlib
 import os
 import struct
+import sys
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -140,6 +141,17 @@ CLOSE_E2E_FAILED = 4002
 #: Recent cryptography releases seal into a caller's buffer (``encrypt_into``);
 #: without it the sealer falls back to ``encrypt`` plus one concatenation.
 HAVE_INTO = hasattr(AESGCM, "encrypt_into") and hasattr(ChaCha20Poly1305, "encrypt_into")
+#: ... and open into one (``decrypt_into``); without it ``open_view`` returns new bytes.
+HAVE_DECRYPT_INTO = hasattr(AESGCM, "decrypt_into") and hasattr(ChaCha20Poly1305, "decrypt_into")
+
+#: Plaintexts from this size on are opened into reused buffers (and a sealer
+#: gathers several parts in a reused buffer instead of joining them): a fresh
+#: 256 KiB allocation per record means fresh pages, and page faults cost
+#: about as much as the cipher itself.
+POOL_MIN = 16 * 1024
+#: Size of a pooled buffer (a tunnel writer batch is 256 KiB) and most kept.
+POOL_BUFFER = 320 * 1024
+POOL_SIZE = 16
 
 
 class HandshakeError(ProtocolError):
@@ -488,18 +500,21 @@ class RecordSealer:
         self._use_into = HAVE_INTO if use_into is None else bool(use_into)
         self._buf = bytearray(0)
         self._view = memoryview(self._buf)
+        self._stage = bytearray(0)        # several parts gathered for encrypt_into
+        self._stage_view = memoryview(self._stage)
         self._dead = False
 
     def seal(self, parts):
         """One record (bytes) whose plaintext is the concatenation of *parts*."""
         return bytes(self.seal_view(parts))
 
-    def seal_view(self, parts):
+    def seal_view(self, parts, reserve=0):
         """Like :meth:`seal`, but may return a memoryview of a buffer reused by the next call.
 
         For a sender that writes the record out before sealing the next one
         (and seals and sends under one lock, so that records leave in counter
-        order).
+        order).  With ``reserve``, the record starts that many (unspecified)
+        bytes into the result: room for a transport header written in place.
         """
         if self._dead:
             raise RecordError("E2E channel is dead after an earlier error")
@@ -507,6 +522,8 @@ class RecordSealer:
             data = _byte_view(parts)
         elif len(parts) == 1:
             data = _byte_view(parts[0])
+        elif self._use_into:
+            data = self._gather(parts)
         else:
             data = b"".join(parts)
         counter = self.counter
@@ -522,18 +539,33 @@ class RecordSealer:
         header = _HEADERS[flags]
         nonce = _NONCE.pack(counter)
         if self._use_into:
-            total = size + OVERHEAD
+            total = reserve + size + OVERHEAD
             if len(self._buf) < total:
-                self._buf = bytearray(total)
+                self._buf = bytearray(max(total, POOL_BUFFER))
                 self._view = memoryview(self._buf)
             out = self._view[:total]
-            out[0] = flags
-            self._aead.encrypt_into(nonce, data, header, out[HEADER_SIZE:])
+            out[reserve] = flags
+            self._aead.encrypt_into(nonce, data, header, out[reserve + HEADER_SIZE:])
         else:
-            out = header + self._aead.encrypt(nonce, data, header)
+            out = bytes(reserve) + header + self._aead.encrypt(nonce, data, header)
         if flags & FLAG_KEY_UPDATE:
             self._rekey()
         return out
+
+    def _gather(self, parts):
+        """*parts* copied into the reused staging buffer (no new allocation)."""
+        views = [_byte_view(part) for part in parts]
+        size = sum(len(view) for view in views)
+        if len(self._stage) < size:
+            self._stage = bytearray(max(size, POOL_BUFFER))
+            self._stage_view = memoryview(self._stage)
+        stage = self._stage_view
+        pos = 0
+        for view in views:
+            end = pos + len(view)
+            stage[pos:end] = view
+            pos = end
+        return stage[:size]
 
     def _rekey(self):
         self._key = _next_key(self._key)
@@ -551,10 +583,21 @@ class RecordOpener:
         self.key_updates = 0
         self._key = bytes(key)
         self._aead = _aead(cipher, self._key)
+        self._pool = []
         self._dead = False
 
     def open(self, record):
         """The plaintext (bytes) of the next record; raises :class:`RecordError`."""
+        return self._open(record, False)
+
+    def open_view(self, record):
+        """Like :meth:`open`, but a large plaintext may come back as a memoryview of
+        a pooled buffer, reused once no view of it is alive any more: keep it only
+        as long as needed (like a large message from ``WsConnection.recv_message``).
+        """
+        return self._open(record, HAVE_DECRYPT_INTO)
+
+    def _open(self, record, into):
         if self._dead:
             raise RecordError("E2E channel is dead after an earlier record error")
         try:
@@ -571,8 +614,14 @@ class RecordOpener:
         counter = self.counter
         if counter >= MAX_RECORDS:
             self._fail("E2E record counter exhausted")
+        size = len(view) - OVERHEAD
         try:
-            plaintext = self._aead.decrypt(_NONCE.pack(counter), view[HEADER_SIZE:], header)
+            if into and size >= POOL_MIN:
+                plaintext = memoryview(self._buffer_for(size))[:size]
+                self._aead.decrypt_into(_NONCE.pack(counter), view[HEADER_SIZE:], header,
+                                        plaintext)
+            else:
+                plaintext = self._aead.decrypt(_NONCE.pack(counter), view[HEADER_SIZE:], header)
         except InvalidTag:
             self._fail("E2E record %d failed authentication (modified, replayed, reordered or "
                        "dropped)" % counter)
@@ -582,6 +631,21 @@ class RecordOpener:
             self._aead = _aead(self.cipher, self._key)
             self.key_updates += 1
         return plaintext
+
+    def _buffer_for(self, size):
+        """A pooled buffer nobody still views (or a new one) of at least *size* bytes."""
+        if size > POOL_BUFFER:
+            return bytearray(size)
+        pool = self._pool
+        for buf in pool:
+            # References: the pool list, this loop variable, getrefcount's argument.
+            # Any more means a plaintext view handed out earlier is still alive.
+            if sys.getrefcount(buf) == 3:
+                return buf
+        buf = bytearray(POOL_BUFFER)
+        if len(pool) < POOL_SIZE:
+            pool.append(buf)
+        return buf
 
     def _fail(self, message):
         self._dead = True

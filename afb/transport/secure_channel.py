@@ -18,6 +18,7 @@ from gevent.lock import RLock
 
 from afb.codec import aead
 from afb.errors import CLOSE_NORMAL, CLOSE_VERSION_MISMATCH, AfbError, VersionMismatch
+from afb.transport.wsconn import MAX_HEADER
 
 
 class SecureChannel:
@@ -31,6 +32,7 @@ class SecureChannel:
         # Records must leave in counter order, and the sealer's output buffer
         # is reused: seal and send under one lock.
         self._wlock = RLock()
+        self._in_place = getattr(ws, "send_in_place", None)
 
     def __repr__(self):
         return "<SecureChannel %s over %r>" % (aead.cipher_name(self.cipher), self.ws)
@@ -38,22 +40,34 @@ class SecureChannel:
     # --- the WsConnection interface ---------------------------------------------
 
     def recv_message(self):
-        """The next plaintext message (bytes), or ``None`` once the WebSocket is closed."""
+        """The next plaintext message, or ``None`` once the WebSocket is closed.
+
+        Like ``WsConnection.recv_message``: bytes, or for a large message a
+        memoryview of a pooled buffer (keep it only as long as needed).
+        """
         record = self.ws.recv_message()
         if record is None:
             return None
         try:
-            return self.opener.open(record)
+            return self.opener.open_view(record)
         except aead.RecordError as exc:
             self.ws.close(exc.close_code, str(exc))
             raise
 
     def send_message(self, parts):
-        """Seal *parts* (one plaintext) into one record and send it as one message."""
+        """Seal *parts* (one plaintext) into one record and send it as one message.
+
+        On a WsConnection the record is sealed with room for the frame header in
+        front and sent from the sealer's buffer as it is (no copy; a client's
+        mask is applied in place).
+        """
         with self._wlock:
             if self.ws.closed:
                 raise BrokenPipeError("WebSocket connection is closed")
-            self.ws.send_message([self.sealer.seal_view(parts)])
+            if self._in_place is not None:
+                self._in_place(self.sealer.seal_view(parts, MAX_HEADER), MAX_HEADER)
+            else:
+                self.ws.send_message([self.sealer.seal_view(parts)])
 
     def send_ping(self, payload=b""):
         """A WebSocket ping (outside the records: it carries nothing of the tunnel's)."""

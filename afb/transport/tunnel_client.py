@@ -15,7 +15,8 @@ import time
 import gevent
 from gevent.event import Event
 
-from afb.errors import AfbError, TlsError, TunnelUnavailable
+from afb.codec.aead import HandshakeError
+from afb.errors import AfbError, AuthError, TlsError, TunnelUnavailable
 from afb.transport import tls, wsclient
 from afb.transport.secure_channel import client_secure
 from afb.transport.session import Session
@@ -135,8 +136,14 @@ class TunnelClient:
                 session = self._dial()
             except (OSError, AfbError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
-                level = logging.ERROR if isinstance(exc, TlsError) else logging.WARNING
+                # A pin or E2E key mismatch needs a fix, not patience.
+                level = logging.ERROR if isinstance(exc, (TlsError, HandshakeError)) \
+                    else logging.WARNING
                 pause = random.uniform(self.reconnect_min, delay)
+                if isinstance(exc, AuthError):
+                    # Refused upgrade (bad/expired token, or banned): retrying fast
+                    # cannot help and would earn a ban for failed logins.
+                    pause = max(pause, self.reconnect_max)
                 log.log(level, "cannot open the tunnel: %s; retrying in %.1f s", self.last_error, pause)
                 gevent.sleep(pause)
                 delay = min(delay * 2, self.reconnect_max)

@@ -44,6 +44,9 @@ IOV_MAX = 512
 #: 256 KiB bytearray per message cost 15% of the client's CPU in profiles.
 POOL_BUFFER = 320 * 1024
 POOL_SIZE = 16
+#: The longest frame header (64-bit length and a mask key): the room a caller
+#: of :meth:`WsConnection.send_in_place` leaves in front of its payload.
+MAX_HEADER = 14
 
 
 def _as_bytes_view(part):
@@ -78,6 +81,7 @@ class WsConnection:
         if initial:
             self._buf[:self._end] = initial
         self._pool = []
+        self._send_buf = None        # client: reused buffer a message is masked in
         self._wlock = RLock()
         self._close_sent = False
         self._closed = False         # no more reading or writing
@@ -279,14 +283,8 @@ class WsConnection:
         for p in parts:
             total += len(p)
         if self.client:
-            # One copy: header and payload joined into one buffer, masked in place.
-            key = os.urandom(4)
-            head = wsc.encode_header(wsc.OP_BINARY, total, mask_key=key)
-            message = bytearray(head)
-            for p in parts:
-                message += p
-            wsc.mask_inplace(memoryview(message)[len(head):], key)
-            buffers = [message]
+            self._send_masked(parts, total)
+            return
         else:
             buffers = [wsc.encode_header(wsc.OP_BINARY, total)]
             buffers.extend(p for p in parts if len(p))
@@ -294,6 +292,57 @@ class WsConnection:
             if self._close_sent or self._closed:
                 raise BrokenPipeError("WebSocket connection is closed")
             self._write(buffers, total + len(buffers[0]))
+
+    def _send_masked(self, parts, total):
+        """Client: one copy -- header and payload joined in a reused buffer, masked in
+        place, sent under the write lock (a fresh 256 KiB buffer per message costs
+        page faults worth several copies)."""
+        key = os.urandom(4)
+        head = wsc.encode_header(wsc.OP_BINARY, total, mask_key=key)
+        size = len(head) + total
+        with self._wlock:
+            if self._close_sent or self._closed:
+                raise BrokenPipeError("WebSocket connection is closed")
+            if size > POOL_BUFFER:
+                message = memoryview(bytearray(size))
+            else:
+                if self._send_buf is None:
+                    self._send_buf = memoryview(bytearray(POOL_BUFFER))
+                message = self._send_buf[:size]
+            pos = len(head)
+            message[:pos] = head
+            for p in parts:
+                end = pos + len(p)
+                message[pos:end] = p
+                pos = end
+            wsc.mask_inplace(message[len(head):], key)
+            self._write([message], size)
+
+    def send_in_place(self, buffer, start):
+        """Send ``buffer[start:]`` as one binary message without copying it.
+
+        ``buffer`` (a writable bytes-like object) must have ``start >=
+        MAX_HEADER`` bytes of room in front of the payload: the frame header
+        is written there, and a client masks the payload in place (the
+        buffer's contents are changed).  For a sender that builds its
+        payload in a scratch buffer anyway (the E2E channel's sealer).
+        """
+        view = memoryview(buffer)
+        if view.itemsize != 1 or view.ndim != 1:
+            view = view.cast("B")
+        if start < MAX_HEADER:
+            raise ValueError("send_in_place needs %d bytes of room, got %d" % (MAX_HEADER, start))
+        total = len(view) - start
+        key = os.urandom(4) if self.client else None
+        head = wsc.encode_header(wsc.OP_BINARY, total, mask_key=key)
+        first = start - len(head)
+        with self._wlock:
+            if self._close_sent or self._closed:
+                raise BrokenPipeError("WebSocket connection is closed")
+            view[first:start] = head
+            if key is not None:
+                wsc.mask_inplace(view[start:], key)
+            self._write([view[first:]], len(view) - first)
 
     def send_ping(self, payload=b""):
         """Send a ping; the peer's pong goes to :attr:`on_pong`."""
@@ -407,4 +456,4 @@ class WsConnection:
             pass
 
 
-__all__ = ["WsConnection", "RECV_BUFFER", "SMALL_PAYLOAD"]
+__all__ = ["WsConnection", "MAX_HEADER", "RECV_BUFFER", "SMALL_PAYLOAD"]
