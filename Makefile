@@ -2,12 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Debian packages the test suite drives for real (curl as a SOCKS/HTTP client).
-APT_PACKAGES ?= curl ca-certificates
+# Debian packages the test suite drives for real (curl as a SOCKS/HTTP client,
+# nginx as a TLS-terminating reverse proxy in front of afb server).
+APT_PACKAGES ?= curl ca-certificates nginx iproute2
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench venv apt-deps clean
+.PHONY: demo test bench bench-throughput venv apt-deps clean
 
 venv: $(VENV)/.installed
 
@@ -34,8 +35,14 @@ demo: venv
 test: venv apt-deps
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
 
+# Side by side with rival tunnels (installs them from Debian; ~25 min):
+# JSON and markdown land in bench/results/.  BENCH_ARGS e.g. --size 256M --repeat 1
 bench: venv apt-deps
-	$(PY) bench/throughput
+	$(PY) bench/compare $(BENCH_ARGS)
+
+# afb alone against a direct download (ws, wss, E2E on/off).
+bench-throughput: venv apt-deps
+	$(PY) bench/throughput $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(DEMO_DIR)
