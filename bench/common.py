@@ -432,6 +432,10 @@ drain_timeout = 2
 jwt_public_key = {keys}/jwt.pub
 jwt_private_key = {keys}/jwt.key
 
+[e2e]
+key = {keys}/e2e.key
+mode = {e2e_mode}
+
 [tunnel]
 {server_tunnel}
 [acl]
@@ -450,6 +454,9 @@ pin = {pin}
 log_level = {log_level}
 drain_timeout = 2
 
+[e2e]
+server_key = {e2e_key}
+
 [tunnel]
 {client_tunnel}
 """
@@ -463,12 +470,21 @@ def spki_pin(cert_path):
         return _pin(handle.read())
 
 
+def e2e_public_key(key_path):
+    """The base64 E2E public key of a server's e2e.key (afb.codec.aead, imported only here)."""
+    from afb.codec import aead
+
+    return aead.public_key_b64(aead.load_static_key(key_path))
+
+
 class AfbPair:
     """A running ``afb server`` + ``afb client``; see :func:`start_afb_pair`."""
 
-    def __init__(self, directory, tls, host, server_port, proxy_port, server, client, pin):
+    def __init__(self, directory, tls, host, server_port, proxy_port, server, client, pin,
+                 e2e=True):
         self.directory = directory
         self.tls = tls
+        self.e2e = e2e                  # end-to-end encryption inside the WebSocket
         self.host = host
         self.server_port = server_port
         self.proxy_port = proxy_port
@@ -530,10 +546,12 @@ def _afb(args, cwd=None, timeout=60):
 
 def start_afb_pair(directory, tls, procs=None, host=LOOPBACK, allow=(), path="/t",
                    log_level="warning", server_tunnel=None, client_tunnel=None,
-                   probe_port=None, timeout=30.0):
+                   probe_port=None, timeout=30.0, e2e=True):
     """Keys, token, configs, then ``afb server`` and ``afb client`` in ``directory``.
 
-    ``tls`` picks wss:// (pinned self-signed certificate) or ws://.  ``allow``
+    ``tls`` picks wss:// (pinned self-signed certificate) or ws://.  ``e2e``
+    (on by default, as ``afb keygen`` users run it): the client pins the
+    server's E2E key and the server requires it; off: ``[e2e] mode = off``.  ``allow``
     lists extra destinations for the server's [acl] allow (an allow rule beats
     the server's refusal of its own address, e.g. ``127.0.0.1:PORT`` for a
     local benchmark server).  ``server_tunnel`` / ``client_tunnel`` are dicts
@@ -546,13 +564,14 @@ def start_afb_pair(directory, tls, procs=None, host=LOOPBACK, allow=(), path="/t
     directory = os.path.abspath(directory)
     keys = os.path.join(directory, "keys")
     os.makedirs(directory, exist_ok=True)
+    pin = e2e_key = None
     if not os.path.exists(os.path.join(keys, "server.crt")):
         out = _afb(["keygen", "--dir", keys])
-        pin = next((line.split(":", 1)[1].strip() for line in out.splitlines()
-                    if line.startswith("pin:")), None)
-    else:
-        pin = None
+        printed = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+        pin, e2e_key = printed.get("pin"), printed.get("e2e public key")
     pin = pin or spki_pin(os.path.join(keys, "server.crt"))
+    if e2e and not e2e_key:
+        e2e_key = e2e_public_key(os.path.join(keys, "e2e.key"))
     _afb(["token", "issue", "--key", os.path.join(keys, "jwt.key"), "--sub", "bench",
           "--ttl", "1d", "--out", os.path.join(keys, "client.token")])
     server_port = free_port(host)
@@ -563,6 +582,7 @@ def start_afb_pair(directory, tls, procs=None, host=LOOPBACK, allow=(), path="/t
                tls="true" if tls else "false", scheme="wss" if tls else "ws", keys=keys,
                state=os.path.join(directory, "state"), log_level=log_level,
                pin=pin if tls else '""',
+               e2e_mode="required" if e2e else "off", e2e_key=e2e_key if e2e else '""',
                allow=", ".join(allow) + ("," if len(allow) == 1 else "") if allow else '""',
                server_tunnel="".join("%s = %s\n" % kv for kv in (server_tunnel or {}).items()),
                client_tunnel="".join("%s = %s\n" % kv for kv in (client_tunnel or {}).items()))
@@ -582,7 +602,8 @@ def start_afb_pair(directory, tls, procs=None, host=LOOPBACK, allow=(), path="/t
         client = local.spawn([VENV_AFB, "client", "-c", client_conf],
                              os.path.join(directory, "client.log"), cwd=directory)
         wait_port(proxy_port, host, timeout=timeout, proc=client)
-        pair = AfbPair(directory, tls, host, server_port, proxy_port, server, client, pin)
+        pair = AfbPair(directory, tls, host, server_port, proxy_port, server, client, pin,
+                       e2e=e2e)
         if probe_port:
             _probe(pair, probe_port, timeout)
         return pair

@@ -18,8 +18,10 @@ ss-ws       ss-local -> ss-v2ray-plugin (websocket) -> ss-server (aes-256-gcm)
 ss-wss      the same with the plugin in tls mode
 trojan      trojan client (socks5) -> trojan server (TLS); fallback is the
             loopback blob HTTP server
-afb-ws      ``afb client`` -> ws:// -> ``afb server`` (bench/common.start_afb_pair)
+afb-ws      ``afb client`` -> ws:// -> ``afb server`` (bench/common.start_afb_pair),
+            end-to-end encryption (E2E) inside the WebSocket on, as by default
 afb-wss     the same over wss://
+afb-wss-noe2e  afb over wss:// with E2E off (``[e2e] mode = off``), for reference
 ========== =================================================================
 
 A peer object has ``name``, ``kind`` ("direct", "socks" or "relay"),
@@ -80,6 +82,7 @@ PACKAGES = {
     "trojan": ["trojan", "openssl"],
     "afb-ws": [],
     "afb-wss": [],
+    "afb-wss-noe2e": [],
 }
 #: Binaries that show a package is installed.
 BINARIES = {
@@ -481,11 +484,13 @@ class Trojan(Peer):
 
 
 class Afb(Peer):
-    def __init__(self, tls):
+    def __init__(self, tls, e2e=True):
         super().__init__()
         self.tls = tls
-        self.name = "afb-wss" if tls else "afb-ws"
-        self.note = "afb %s (bench/common.start_afb_pair)" % ("wss" if tls else "ws")
+        self.e2e = e2e
+        self.name = ("afb-wss" if tls else "afb-ws") + ("" if e2e else "-noe2e")
+        self.note = "afb %s, E2E %s (bench/common.start_afb_pair)" % (
+            "wss" if tls else "ws", "on" if e2e else "off")
         self.pair = None
 
     def missing(self):
@@ -494,7 +499,7 @@ class Afb(Peer):
     def _start(self, targets):
         allow = ["%s:%d" % (LOOPBACK, p) for p in sorted(set(targets.values()))]
         self.pair = common.start_afb_pair(self.dir, self.tls, procs=self.procs, allow=allow,
-                                          probe_port=targets["blob"], timeout=20)
+                                          probe_port=targets["blob"], timeout=20, e2e=self.e2e)
         return (LOOPBACK, self.pair.proxy_port)
 
     def stop(self):
@@ -508,6 +513,7 @@ def make_peer(name):
         "v2ray-ws": lambda: V2ray(False), "v2ray-wss": lambda: V2ray(True),
         "ss-ws": lambda: Shadowsocks(False), "ss-wss": lambda: Shadowsocks(True),
         "trojan": Trojan, "afb-ws": lambda: Afb(False), "afb-wss": lambda: Afb(True),
+        "afb-wss-noe2e": lambda: Afb(True, e2e=False),
     }
     if name not in table:
         raise KeyError("unknown peer %r (known: %s)" % (name, ", ".join(table)))
@@ -515,7 +521,7 @@ def make_peer(name):
 
 
 ALL_PEERS = ["direct", "microsocks", "socat", "v2ray-ws", "v2ray-wss", "ss-ws", "ss-wss",
-             "trojan", "afb-ws", "afb-wss"]
+             "trojan", "afb-ws", "afb-wss", "afb-wss-noe2e"]
 
 
 # --- targets: echo and close-timing (gevent, own process) ------------------------------------
