@@ -81,7 +81,6 @@ import binascii
 import hashlib
 import os
 import struct
-import sys
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -89,6 +88,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
+from afb.buffers import POOL_BUFFER, BufferPool
 from afb.errors import ConfigError, ProtocolError, VersionMismatch
 from afb.keys import write_secret
 
@@ -149,9 +149,6 @@ HAVE_DECRYPT_INTO = hasattr(AESGCM, "decrypt_into") and hasattr(ChaCha20Poly1305
 #: 256 KiB allocation per record means fresh pages, and page faults cost
 #: about as much as the cipher itself.
 POOL_MIN = 16 * 1024
-#: Size of a pooled buffer (a tunnel writer batch is 256 KiB) and most kept.
-POOL_BUFFER = 320 * 1024
-POOL_SIZE = 16
 
 
 class HandshakeError(ProtocolError):
@@ -583,7 +580,7 @@ class RecordOpener:
         self.key_updates = 0
         self._key = bytes(key)
         self._aead = _aead(cipher, self._key)
-        self._pool = []
+        self._pool = BufferPool()
         self._dead = False
 
     def open(self, record):
@@ -617,7 +614,7 @@ class RecordOpener:
         size = len(view) - OVERHEAD
         try:
             if into and size >= POOL_MIN:
-                plaintext = memoryview(self._buffer_for(size))[:size]
+                plaintext = self._pool.view(size)
                 self._aead.decrypt_into(_NONCE.pack(counter), view[HEADER_SIZE:], header,
                                         plaintext)
             else:
@@ -631,21 +628,6 @@ class RecordOpener:
             self._aead = _aead(self.cipher, self._key)
             self.key_updates += 1
         return plaintext
-
-    def _buffer_for(self, size):
-        """A pooled buffer nobody still views (or a new one) of at least *size* bytes."""
-        if size > POOL_BUFFER:
-            return bytearray(size)
-        pool = self._pool
-        for buf in pool:
-            # References: the pool list, this loop variable, getrefcount's argument.
-            # Any more means a plaintext view handed out earlier is still alive.
-            if sys.getrefcount(buf) == 3:
-                return buf
-        buf = bytearray(POOL_BUFFER)
-        if len(pool) < POOL_SIZE:
-            pool.append(buf)
-        return buf
 
     def _fail(self, message):
         self._dead = True

@@ -20,10 +20,10 @@ payload is copied once after the kernel hands it over (by the unmasking, or by
 
 import os
 import socket
-import sys
 
 from gevent.lock import RLock
 
+from afb.buffers import POOL_BUFFER, BufferPool
 from afb.codec import websocket as wsc
 from afb.errors import CLOSE_NORMAL, CLOSE_UNSUPPORTED_DATA, MessageTooBig, ProtocolError
 
@@ -39,11 +39,6 @@ JOIN_LIMIT = 64 * 1024
 CLOSE_LOCK_TIMEOUT = 5.0
 #: Most buffers handed to one sendmsg call (Linux IOV_MAX is 1024).
 IOV_MAX = 512
-#: Large payloads are read into reused buffers of this size (a writer batch
-#: is 256 KiB), at most POOL_SIZE of them per connection.  Allocating a fresh
-#: 256 KiB bytearray per message cost 15% of the client's CPU in profiles.
-POOL_BUFFER = 320 * 1024
-POOL_SIZE = 16
 #: The longest frame header (64-bit length and a mask key): the room a caller
 #: of :meth:`WsConnection.send_in_place` leaves in front of its payload.
 MAX_HEADER = 14
@@ -80,7 +75,7 @@ class WsConnection:
         self._end = len(initial)
         if initial:
             self._buf[:self._end] = initial
-        self._pool = []
+        self._pool = BufferPool()
         self._send_buf = None        # client: reused buffer a message is masked in
         self._wlock = RLock()
         self._close_sent = False
@@ -227,25 +222,10 @@ class WsConnection:
             return wsc.mask(chunk, key)
         return bytes(chunk)
 
-    def _buffer_for(self, length):
-        """A buffer of at least ``length`` bytes: a pooled one nobody still views, or a new one."""
-        if length > POOL_BUFFER:
-            return bytearray(length)
-        pool = self._pool
-        for buf in pool:
-            # References: the pool list, this loop variable, getrefcount's argument.
-            # Any more means a payload view handed out earlier is still alive.
-            if sys.getrefcount(buf) == 3:
-                return buf
-        buf = bytearray(POOL_BUFFER)
-        if len(pool) < POOL_SIZE:
-            pool.append(buf)
-        return buf
-
     def _read_large(self, length, key):
         # Only called when the buffer holds less than `length` bytes.  Returns
         # a memoryview of exactly `length` bytes, valid while it is referenced.
-        out = memoryview(self._buffer_for(length))[:length]
+        out = self._pool.view(length)
         target = out
         have = self._end - self._start
         if have:
