@@ -30,150 +30,21 @@ import binascii
 import errno
 import hashlib
 import logging
-import mimetypes
-import os
 import socket
 import time
 
 from gevent import GreenletExit, Timeout
-from gevent.pywsgi import WSGIHandler, WSGIServer, format_date_time
+from gevent.pywsgi import WSGIHandler, WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
 from afb.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, AfbError, AuthError
+from afb.transport.decoy import (MAX_DISCARD, SERVER_HEADER, DecoyApp, header_tokens,
+                                 http_date, raw_error_response)
 from afb.transport.wsconn import WsConnection
 
 log = logging.getLogger(__name__)
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-SERVER_HEADER = "nginx"
-_BUILTIN_INDEX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "decoy", "index.html")
-#: Request bodies larger than this are not read: the connection is closed instead.
-MAX_DISCARD = 64 * 1024
-
-_REASONS = {
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Not Allowed",
-    408: "Request Time-out",
-    414: "Request-URI Too Large",
-}
-
-
-def _error_page(code):
-    title = "%d %s" % (code, _REASONS[code])
-    return ("<html>\r\n<head><title>%s</title></head>\r\n<body>\r\n"
-            "<center><h1>%s</h1></center>\r\n<hr><center>%s</center>\r\n"
-            "</body>\r\n</html>\r\n" % (title, title, SERVER_HEADER)).encode("ascii")
-
-
-def _http_date(ts):
-    date = format_date_time(ts)
-    return date.decode("latin-1") if isinstance(date, bytes) else date
-
-
-def _raw_error_response(code):
-    """A complete nginx-like error response that closes the connection."""
-    body = _error_page(code)
-    head = ("HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\nContent-Type: text/html\r\n"
-            "Content-Length: %d\r\nConnection: close\r\n\r\n"
-            % (code, _REASONS[code], SERVER_HEADER, _http_date(time.time()), len(body)))
-    return head.encode("latin-1") + body
-
-
-class DecoyApp:
-    """WSGI app of a plain static site, with nginx-looking answers.
-
-    Serves files under *root* (no traversal, no dotfiles, symlinks may not
-    leave *root*), or the built-in ``afb/decoy/index.html`` for ``/`` and
-    ``/index.html`` when *root* is None.  GET and HEAD only, else 405.
-    """
-
-    def __init__(self, root=None):
-        self.root = os.path.realpath(root) if root else None
-        with open(_BUILTIN_INDEX, "rb") as f:
-            self._index = f.read()
-        self._index_mtime = os.stat(_BUILTIN_INDEX).st_mtime
-
-    def __call__(self, environ, start_response):
-        method = environ.get("REQUEST_METHOD", "GET")
-        keep_alive = _keep_alive(environ)
-        if method not in ("GET", "HEAD"):
-            return self._error(start_response, 405, keep_alive, method)
-        found = self._lookup(environ.get("PATH_INFO") or "/")
-        if found is None:
-            return self._error(start_response, 404, keep_alive, method)
-        body, ctype, mtime = found
-        headers = [
-            ("Server", SERVER_HEADER),
-            ("Date", _http_date(time.time())),
-            ("Content-Type", ctype),
-            ("Content-Length", str(len(body))),
-            ("Last-Modified", _http_date(mtime)),
-            ("Connection", "keep-alive" if keep_alive else "close"),
-            ("ETag", '"%x-%x"' % (int(mtime), len(body))),
-            ("Accept-Ranges", "bytes"),
-        ]
-        start_response("200 OK", headers)
-        return [] if method == "HEAD" else [body]
-
-    def _error(self, start_response, code, keep_alive, method):
-        body = _error_page(code)
-        start_response("%d %s" % (code, _REASONS[code]), [
-            ("Server", SERVER_HEADER),
-            ("Date", _http_date(time.time())),
-            ("Content-Type", "text/html"),
-            ("Content-Length", str(len(body))),
-            ("Connection", "keep-alive" if keep_alive else "close"),
-        ])
-        return [] if method == "HEAD" else [body]
-
-    def _lookup(self, path):
-        """``(body, content_type, mtime)`` for *path*, or None."""
-        if self.root is None:
-            if path in ("/", "/index.html"):
-                return self._index, "text/html", self._index_mtime
-            return None
-        real = self._resolve(path)
-        if real is None:
-            return None
-        try:
-            with open(real, "rb") as f:
-                body = f.read()
-            mtime = os.stat(real).st_mtime
-        except OSError:
-            return None
-        ctype = mimetypes.guess_type(real)[0] or "application/octet-stream"
-        return body, ctype, mtime
-
-    def _resolve(self, path):
-        if "\0" in path or "\\" in path or not path.startswith("/"):
-            return None
-        parts = [p for p in path.split("/") if p not in ("", ".")]
-        if any(p == ".." or p.startswith(".") for p in parts):
-            return None
-        full = os.path.join(self.root, *parts)
-        if os.path.isdir(full):
-            full = os.path.join(full, "index.html")
-        real = os.path.realpath(full)
-        if real != self.root and not real.startswith(self.root + os.sep):
-            return None
-        if not os.path.isfile(real):
-            return None
-        return real
-
-
-def _keep_alive(environ):
-    conn = _tokens(environ.get("HTTP_CONNECTION", ""))
-    if environ.get("SERVER_PROTOCOL") == "HTTP/1.1":
-        return "close" not in conn
-    return "keep-alive" in conn
-
-
-def _tokens(value):
-    return [t.strip().lower() for t in value.split(",") if t.strip()]
-
-
 class _HttpReader:
     """Minimal buffered reader for pywsgi whose buffer can be drained.
 
@@ -283,7 +154,7 @@ class TunnelHandler(WebSocketHandler):
         if isinstance(result, tuple):
             # pywsgi's own bare error answers -> nginx-looking ones.
             code = 414 if str(result[0]).startswith("414") else 400
-            return result[0], _raw_error_response(code)
+            return result[0], raw_error_response(code)
         return result
 
     def _handle_client_error(self, ex):
@@ -292,7 +163,7 @@ class TunnelHandler(WebSocketHandler):
                       self._peer(), ex or type(ex).__name__)
             return None
         log.debug("bad HTTP request from %s: %s", self._peer(), ex)
-        return ("400", _raw_error_response(400))
+        return ("400", raw_error_response(400))
 
     def log_request(self):
         # pywsgi's access log (server.log; a no-op unless make_server got log=);
@@ -338,9 +209,9 @@ class TunnelHandler(WebSocketHandler):
             return None, "wrong path %.64r" % env.get("PATH_INFO")
         if self.request_version != "HTTP/1.1":
             return None, "HTTP version %.16r" % self.request_version
-        if "websocket" not in _tokens(env.get("HTTP_UPGRADE", "")):
+        if "websocket" not in header_tokens(env.get("HTTP_UPGRADE", "")):
             return None, "no 'Upgrade: websocket'"
-        if "upgrade" not in _tokens(env.get("HTTP_CONNECTION", "")):
+        if "upgrade" not in header_tokens(env.get("HTTP_CONNECTION", "")):
             return None, "no 'Connection: upgrade'"
         version = env.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip()
         if version != "13":
@@ -368,7 +239,7 @@ class TunnelHandler(WebSocketHandler):
         accept = base64.b64encode(hashlib.sha1((key + GUID).encode("ascii")).digest())
         response = ("HTTP/1.1 101 Switching Protocols\r\nServer: %s\r\nDate: %s\r\n"
                     "Connection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: %s\r\n\r\n"
-                    % (SERVER_HEADER, _http_date(time.time()), accept.decode("ascii")))
+                    % (SERVER_HEADER, http_date(time.time()), accept.decode("ascii")))
         self.status = b"101 Switching Protocols"
         self._orig_status = "101 Switching Protocols"
         self.code = 101
