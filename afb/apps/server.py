@@ -21,7 +21,7 @@ from afb.policy.keyring import make_signer, make_verifier
 from afb.state import RevocationCache, open_store
 from afb.transport import tls
 from afb.transport.dialer import Dialer
-from afb.transport.relay import SocketRelay
+from afb.transport.relay import SocketRelay, close_socket
 from afb.transport.resolver import Resolver
 from afb.transport.secure_channel import server_accept
 from afb.transport.session import Session
@@ -128,7 +128,7 @@ class TunnelServer:
             return
         session = Session(ws, client=False, window=tunnel["stream_window"],
                           max_message=tunnel["max_message"], max_streams=tunnel["max_streams"],
-                          ping_interval=tunnel["ping_interval"], on_open=self._serve_stream,
+                          ping_interval=tunnel["ping_interval"], on_open=self._open_stream,
                           on_refresh=self._refresh_token, admit=self._admit_stream,
                           idle_timeout=tunnel["idle_timeout"], label=label)
         session.claims = claims
@@ -214,10 +214,40 @@ class TunnelServer:
             log.warning("refreshed token of %s not recorded: %s", sub, exc)
         return token
 
-    def _serve_stream(self, session, stream, command):
+    def _open_stream(self, session, stream, command):
+        """OPEN from a client (in the reader greenlet: nothing here may block).
+
+        A destination given as an address is connected from the event loop
+        (no greenlet, no extra scheduling before the connect starts); a name
+        needs DNS, so a greenlet resolves and dials it.
+        """
         if command != frames.CMD_CONNECT:
             session.refuse(stream, CommandNotSupported("command %d is not supported" % command))
             return
+        try:
+            started = self.dialer.dial_nowait(
+                stream.host, stream.port,
+                lambda sock, error: self._connected(session, stream, sock, error))
+        except DestinationError as exc:
+            log.info("%s: open %s refused: %s", session.label, stream.target, exc)
+            session.refuse(stream, exc)
+            return
+        if not started:
+            session.tasks.spawn(self._serve_stream, session, stream, command)
+
+    def _connected(self, session, stream, sock, error):
+        if error is not None:
+            log.info("%s: open %s refused: %s", session.label, stream.target, error)
+            session.refuse(stream, error)
+            return
+        if stream.reset_error is not None or session.closed:   # the client gave up meanwhile
+            close_socket(sock)
+            return
+        session.accept(stream)
+        SocketRelay(sock, stream).start()
+
+    def _serve_stream(self, session, stream, command):
+        """The slow path of :meth:`_open_stream`, in a greenlet: resolve, then dial."""
         try:
             sock = self.dialer.dial(stream.host, stream.port)
         except DestinationError as exc:

@@ -25,6 +25,7 @@ missing but whose IPv4 port is closed reports "connection refused".
 
 import collections
 import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -207,6 +208,72 @@ class Dialer:
         if tried > 1:
             best = type(best)("%s (%d addresses tried)" % (best, tried))
         raise best
+
+    def dial_nowait(self, host, port, on_done):
+        """Start a connect to an IP literal without blocking; False for names.
+
+        New streams to addresses (what browsers and ``socks5`` clients mostly
+        ask for) then cost no greenlet: the connect completes in the event
+        loop and ``on_done(sock, error)`` runs there, with ``error`` a
+        DestinationError (the socket is closed then).  ACL refusals raise
+        NotAllowed at once.  For host names this returns False and starts
+        nothing: use :meth:`dial` in a greenlet (DNS may block).
+        """
+        try:
+            ip = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return False
+        port = int(port)
+        self.dial_stats["dials"] += 1
+        try:
+            self.acl.check_name(host, port)
+            self.acl.check_address(str(ip), port, host)
+        except NotAllowed:
+            self.dial_stats["not_allowed"] += 1
+            raise
+        where = self._where(host, port, str(ip))
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        sock = gevent.socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        self.dial_stats["attempts"] += 1
+        code = sock.connect_ex((str(ip), port))
+        if code not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+            self._dialled(sock, connect_error(OSError(code, os.strerror(code)), where), on_done)
+            return True
+        loop = gevent.get_hub().loop
+        watcher = loop.io(sock.fileno(), 2)       # writable: connected, or failed
+        timer = loop.timer(self.connect_timeout)
+        settled = []
+
+        def finish(error):
+            if settled:
+                return
+            settled.append(True)
+            for w in (watcher, timer):
+                w.stop()
+                w.close()
+            self._dialled(sock, error, on_done)
+
+        def writable():
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            finish(None if err == 0 else connect_error(OSError(err, os.strerror(err)), where))
+
+        def expired():
+            finish(connect_error(socket.timeout("timed out"), where, self.connect_timeout))
+
+        watcher.start(writable)
+        timer.start(expired)
+        return True
+
+    def _dialled(self, sock, error, on_done):
+        if error is None:
+            _set_nodelay(sock)
+            self.dial_stats["connected"] += 1
+        else:
+            sock.close()
+            self.dial_stats[_STAT_NAMES.get(type(error), "failed")] += 1
+            log.debug("%s", error)
+        on_done(None if error else sock, error)
 
     @staticmethod
     def _where(host, port, ip):

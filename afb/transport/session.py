@@ -71,7 +71,7 @@ class Session:
         self.drained.set()
         self.done = Event()
         self.state_changed = Event()   # set on GOAWAY received and on close
-        self.tasks = Group()       # per-stream greenlets (server: dial + relay)
+        self.tasks = Group()       # per-stream greenlets (server: DNS + dial)
         self._sched = FairScheduler()
         self._wake = Event()
         self._next_id = 1
@@ -283,7 +283,7 @@ class Session:
                 return
         if early:
             stream._on_data(early)
-        self.tasks.spawn(self.on_open, self, stream, command)
+        self.on_open(self, stream, command)   # must not block: it spawns what may
 
     def _on_unknown(self, ftype, stream_id):
         name = frames.frame_name(ftype)
