@@ -15,6 +15,16 @@ POOL_BUFFER = 320 * 1024
 POOL_SIZE = 16
 
 
+def byte_view(part):
+    """``part`` as something whose ``len()`` counts bytes (a memoryview cast to "B" if needed)."""
+    if isinstance(part, (bytes, bytearray)):
+        return part
+    view = memoryview(part)
+    if view.itemsize != 1 or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
 class BufferPool:
     """A few large bytearrays, reused once no view of them is alive."""
 

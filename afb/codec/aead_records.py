@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from afb.buffers import POOL_BUFFER, BufferPool
+from afb.buffers import POOL_BUFFER, BufferPool, byte_view
 from afb.errors import ConfigError, ProtocolError
 
 CIPHER_CHACHA20_POLY1305 = 1
@@ -121,15 +121,6 @@ def _next_key(key):
     return HKDFExpand(algorithm=hashes.SHA256(), length=KEY_SIZE, info=REKEY_INFO).derive(key)
 
 
-def _byte_view(part):
-    if isinstance(part, (bytes, bytearray)):
-        return part
-    view = memoryview(part)
-    if view.itemsize != 1 or view.ndim != 1:
-        view = view.cast("B")
-    return view
-
-
 class RecordSealer:
     """Seals one direction's records: a counter nonce, never reused."""
 
@@ -163,9 +154,9 @@ class RecordSealer:
         if self._dead:
             raise RecordError("E2E channel is dead after an earlier error")
         if isinstance(parts, (bytes, bytearray, memoryview)):
-            data = _byte_view(parts)
+            data = byte_view(parts)
         elif len(parts) == 1:
-            data = _byte_view(parts[0])
+            data = byte_view(parts[0])
         elif self._use_into:
             data = self._gather(parts)
         else:
@@ -198,7 +189,7 @@ class RecordSealer:
 
     def _gather(self, parts):
         """*parts* copied into the reused staging buffer (no new allocation)."""
-        views = [_byte_view(part) for part in parts]
+        views = [byte_view(part) for part in parts]
         size = sum(len(view) for view in views)
         if len(self._stage) < size:
             self._stage = bytearray(max(size, POOL_BUFFER))
@@ -245,7 +236,7 @@ class RecordOpener:
         if self._dead:
             raise RecordError("E2E channel is dead after an earlier record error")
         try:
-            view = _byte_view(record)
+            view = byte_view(record)
         except TypeError:
             self._fail("E2E record is not bytes")
         if len(view) < OVERHEAD:

@@ -23,7 +23,7 @@ import socket
 
 from gevent.lock import RLock
 
-from afb.buffers import POOL_BUFFER, BufferPool
+from afb.buffers import POOL_BUFFER, BufferPool, byte_view
 from afb.codec import websocket as wsc
 from afb.errors import CLOSE_NORMAL, CLOSE_UNSUPPORTED_DATA, MessageTooBig, ProtocolError
 
@@ -42,16 +42,6 @@ IOV_MAX = 512
 #: The longest frame header (64-bit length and a mask key): the room a caller
 #: of :meth:`WsConnection.send_in_place` leaves in front of its payload.
 MAX_HEADER = 14
-
-
-def _as_bytes_view(part):
-    """A byte-sized, length-correct view of a bytes-like *part*."""
-    if isinstance(part, (bytes, bytearray)):
-        return part
-    view = memoryview(part)
-    if view.itemsize != 1 or view.ndim != 1:
-        view = view.cast("B")
-    return view
 
 
 class WsConnection:
@@ -258,7 +248,7 @@ class WsConnection:
         """Send one binary message whose payload is the concatenation of *parts*."""
         if isinstance(parts, (bytes, bytearray, memoryview)):
             parts = (parts,)
-        parts = [_as_bytes_view(p) for p in parts]
+        parts = [byte_view(p) for p in parts]
         total = 0
         for p in parts:
             total += len(p)
