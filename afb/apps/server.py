@@ -229,13 +229,13 @@ class TunnelServer:
                 stream.host, stream.port,
                 lambda sock, error: self._connected(session, stream, sock, error))
         except DestinationError as exc:
-            log.info("%s: open %s refused: %s", session.label, stream.target, exc)
-            session.refuse(stream, exc)
+            self._connected(session, stream, None, exc)
             return
         if not started:
             session.tasks.spawn(self._serve_stream, session, stream, command)
 
     def _connected(self, session, stream, sock, error):
+        """A dial ended: OPEN_FAIL with its SOCKS code, or OPEN_OK and relay."""
         if error is not None:
             log.info("%s: open %s refused: %s", session.label, stream.target, error)
             session.refuse(stream, error)
@@ -251,14 +251,9 @@ class TunnelServer:
         try:
             sock = self.dialer.dial(stream.host, stream.port)
         except DestinationError as exc:
-            log.info("%s: open %s refused: %s", session.label, stream.target, exc)
-            session.refuse(stream, exc)
+            self._connected(session, stream, None, exc)
             return
-        if stream.reset_error is not None:   # the client gave up while we dialled
-            sock.close()
-            return
-        session.accept(stream)
-        SocketRelay(sock, stream).start()
+        self._connected(session, stream, sock, None)
 
     # --- life cycle ---------------------------------------------------------------
 
