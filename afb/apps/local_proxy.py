@@ -14,6 +14,8 @@ import logging
 import socket
 
 import gevent
+from gevent.greenlet import Greenlet
+from gevent.hub import get_hub, getcurrent
 from gevent.server import StreamServer
 
 from afb.codec import frames, httpproxy, socks5
@@ -35,9 +37,28 @@ PROXY_AUTH_REQUIRED = (
     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_407_BODY)) + _407_BODY
 
 
+def start_now(func, *args):
+    """Spawn ``func(*args)`` and, from the event loop, run it at once.
+
+    ``gevent.spawn`` starts a greenlet in the next loop iteration; an accept
+    callback that switches into the handler directly saves that iteration
+    (~30 us here) on every new connection.
+    """
+    greenlet = Greenlet(func, *args)
+    if getcurrent() is get_hub():
+        greenlet.switch()
+    else:
+        greenlet.start()
+    return greenlet
+
+
 class _HandOffServer(StreamServer):
-    """A StreamServer that leaves closing to the handler: an accepted socket
-    outlives its handler greenlet once a relay has taken it over."""
+    """A StreamServer that runs each handler at once (:func:`start_now`) and
+    leaves closing to it: an accepted socket outlives its handler greenlet
+    once a relay has taken it over."""
+
+    def __init__(self, listener, handle, **kwargs):
+        super().__init__(listener, handle, spawn=start_now, **kwargs)
 
     def do_close(self, sock, *args):
         pass

@@ -243,8 +243,9 @@ class TunnelServer:
         if stream.reset_error is not None or session.closed:   # the client gave up meanwhile
             close_socket(sock)
             return
-        session.accept(stream)
+        # The early data goes to the destination before OPEN_OK goes back.
         SocketRelay(sock, stream).start()
+        session.accept(stream)
 
     def _serve_stream(self, session, stream, command):
         """The slow path of :meth:`_open_stream`, in a greenlet: resolve, then dial."""

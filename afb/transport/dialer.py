@@ -213,9 +213,10 @@ class Dialer:
         """Start a connect to an IP literal without blocking; False for names.
 
         New streams to addresses (what browsers and ``socks5`` clients mostly
-        ask for) then cost no greenlet: the connect completes in the event
-        loop and ``on_done(sock, error)`` runs there, with ``error`` a
-        DestinationError (the socket is closed then).  ACL refusals raise
+        ask for) then cost no greenlet: ``on_done(sock, error)`` runs at once
+        when the connect completed at once (a nearby destination), else from
+        the event loop, with ``error`` a DestinationError (the socket is
+        closed then).  ACL refusals raise
         NotAllowed at once.  For host names this returns False and starts
         nothing: use :meth:`dial` in a greenlet (DNS may block).
         """
@@ -239,6 +240,11 @@ class Dialer:
         code = sock.connect_ex((str(ip), port))
         if code not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
             self._dialled(sock, connect_error(OSError(code, os.strerror(code)), where), on_done)
+            return True
+        if code == 0 or _connected_now(sock):
+            # A nearby destination often has answered the SYN already: go on
+            # now rather than an event-loop iteration later.
+            self._dialled(sock, None, on_done)
             return True
         loop = gevent.get_hub().loop
         watcher = loop.io(sock.fileno(), 2)       # writable: connected, or failed
@@ -281,3 +287,12 @@ class Dialer:
         if host.strip("[]") != ip:
             dest = "%s (%s)" % (dest, ip)
         return dest
+
+
+def _connected_now(sock):
+    """Whether a non-blocking connect in progress has completed (not failed)."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True

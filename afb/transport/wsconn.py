@@ -42,6 +42,30 @@ IOV_MAX = 512
 #: The longest frame header (64-bit length and a mask key): the room a caller
 #: of :meth:`WsConnection.send_in_place` leaves in front of its payload.
 MAX_HEADER = 14
+#: Mask keys are cut from one os.urandom() call of this size (256 keys).
+_MASK_KEYS = 1024
+
+
+class _MaskKeys:
+    """Mask keys from the OS's CSPRNG, fetched 256 at a time: one
+    ``getrandom`` system call per message cost ~10 us on small messages."""
+
+    __slots__ = ("_pool", "_pos")
+
+    def __init__(self):
+        self._pool = b""
+        self._pos = 0
+
+    def __call__(self):
+        pos = self._pos
+        if pos >= len(self._pool):
+            self._pool = os.urandom(_MASK_KEYS)
+            pos = 0
+        self._pos = pos + 4
+        return self._pool[pos:pos + 4]
+
+
+mask_key = _MaskKeys()
 
 
 class WsConnection:
@@ -267,7 +291,7 @@ class WsConnection:
         """Client: one copy -- header and payload joined in a reused buffer, masked in
         place, sent under the write lock (a fresh 256 KiB buffer per message costs
         page faults worth several copies)."""
-        key = os.urandom(4)
+        key = mask_key()
         head = wsc.encode_header(wsc.OP_BINARY, total, mask_key=key)
         size = len(head) + total
         with self._wlock:
@@ -303,7 +327,7 @@ class WsConnection:
         if start < MAX_HEADER:
             raise ValueError("send_in_place needs %d bytes of room, got %d" % (MAX_HEADER, start))
         total = len(view) - start
-        key = os.urandom(4) if self.client else None
+        key = mask_key() if self.client else None
         head = wsc.encode_header(wsc.OP_BINARY, total, mask_key=key)
         first = start - len(head)
         with self._wlock:
@@ -324,7 +348,7 @@ class WsConnection:
     def _send_frame(self, opcode, payload):
         """One control frame; the caller holds no lock or the write lock."""
         if self.client:
-            key = os.urandom(4)
+            key = mask_key()
             data = wsc.encode_header(opcode, len(payload), mask_key=key) + wsc.mask(payload, key)
         else:
             data = wsc.encode_header(opcode, len(payload)) + payload
@@ -336,7 +360,11 @@ class WsConnection:
     def _write(self, buffers, total):
         sock = self._sock
         if len(buffers) == 1:
-            sock.sendall(buffers[0])
+            # send() first: sendall() asks the kernel for SO_SNDBUF on every call.
+            data = buffers[0]
+            sent = sock.send(data)
+            if sent < len(data):
+                sock.sendall(memoryview(data)[sent:])
         elif self._use_sendmsg:
             self._sendmsg_all(buffers)
         elif total <= JOIN_LIMIT:

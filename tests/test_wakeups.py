@@ -1,0 +1,126 @@
+"""Latency plumbing: frames queued from the event loop leave in the same
+iteration, an OPEN leaves before ``open_stream`` returns, accepted
+connections are handled at once, and mask keys come from a pooled CSPRNG."""
+
+import socket
+
+import gevent
+from gevent.hub import get_hub
+
+from afb.apps.local_proxy import start_now
+from afb.codec import frames
+from afb.policy.acl import DestinationAcl
+from afb.transport import wsconn
+from afb.transport.dialer import Dialer
+from afb.transport.resolver import Resolver
+from afb.transport.session import Session
+
+
+class RecordingWs:
+    """The WsConnection interface, recording each message sent."""
+
+    client = True
+    closed = False
+    peer_close_code = None
+    peer_close_reason = ""
+
+    def __init__(self):
+        self.sent = []
+
+    def send_message(self, parts):
+        self.sent.append(b"".join(bytes(p) for p in parts))
+
+    def recv_message(self):
+        gevent.sleep(60)
+
+    def close(self, code=None, reason=""):
+        self.closed = True
+
+
+def _types(message):
+    return [ftype for ftype, _flags, _sid, _payload in frames.iter_frames(message)]
+
+
+def _session():
+    ws = RecordingWs()
+    session = Session(ws, client=True, ping_interval=0)
+    session.start()
+    gevent.sleep(0)          # the writer parks
+    return session, ws
+
+
+def test_open_stream_sends_the_open_before_it_returns():
+    session, ws = _session()
+    stream = session.open_stream(frames.CMD_CONNECT, "example.org", 443, b"early")
+    assert [_types(m) for m in ws.sent] == [[frames.OPEN]]
+    assert stream.bytes_out == 5
+    # And again, with the writer back in its place:
+    session.open_stream(frames.CMD_CONNECT, "example.org", 80)
+    assert len(ws.sent) == 2
+    session.close()
+
+
+def test_a_frame_queued_from_an_event_loop_callback_leaves_in_that_callback():
+    session, ws = _session()
+    stream = session.open_stream(frames.CMD_CONNECT, "example.org", 443)
+    seen = []
+
+    def callback():
+        stream.send(b"x" * 64)
+        seen.append(len(ws.sent))     # sent before the callback returned
+
+    get_hub().loop.run_callback(callback)
+    gevent.sleep(0.01)
+    assert seen == [2]
+    assert _types(ws.sent[1]) == [frames.DATA]
+    session.close()
+
+
+def test_frames_queued_from_another_greenlet_still_leave():
+    session, ws = _session()
+    session.open_stream(frames.CMD_CONNECT, "example.org", 443)
+    gevent.spawn(session._queue_control, frames.frame(frames.PING, 0, frames.ping_payload(1))).join()
+    gevent.sleep(0.01)
+    assert _types(ws.sent[-1]) == [frames.PING]
+    session.close()
+
+
+def test_start_now_runs_the_handler_inside_the_event_loop_callback():
+    order = []
+
+    def callback():
+        start_now(order.append, "handler")
+        order.append("callback done")
+
+    get_hub().loop.run_callback(callback)
+    gevent.sleep(0.01)
+    assert order == ["handler", "callback done"]
+    # From a greenlet it is an ordinary spawn.
+    greenlet = start_now(order.append, "later")
+    assert order[-1] == "callback done"
+    greenlet.join()
+    assert order[-1] == "later"
+
+
+def test_dial_to_a_listening_loopback_port_reports_once_and_connected():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    dialer = Dialer(Resolver(), DestinationAcl(allow_private=True), connect_timeout=5)
+    outcomes = []
+    for _ in range(20):
+        dialer.dial_nowait("127.0.0.1", port, lambda sock, error: outcomes.append((sock, error)))
+    gevent.sleep(0.2)
+    assert len(outcomes) == 20
+    for sock, error in outcomes:
+        assert error is None
+        assert sock.getpeername()[1] == port
+        sock.close()
+    listener.close()
+
+
+def test_mask_keys_are_four_fresh_bytes_and_the_pool_refills():
+    keys = [wsconn.mask_key() for _ in range(3 * wsconn._MASK_KEYS // 4)]
+    assert all(len(key) == 4 for key in keys)
+    assert len(set(keys)) > len(keys) * 0.99     # 32-bit random keys: ~no repeats
