@@ -3,7 +3,7 @@
 Everything here listens and connects on 127.0.0.1 only.
 
 Peers -- each exposes a local SOCKS5 port (or, for socat, a plain relay) that
-the same clients (curl, PySocks) drive:
+the same clients (curl, PySocks, iperf3 under proxychains4) drive:
 
 ========== =================================================================
 name        what runs
@@ -84,6 +84,8 @@ PACKAGES = {
     "afb-wss": [],
     "afb-wss-noe2e": [],
 }
+#: Debian packages each bench/compare test needs beyond curl.
+TEST_PACKAGES = {"iperf3": ["iperf3", "proxychains4"]}
 #: Binaries that show a package is installed.
 BINARIES = {
     "microsocks": "microsocks", "socat": "socat", "v2ray": "v2ray",
@@ -586,8 +588,12 @@ def _serve_targets(echo_port, close_port):
     gevent.sleep(6 * 3600)
 
 
-def start_targets(procs, directory):
-    """The blob server (bench/common) + the echo/close targets; returns a dict of ports."""
+def start_targets(procs, directory, iperf3=False):
+    """The blob server (bench/common) + the echo/close targets; returns a dict of ports.
+
+    With ``iperf3``, the dict also holds a free port for bench/compare's iperf3 test,
+    which starts a one-off ``iperf3 -s -1`` there for every run (nothing listens on it
+    in between); like every target port, it is in the afb peers' [acl] allow."""
     blob, _proc = common.start_blob_server(procs, log_path=os.path.join(directory, "blob.log"))
     echo_port, close_port = free_port(), free_port()
     proc = procs.spawn([sys.executable, os.path.abspath(__file__), "serve-targets",
@@ -595,7 +601,10 @@ def start_targets(procs, directory):
                        os.path.join(directory, "targets.log"))
     wait_port(echo_port, proc=proc)
     wait_port(close_port, proc=proc)
-    return {"blob": blob, "echo": echo_port, "close": close_port}
+    targets = {"blob": blob, "echo": echo_port, "close": close_port}
+    if iperf3:
+        targets["iperf3"] = free_port()
+    return targets
 
 
 # --- the load worker (PySocks under gevent, own process) ---------------------------------------
