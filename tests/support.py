@@ -19,6 +19,8 @@ from afb.config import load_config
 from afb.policy.auth import issue_token
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The loggers of the local proxy: its handshake and the proxy itself.
+PROXY_LOGGERS = ("afb.apps.local_proxy", "afb.apps.socks_handshake")
 
 
 def free_port(host="127.0.0.1"):

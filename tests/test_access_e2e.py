@@ -19,7 +19,7 @@ from afb.apps.client import ProxyClient
 from afb.apps.server import TunnelServer
 from afb.errors import TunnelUnavailable
 from afb.transport import wsclient
-from tests.support import Setup, recv_exact, socks_connect
+from tests.support import PROXY_LOGGERS, Setup, recv_exact, socks_connect
 from tests.test_probes import build, comparable, tls_exchange, upgrade_headers
 
 SERVER_LOG = "afb.transport.wsserver"
@@ -272,13 +272,13 @@ def _raw_greeting(proxy, source):
 def test_client_allow_sources(setup, caplog):
     with Running(setup, with_client=True,
                  client={("client", "allow_sources"): ["127.0.0.1", "127.0.0.4/32"]}) as run:
-        caplog.set_level(logging.INFO, logger="afb.apps.local_proxy")
+        caplog.set_level(logging.INFO, logger="afb.apps")
         assert _raw_greeting(run.proxy, "127.0.0.1") == b"\x05\x00"
         assert _raw_greeting(run.proxy, "127.0.0.4") == b"\x05\x00"
         caplog.clear()
         assert _raw_greeting(run.proxy, "127.0.0.2") == b""          # closed at once
         gevent.sleep(0.05)
-        lines = [r for r in caplog.records if r.name == "afb.apps.local_proxy"]
+        lines = [r for r in caplog.records if r.name in PROXY_LOGGERS]
         assert len(lines) == 1
         assert "127.0.0.2" in lines[0].getMessage() and "allow_sources" in lines[0].getMessage()
 
@@ -323,7 +323,7 @@ def test_socks5_username_password(guarded, echo, caplog):
         sock.sendall(b"hello " + user.encode())
         assert recv_exact(sock, 6 + len(user)) == b"hello " + user.encode()
         sock.close()
-    caplog.set_level(logging.INFO, logger="afb.apps.local_proxy")
+    caplog.set_level(logging.INFO, logger="afb.apps")
     caplog.clear()
     with pytest.raises(socks.ProxyError):
         _pysocks(guarded.proxy, echo.port, "alice", "wrong")
@@ -332,7 +332,7 @@ def test_socks5_username_password(guarded, echo, caplog):
     with pytest.raises(socks.ProxyError):
         _pysocks(guarded.proxy, echo.port)                 # no credentials offered
     gevent.sleep(0.05)
-    lines = [r.getMessage() for r in caplog.records if r.name == "afb.apps.local_proxy"]
+    lines = [r.getMessage() for r in caplog.records if r.name in PROXY_LOGGERS]
     assert len(lines) == 3
     assert "authentication failed for user 'alice'" in lines[0]
     assert "s3cret" not in caplog.text and "wrong" not in caplog.text
@@ -356,7 +356,7 @@ def test_http_proxy_authorization_with_curl(guarded, http_target, caplog):
     assert rc == 0 and out == blob[:4096], err
     rc, out, err = _curl("-p", "-x", good, base + "/2048")                  # CONNECT
     assert rc == 0 and out == blob[:2048], err
-    caplog.set_level(logging.INFO, logger="afb.apps.local_proxy")
+    caplog.set_level(logging.INFO, logger="afb.apps")
     caplog.clear()
     for proxy in ("http://127.0.0.1:%d" % port, "http://alice:nope@127.0.0.1:%d" % port):
         rc, out, err = _curl("-D", "-", "-o", "/dev/null", "-x", proxy, base + "/16")
@@ -366,7 +366,7 @@ def test_http_proxy_authorization_with_curl(guarded, http_target, caplog):
         rc, out, err = _curl("-p", "-x", proxy, base + "/16")
         assert rc != 0 and "407" in err
     gevent.sleep(0.05)
-    lines = [r.getMessage() for r in caplog.records if r.name == "afb.apps.local_proxy"]
+    lines = [r.getMessage() for r in caplog.records if r.name in PROXY_LOGGERS]
     assert len(lines) == 4 and all("407" in line for line in lines)
 
 

@@ -207,3 +207,22 @@ def test_single_string_rule_list():
     acl = DestinationAcl(allow="127.0.0.1:80")
     assert acl.is_allowed("127.0.0.1", 80)
     assert not acl.is_allowed("127.0.0.1", 81)
+
+
+def test_remembered_verdicts_never_widen_what_is_allowed():
+    acl = DestinationAcl(allow=["203.0.113.7:443"], deny=["8.8.8.8"])
+    for _ in range(3):                       # the second and third answers come from memory
+        assert acl.is_allowed("203.0.113.7", 443)
+        assert not acl.is_allowed("8.8.8.8", 443)
+        assert not acl.is_allowed("127.0.0.1", 443)
+        with pytest.raises(NotAllowed):
+            acl.check_address("10.0.0.1", 80, "intranet.example")
+    # A name rule still applies to a remembered address under another name.
+    named = DestinationAcl(deny=["*.blocked.example"])
+    assert named.is_allowed("93.184.216.34", 443, "ok.example")
+    assert not named.is_allowed("93.184.216.34", 443, "x.blocked.example")
+    # The memory is bounded.
+    wide = DestinationAcl()
+    for port in range(1, 5000):
+        wide.check_address("93.184.216.34", port)
+    assert len(wide._allowed) <= 4096

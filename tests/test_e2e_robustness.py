@@ -16,7 +16,8 @@ from afb.errors import AuthError
 from afb.policy.auth import issue_token
 from afb.transport import tls, wsclient
 from afb.transport.secure_channel import client_secure
-from tests.support import InProcessTunnel, Setup, recv_all, recv_exact, socks_connect
+from tests.support import (PROXY_LOGGERS, InProcessTunnel, Setup, recv_all, recv_exact,
+                           socks_connect)
 
 
 class Background:
@@ -76,11 +77,11 @@ def test_malformed_proxy_requests_get_a_clear_reply_and_one_log_line(
         tunnel, echo, caplog, payload, expected):
     background = Background(tunnel.proxy, echo.port)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="afb.apps.local_proxy"):
+    with caplog.at_level(logging.INFO, logger="afb.apps"):
         answer = _raw(tunnel.proxy, payload)
         gevent.sleep(0.05)
     assert answer.startswith(expected) and (expected or answer in (b"", b"<reset>"))
-    lines = [r for r in caplog.records if r.name == "afb.apps.local_proxy"]
+    lines = [r for r in caplog.records if r.name in PROXY_LOGGERS]
     assert len(lines) == 1, [r.getMessage() for r in lines]
     background.check()
 

@@ -14,14 +14,16 @@ import logging
 import socket
 
 import gevent
+import gevent.socket
 from gevent.greenlet import Greenlet
 from gevent.hub import get_hub, getcurrent
-from gevent.server import StreamServer
 
+from afb.apps.socks_handshake import ProxyHandshake
 from afb.codec import frames, httpproxy, socks5
 from afb.errors import (REP_GENERAL_FAILURE, REP_SUCCEEDED, AfbError, CommandNotSupported,
-                        DestinationError, HttpProxyError, SocksError, TimedOut, reply_reason)
+                        DestinationError, HttpProxyError, TimedOut, reply_reason)
 from afb.policy.proxy_users import parse_basic
+from afb.transport.acceptor import Acceptor
 from afb.transport.relay import SocketRelay, close_socket
 
 log = logging.getLogger(__name__)
@@ -37,12 +39,24 @@ PROXY_AUTH_REQUIRED = (
     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_407_BODY)) + _407_BODY
 
 
+_SOCKS5_SUCCEEDED = socks5.reply(REP_SUCCEEDED)
+_HTTP_ESTABLISHED = httpproxy.response(200)
+
+
+def send_small(sock, data):
+    """``sendall`` for a few bytes: gevent's asks the kernel for SO_SNDBUF
+    first, every time; a fresh socket takes a short reply in one send."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(data[sent:])
+
+
 def start_now(func, *args):
     """Spawn ``func(*args)`` and, from the event loop, run it at once.
 
-    ``gevent.spawn`` starts a greenlet in the next loop iteration; an accept
-    callback that switches into the handler directly saves that iteration
-    (~30 us here) on every new connection.
+    ``gevent.spawn`` starts a greenlet in the next loop iteration; a
+    callback that switches into it directly saves that iteration (~30 us
+    here) for the connections that need a greenlet.
     """
     greenlet = Greenlet(func, *args)
     if getcurrent() is get_hub():
@@ -50,18 +64,6 @@ def start_now(func, *args):
     else:
         greenlet.start()
     return greenlet
-
-
-class _HandOffServer(StreamServer):
-    """A StreamServer that runs each handler at once (:func:`start_now`) and
-    leaves closing to it: an accepted socket outlives its handler greenlet
-    once a relay has taken it over."""
-
-    def __init__(self, listener, handle, **kwargs):
-        super().__init__(listener, handle, spawn=start_now, **kwargs)
-
-    def do_close(self, sock, *args):
-        pass
 
 
 class LocalProxy:
@@ -80,24 +82,27 @@ class LocalProxy:
         self.authenticate = authenticate
         self.active = 0
         # A page load opens dozens of connections at once: a deep backlog.
-        self.server = _HandOffServer(listen, self._handle, backlog=4096)
+        self.listener = Acceptor(listen, self._accepted, backlog=4096)
 
     @property
     def address(self):
-        return self.server.server_host, self.server.server_port
+        return self.listener.address
 
     def start(self):
-        self.server.start()
+        self.listener.start()
         host, port = self.address
         log.info("SOCKS5 and HTTP proxy listening on %s:%d", host, port)
 
     def close(self):
         """Stop accepting; connections already accepted go on."""
-        self.server.close()
+        self.listener.close()
 
     # --- per connection -------------------------------------------------------
+    # SOCKS5 runs from the event loop, greenlet-free, up to the relay; HTTP
+    # requests and every path that may wait (no tunnel yet, fast_open off)
+    # get a greenlet.
 
-    def _handle(self, sock, address):
+    def _accepted(self, sock, address):
         peer = "%s:%d" % address[:2]
         if self.sources is not None:
             refused = self.sources.check(address[0])
@@ -106,59 +111,54 @@ class LocalProxy:
                             peer, refused)
                 close_socket(sock)
                 return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ProxyHandshake(sock, peer, authenticate=self.authenticate,
+                       timeout=self.handshake_timeout, on_socks=self._socks_request,
+                       on_http=self._http_start).start()
+
+    def _socks_request(self, sock, peer, request, leftover):
+        if request.command != socks5.CMD_CONNECT:
+            exc = CommandNotSupported("SOCKS5 command %d is not supported" % request.command)
+            try:
+                send_small(sock, socks5.reply(exc.reply))
+            except OSError:
+                pass
+            log.info("%s: SOCKS5 refused: %s", peer, exc)
+            close_socket(sock)
+            return
+        args = (sock, peer, "socks5", request.host, request.port, leftover)
+        if self.fast_open and self.tunnel.live_session() is not None:
+            self._open_or_close(*args)          # nothing on this path waits
+        else:
+            start_now(self._open_or_close, *args)
+
+    def _http_start(self, sock, peer, first):
+        # The HTTP head is read blocking-style in a greenlet, on a gevent socket.
+        gsock = gevent.socket.socket(sock.family, sock.type, sock.proto, sock.detach())
+        start_now(self._serve_http, gsock, peer, first)
+
+    def _serve_http(self, sock, peer, first):
+        request = None
+        try:
+            with gevent.Timeout(self.handshake_timeout, TimedOut(
+                    "no complete proxy request within %.0f s" % self.handshake_timeout)):
+                request = self._http_request(sock, peer, first)
+        except (OSError, AfbError) as exc:
+            log.info("%s: %s", peer, exc)
+        if request is None:
+            close_socket(sock)
+        else:
+            self._open_or_close(sock, peer, *request)
+
+    def _open_or_close(self, sock, peer, kind, host, port, early):
         handed_off = False
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            handed_off = self._serve(sock, peer)
+            handed_off = self._open(sock, peer, kind, host, port, early)
         except (OSError, AfbError) as exc:
             log.info("%s: %s", peer, exc)
         finally:
             if not handed_off:
                 close_socket(sock)
-
-    def _serve(self, sock, peer):
-        timeout = gevent.Timeout(self.handshake_timeout,
-                                 TimedOut("no complete proxy request within %.0f s" % self.handshake_timeout))
-        with timeout:
-            first = sock.recv(8192)
-            if not first:
-                return False
-            kind = httpproxy.sniff(first[0])
-            if kind == "socks5":
-                request = self._socks5_request(sock, peer, first)
-            elif kind == "http":
-                request = self._http_request(sock, peer, first)
-            else:
-                log.info("%s: not a SOCKS5 or HTTP proxy request (first byte 0x%02x)", peer, first[0])
-                return False
-        if request is None:
-            return False
-        return self._open(sock, peer, *request)
-
-    def _socks5_request(self, sock, peer, data):
-        parser = socks5.Socks5Parser(self.authenticate)
-        while True:
-            try:
-                out, request = parser.receive(data)
-            except SocksError as exc:
-                response = getattr(exc, "response", b"")
-                if response:
-                    sock.sendall(response)
-                log.info("%s: SOCKS5 refused: %s", peer, exc)
-                return None
-            if out:
-                sock.sendall(out)
-            if request is not None:
-                break
-            data = sock.recv(8192)
-            if not data:
-                return None
-        if request.command != socks5.CMD_CONNECT:
-            exc = CommandNotSupported("SOCKS5 command %d is not supported" % request.command)
-            sock.sendall(socks5.reply(exc.reply))
-            log.info("%s: SOCKS5 refused: %s", peer, exc)
-            return None
-        return "socks5", request.host, request.port, parser.leftover
 
     def _http_request(self, sock, peer, data):
         parser = httpproxy.HttpProxyParser()
@@ -196,11 +196,13 @@ class LocalProxy:
             self._fail(sock, kind, exc)
             log.warning("%s -> %s:%d: %s", peer, host, port, exc)
             return False
-        stream = session.open_stream(frames.CMD_CONNECT, host, port, early)
         optimistic = self.fast_open and kind != "http"
         if optimistic:
+            # The app's reply first: it prepares its first bytes while the
+            # OPEN (sent by open_stream, now) travels to the server.
             self._succeed(sock, kind)
-        else:
+        stream = session.open_stream(frames.CMD_CONNECT, host, port, early)
+        if not optimistic:
             try:
                 stream.wait_open(self.open_timeout)
             except DestinationError as exc:
@@ -224,10 +226,7 @@ class LocalProxy:
 
     @staticmethod
     def _succeed(sock, kind):
-        if kind == "socks5":
-            sock.sendall(socks5.reply(REP_SUCCEEDED))
-        else:
-            sock.sendall(httpproxy.response(200))
+        send_small(sock, _SOCKS5_SUCCEEDED if kind == "socks5" else _HTTP_ESTABLISHED)
 
     @staticmethod
     def _fail(sock, kind, exc):

@@ -9,6 +9,7 @@ OPEN frames.  Pure functions, no I/O:
 """
 
 import ipaddress
+import socket
 import struct
 
 from afb.errors import AddressError
@@ -38,7 +39,7 @@ def encode_address(host, port):
         return bytes((ATYP_IPV6,)) + _parse_ipv6(name).packed + port_bytes
     ipv4 = _parse_ipv4(name)
     if ipv4 is not None:
-        return bytes((ATYP_IPV4,)) + ipv4.packed + port_bytes
+        return bytes((ATYP_IPV4,)) + ipv4 + port_bytes
     encoded = _encode_domain(name)
     return bytes((ATYP_DOMAIN, len(encoded))) + encoded + port_bytes
 
@@ -59,7 +60,7 @@ def decode_address(buf, offset=0):
         end = start + 4
         if len(buf) < end + 2:
             return None
-        host = str(ipaddress.IPv4Address(bytes(buf[start:end])))
+        host = socket.inet_ntoa(bytes(buf[start:end]))
     elif atyp == ATYP_IPV6:
         end = start + 16
         if len(buf) < end + 2:
@@ -103,8 +104,15 @@ def _parse_ipv6(name):
 
 
 def _parse_ipv4(name):
+    """The 4 bytes of a dotted-quad IPv4 literal, or None."""
     try:
-        return ipaddress.IPv4Address(name)
+        # inet_pton is strict (four decimal octets, no leading zeros) and
+        # ten times faster than ipaddress, which settles what it refuses.
+        return socket.inet_pton(socket.AF_INET, name)
+    except (OSError, ValueError, UnicodeError):
+        pass
+    try:
+        return ipaddress.IPv4Address(name).packed
     except ValueError:
         return None
 

@@ -73,6 +73,7 @@ class SourceAcl:
     def __init__(self, allow=(), deny=()):
         self.allow = parse_networks(allow)
         self.deny = parse_networks(deny)
+        self._verdicts = {}     # ip -> check() result: a proxy has few clients
 
     def __repr__(self):
         return "SourceAcl(allow=%s, deny=%s)" % ([str(n) for n in self.allow],
@@ -80,6 +81,15 @@ class SourceAcl:
 
     def check(self, ip):
         """None if *ip* may connect, else a short reason for the log."""
+        if ip in self._verdicts:
+            return self._verdicts[ip]
+        verdict = self._check(ip)
+        if len(self._verdicts) >= 4096:
+            self._verdicts.clear()
+        self._verdicts[ip] = verdict
+        return verdict
+
+    def _check(self, ip):
         try:
             addr = normalize_ip(ip)
         except ValueError:

@@ -32,6 +32,7 @@ import socket
 import time
 
 import gevent.socket
+from gevent.monkey import get_original
 
 from afb.errors import (
     ConnectionRefused,
@@ -216,30 +217,30 @@ class Dialer:
         ask for) then cost no greenlet: ``on_done(sock, error)`` runs at once
         when the connect completed at once (a nearby destination), else from
         the event loop, with ``error`` a DestinationError (the socket is
-        closed then).  ACL refusals raise
-        NotAllowed at once.  For host names this returns False and starts
-        nothing: use :meth:`dial` in a greenlet (DNS may block).
+        closed then).  ACL refusals raise NotAllowed at once.  For host names
+        this returns False and starts nothing: use :meth:`dial` in a greenlet
+        (DNS may block).  The socket is a plain (not gevent) socket.
         """
-        try:
-            ip = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
+        literal = _ip_literal(host)
+        if literal is None:
             return False
+        ip, family = literal
         port = int(port)
         self.dial_stats["dials"] += 1
         try:
-            self.acl.check_name(host, port)
-            self.acl.check_address(str(ip), port, host)
+            self.acl.check_address(ip, port, host)   # name rules never match a literal
         except NotAllowed:
             self.dial_stats["not_allowed"] += 1
             raise
-        where = self._where(host, port, str(ip))
-        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-        sock = gevent.socket.socket(family, socket.SOCK_STREAM)
+        # A plain socket: the relay drives it with its own watchers, so the
+        # two that a gevent socket makes (and drops again) would be waste.
+        sock = _PlainSocket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         self.dial_stats["attempts"] += 1
-        code = sock.connect_ex((str(ip), port))
+        code = sock.connect_ex((ip, port))
         if code not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
-            self._dialled(sock, connect_error(OSError(code, os.strerror(code)), where), on_done)
+            error = connect_error(OSError(code, os.strerror(code)), self._where(host, port, ip))
+            self._dialled(sock, error, on_done)
             return True
         if code == 0 or _connected_now(sock):
             # A nearby destination often has answered the SYN already: go on
@@ -262,10 +263,12 @@ class Dialer:
 
         def writable():
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            finish(None if err == 0 else connect_error(OSError(err, os.strerror(err)), where))
+            finish(None if err == 0 else connect_error(
+                OSError(err, os.strerror(err)), self._where(host, port, ip)))
 
         def expired():
-            finish(connect_error(socket.timeout("timed out"), where, self.connect_timeout))
+            finish(connect_error(socket.timeout("timed out"), self._where(host, port, ip),
+                                 self.connect_timeout))
 
         watcher.start(writable)
         timer.start(expired)
@@ -287,6 +290,23 @@ class Dialer:
         if host.strip("[]") != ip:
             dest = "%s (%s)" % (dest, ip)
         return dest
+
+
+_PlainSocket = get_original("socket", "socket")
+
+
+def _ip_literal(host):
+    """``(address, family)`` for an IPv4 or IPv6 literal (brackets allowed), else None."""
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+        return host, socket.AF_INET
+    except (OSError, ValueError, UnicodeError):
+        pass
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    return str(ip), socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
 
 def _connected_now(sock):

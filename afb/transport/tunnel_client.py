@@ -91,10 +91,17 @@ class TunnelClient:
             token.store(fresh)
             log.info("token refreshed")
 
-    def get_session(self, timeout):
-        """The live session, waiting up to ``timeout`` s; else TunnelUnavailable."""
+    def live_session(self):
+        """The session new streams may use now, or None (never waits)."""
         session = self.session
         if session is not None and not session.closed and not session.draining:
+            return session
+        return None
+
+    def get_session(self, timeout):
+        """The live session, waiting up to ``timeout`` s; else TunnelUnavailable."""
+        session = self.live_session()
+        if session is not None:
             return session
         if self._stopping:
             raise TunnelUnavailable("client is stopping")

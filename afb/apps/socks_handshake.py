@@ -1,0 +1,135 @@
+"""The first bytes of a local proxy connection, read from the event loop.
+
+A :class:`ProxyHandshake` watches one freshly accepted (plain, non-blocking)
+socket: it tells SOCKS5 from HTTP by the first byte, runs the SOCKS5
+greeting, authentication and request through the sans-IO
+:class:`~afb.codec.socks5.Socks5Parser`, and hands the parsed request on.
+No greenlet and no gevent socket exist for it: a new stream costs a read
+watcher and a timer, and the request is acted on in the same loop
+iteration that completes it.  HTTP requests (rarer, and with heads of any
+length) are handed over after the first read to a greenlet.
+
+Every way a handshake ends that is not a request (bad first byte, SOCKS5
+refusal, EOF, a read error, the handshake timeout) closes the socket and
+logs one line, as the greenlet-per-connection version did.
+"""
+
+import logging
+
+import gevent
+
+from afb.codec import httpproxy, socks5
+from afb.errors import SocksError
+from afb.transport.relay import close_socket
+
+log = logging.getLogger(__name__)
+
+#: Largest single read during the handshake.
+READ_SIZE = 8192
+
+
+class ProxyHandshake:
+    """One connection's proxy handshake; see the module doc.
+
+    ``on_socks(sock, peer, request, leftover)`` gets a complete SOCKS5
+    request; ``on_http(sock, peer, first)`` gets the socket and the bytes
+    read so far when they start an HTTP request.  Both run in the event loop
+    and own the socket from then on.
+    """
+
+    __slots__ = ("sock", "peer", "authenticate", "timeout", "on_socks", "on_http",
+                 "parser", "done", "_watcher", "_timer")
+
+    def __init__(self, sock, peer, *, authenticate, timeout, on_socks, on_http):
+        self.sock = sock
+        self.peer = peer
+        self.authenticate = authenticate
+        self.timeout = timeout
+        self.on_socks = on_socks
+        self.on_http = on_http
+        self.parser = None
+        self.done = False
+        self._watcher = None
+        self._timer = None
+
+    def start(self):
+        loop = gevent.get_hub().loop
+        self._timer = loop.timer(self.timeout)
+        self._timer.start(self._expired)
+        self._watcher = loop.io(self.sock.fileno(), 1)
+        self._readable()            # the greeting is often there already
+        if not self.done:
+            self._watcher.start(self._readable)
+
+    # --- events ---------------------------------------------------------------
+
+    def _readable(self):
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail("%s" % exc)
+            return
+        if not data:
+            self._fail(None)
+            return
+        if self.parser is None:
+            kind = httpproxy.sniff(data[0])
+            if kind == "http":
+                self._end()
+                self.on_http(self.sock, self.peer, data)
+                return
+            if kind != "socks5":
+                self._fail("not a SOCKS5 or HTTP proxy request (first byte 0x%02x)" % data[0])
+                return
+            self.parser = socks5.Socks5Parser(self.authenticate)
+        try:
+            out, request = self.parser.receive(data)
+        except SocksError as exc:
+            response = getattr(exc, "response", b"")
+            if response:
+                try:
+                    self.sock.send(response)
+                except OSError:
+                    pass
+            self._fail("SOCKS5 refused: %s" % exc)
+            return
+        if out and not self._send(out):
+            return
+        if request is not None:
+            self._end()
+            self.on_socks(self.sock, self.peer, request, self.parser.leftover)
+
+    def _expired(self):
+        self._fail("no complete proxy request within %.0f s" % self.timeout)
+
+    # --- helpers ----------------------------------------------------------------
+
+    def _send(self, data):
+        """Send a short reply whole (a fresh socket always has room); False if not."""
+        try:
+            if self.sock.send(data) == len(data):
+                return True
+            problem = "the client's socket took only part of a %d-byte reply" % len(data)
+        except OSError as exc:
+            problem = "%s" % exc
+        self._fail(problem)
+        return False
+
+    def _fail(self, message):
+        """End the handshake, log ``message`` (None: quietly), close the socket."""
+        if self.done:
+            return
+        self._end()
+        if message is not None:
+            log.info("%s: %s", self.peer, message)
+        close_socket(self.sock)
+
+    def _end(self):
+        self.done = True
+        for watcher in (self._watcher, self._timer):
+            if watcher is not None:
+                watcher.stop()
+                watcher.close()
+        self._watcher = self._timer = None
