@@ -141,7 +141,7 @@ class LocalProxy:
         request = None
         try:
             with gevent.Timeout(self.handshake_timeout, TimedOut(
-                    "no complete proxy request within %.0f s" % self.handshake_timeout)):
+                    "no complete proxy request within %g s" % self.handshake_timeout)):
                 request = self._http_request(sock, peer, first)
         except (OSError, AfbError) as exc:
             log.info("%s: %s", peer, exc)

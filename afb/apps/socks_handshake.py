@@ -102,7 +102,7 @@ class ProxyHandshake:
             self.on_socks(self.sock, self.peer, request, self.parser.leftover)
 
     def _expired(self):
-        self._fail("no complete proxy request within %.0f s" % self.timeout)
+        self._fail("no complete proxy request within %g s" % self.timeout)
 
     # --- helpers ----------------------------------------------------------------
 
