@@ -10,7 +10,7 @@ from gevent.hub import get_hub
 from afb.apps.local_proxy import start_now
 from afb.codec import frames
 from afb.policy.acl import DestinationAcl
-from afb.transport import wsconn
+from afb.codec import websocket as wsc
 from afb.transport.dialer import Dialer
 from afb.transport.resolver import Resolver
 from afb.transport.session import Session
@@ -121,6 +121,6 @@ def test_dial_to_a_listening_loopback_port_reports_once_and_connected():
 
 
 def test_mask_keys_are_four_fresh_bytes_and_the_pool_refills():
-    keys = [wsconn.mask_key() for _ in range(3 * wsconn._MASK_KEYS // 4)]
+    keys = [wsc.mask_key() for _ in range(3 * wsc._MASK_KEYS // 4)]
     assert all(len(key) == 4 for key in keys)
     assert len(set(keys)) > len(keys) * 0.99     # 32-bit random keys: ~no repeats

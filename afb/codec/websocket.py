@@ -7,6 +7,7 @@ RFC 6455 forbids.  :func:`mask` uses wsaccel's C masker when it is installed and
 a whole-buffer big-integer XOR otherwise (never a per-byte Python loop).
 """
 
+import os
 import struct
 
 from afb.errors import CLOSE_PROTOCOL_ERROR, ProtocolError
@@ -234,10 +235,37 @@ def decode_close(payload):
     return code, reason
 
 
+#: Mask keys are cut from one os.urandom() call of this size (256 keys).
+_MASK_KEYS = 1024
+
+
+class _MaskKeys:
+    """Mask keys (RFC 6455 5.3) from the OS's CSPRNG, fetched 256 at a time:
+    one ``getrandom`` system call per message cost ~10 us on small messages."""
+
+    __slots__ = ("_pool", "_pos")
+
+    def __init__(self):
+        self._pool = b""
+        self._pos = 0
+
+    def __call__(self):
+        pos = self._pos
+        if pos >= len(self._pool):
+            self._pool = os.urandom(_MASK_KEYS)
+            pos = 0
+        self._pos = pos + 4
+        return self._pool[pos:pos + 4]
+
+
+#: ``mask_key()``: a fresh 4-byte key for the next client frame.
+mask_key = _MaskKeys()
+
+
 __all__ = [
     "OP_CONTINUATION", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG",
     "MAX_HEADER_LEN", "MAX_CONTROL_PAYLOAD", "MAX_CLOSE_REASON",
     "CLOSE_NO_STATUS", "CLOSE_INVALID_DATA", "CLOSE_PROTOCOL_ERROR", "HAVE_WSACCEL",
     "encode_header", "parse_header", "Masker", "mask", "mask_python",
-    "valid_close_code", "truncate_reason", "encode_close", "decode_close",
+    "valid_close_code", "truncate_reason", "encode_close", "decode_close", "mask_key",
 ]

@@ -2,8 +2,9 @@
 
 The session owns three greenlets: the reader (``run()``, in the caller's
 greenlet), the writer (drains the fair scheduler, one WebSocket message per
-batch) and the pinger (RTT, dead-peer detection).  Streams are opened by the
-client (odd ids); the server learns of them through ``on_open``.
+batch: :mod:`afb.transport.frame_writer`) and the pinger (RTT, dead-peer
+detection).  Streams are opened by the client (odd ids); the server learns of
+them through ``on_open``.  Token refresh and expiry: :mod:`afb.transport.token_life`.
 """
 
 import logging
@@ -11,29 +12,27 @@ import os
 import time
 
 import gevent
-from gevent.event import AsyncResult, Event
-from gevent.hub import Waiter, get_hub, getcurrent
+from gevent.event import Event
 from gevent.pool import Group
 
 from afb import PROTOCOL_VERSION
 from afb.codec import frames
-from afb.errors import (CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION,
-                        REP_GENERAL_FAILURE, AfbError, AuthError, ProtocolError, VersionMismatch)
-from afb.mux.scheduler import FairScheduler
+from afb.errors import (CLOSE_GOING_AWAY, CLOSE_NORMAL, REP_GENERAL_FAILURE, AfbError,
+                        ProtocolError, VersionMismatch)
+from afb.transport.frame_writer import FrameWriter
 from afb.transport.idle import sweep_idle
 from afb.transport.stream import Stream
+from afb.transport.token_life import TokenLife
 
 log = logging.getLogger(__name__)
 
 #: Largest batch the writer puts in one WebSocket message.
 BATCH_LIMIT = 256 * 1024
-#: A client may refresh its token at most this often (seconds).
-MIN_REFRESH_INTERVAL = 1.0
 #: After dispatching a message this large, the reader yields to the streams.
 YIELD_AFTER = 64 * 1024
 
 
-class Session:
+class Session(FrameWriter, TokenLife):
     """Multiplexes :class:`Stream` objects over one ``WsConnection``."""
 
     def __init__(self, ws, *, client, window=256 * 1024, window_max=None,
@@ -73,9 +72,7 @@ class Session:
         self.done = Event()
         self.state_changed = Event()   # set on GOAWAY received and on close
         self.tasks = Group()       # per-stream greenlets (server: DNS + dial)
-        self._sched = FairScheduler()
-        self._hub = get_hub()
-        self._parked = None        # the writer's Waiter while it waits for frames
+        self._setup_writer()
         self._next_id = 1
         self._last_peer_id = 0
         self._greenlets = []
@@ -153,65 +150,7 @@ class Session:
             self._queue(stream.id, frames.OPEN_FAIL, frames.open_fail_payload(error.reply, str(error)))
             stream._on_reset(error.reply, str(error), by_peer=False)
 
-    # --- queueing (used by streams) -----------------------------------------
-
-    def _queue(self, stream_id, ftype, payload=b""):
-        self._sched.push(stream_id, ftype, payload)
-        if self._parked is not None:
-            self._wake_writer()
-
-    def send_now(self):
-        """Send what is queued, now, if the writer is idle (else it is on it).
-
-        For ``open_stream``, whose caller is about to answer its app: the
-        OPEN leaves before the app's next step instead of an event-loop
-        iteration later.  A greenlet sends the batch itself; the event loop
-        switches to the writer.  Not for the reader: it must never block on
-        a write (two full send buffers would stop both ends).
-        """
-        if getcurrent() is self._hub:
-            self._wake_writer()
-            return
-        waiter, self._parked = self._parked, None
-        if waiter is None:
-            return
-        try:
-            if self._sched and not self.closed:
-                parts, _size = self._sched.next_batch(self.batch_limit)
-                self.ws.send_message(parts)
-        except (OSError, AfbError) as exc:
-            self._write_failed(exc)
-        finally:
-            if self._sched or self.closed:
-                self._hub.loop.run_callback(waiter.switch, None)
-            else:
-                self._parked = waiter
-
-    def _queue_control(self, encoded):
-        self._sched.push_control(encoded)
-        if self._parked is not None:
-            self._wake_writer()
-
-    def _wake_writer(self):
-        """Resume the parked writer: at once when called from the event loop.
-
-        Most frames are queued by socket callbacks, which run in the hub: a
-        direct switch sends them in this loop iteration.  gevent's own
-        wake-ups (``Event.set``) wait for the next iteration, which costs
-        ~25-35 us per message here, on every hop of every round trip.  From
-        another greenlet the switch is scheduled instead.
-        """
-        waiter, self._parked = self._parked, None
-        if waiter is None:
-            return
-        if getcurrent() is self._hub:
-            waiter.switch(None)
-        else:
-            self._hub.loop.run_callback(waiter.switch, None)
-
-    def _send_reset(self, stream, reply, message):
-        self._sched.drop(stream.id)
-        self._queue_control(frames.frame(frames.RST, stream.id, frames.rst_payload(reply, message)))
+    # --- stream bookkeeping ---------------------------------------------------
 
     def _maybe_finish(self, stream):
         if stream.local_fin and stream.remote_fin:
@@ -347,71 +286,7 @@ class Session:
             self._queue_control(frames.frame(frames.RST, stream_id, frames.rst_payload(
                 REP_GENERAL_FAILURE, "unknown frame type %s" % name)))
 
-    # --- token life (refresh on the client, expiry on the server) -----------------
-
-    def request_token(self, timeout=10.0):
-        """Client: ask the server for a fresh token; returns it or raises AuthError."""
-        if self._token_request is None or self._token_request.ready():
-            self._token_request = AsyncResult()
-            self._queue_control(frames.frame(frames.REFRESH, 0))
-        try:
-            token, error = self._token_request.get(timeout=timeout)
-        except gevent.Timeout:
-            raise AuthError("token refresh: no answer within %.0f s" % timeout) from None
-        if not token:
-            raise AuthError("token refresh refused: %s" % error)
-        return token
-
-    def _answer_refresh(self):
-        now = time.monotonic()
-        if now - self._last_refresh < MIN_REFRESH_INTERVAL or self.on_refresh is None:
-            payload = frames.token_payload(error="refresh not available now")
-        else:
-            self._last_refresh = now
-            try:
-                payload = frames.token_payload(self.on_refresh(self))
-            except AfbError as exc:
-                log.warning("%s: token refresh refused: %s", self.label, exc)
-                payload = frames.token_payload(error=str(exc))
-        self._queue_control(frames.frame(frames.TOKEN, 0, payload))
-
-    def expire_at(self, timestamp, grace=0.0):
-        """Server: close the tunnel when the token in force expires (unless refreshed)."""
-        if self._expiry_timer is not None:
-            self._expiry_timer.kill(block=False)
-        delay = max(0.0, timestamp + grace - time.time())
-        self._expiry_timer = gevent.spawn_later(delay, self._expired)
-
-    def _expired(self):
-        log.info("%s: token expired and was not refreshed; closing the tunnel", self.label)
-        self.close_reason = "token expired"
-        self.close(CLOSE_POLICY_VIOLATION, "token expired")
-
-    # --- writer and pinger ------------------------------------------------------
-
-    def _write_loop(self):
-        sched = self._sched
-        send = self.ws.send_message
-        try:
-            while True:
-                if not sched:
-                    if self.closed:
-                        return
-                    waiter = self._parked = Waiter()
-                    waiter.get()
-                    continue
-                parts, _size = sched.next_batch(self.batch_limit)
-                send(parts)
-        except (OSError, AfbError) as exc:
-            self._write_failed(exc)
-        finally:
-            self._parked = None
-
-    def _write_failed(self, exc):
-        if not self.closed:
-            log.info("%s: write failed: %s", self.label, exc)
-            self.close_reason = self.close_reason or "write failed: %s" % exc
-            self.close()
+    # --- pinger ------------------------------------------------------------------
 
     def _ping_loop(self):
         while not self.closed:
@@ -434,12 +309,6 @@ class Session:
             self.draining = True
             self._queue_control(frames.frame(frames.GOAWAY, 0, frames.goaway_payload(
                 self._last_peer_id, 0, message)))
-
-    def flush(self, timeout=2.0):
-        """Wait until everything queued has been handed to the socket."""
-        deadline = time.monotonic() + timeout
-        while self._sched and not self.closed and time.monotonic() < deadline:
-            gevent.sleep(0.005)
 
     def close(self, code=CLOSE_NORMAL, reason=""):
         """Close the WebSocket; ``run()`` then resets every stream."""

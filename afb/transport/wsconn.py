@@ -18,7 +18,6 @@ payload is copied once after the kernel hands it over (by the unmasking, or by
 ``bytes()`` on the client side, which receives unmasked frames).
 """
 
-import os
 import socket
 
 from gevent.lock import RLock
@@ -26,46 +25,15 @@ from gevent.lock import RLock
 from afb.buffers import POOL_BUFFER, BufferPool, byte_view
 from afb.codec import websocket as wsc
 from afb.errors import CLOSE_NORMAL, CLOSE_UNSUPPORTED_DATA, MessageTooBig, ProtocolError
+from afb.transport.socket_writes import JOIN_LIMIT, SMALL_PAYLOAD, sendall_coalesced, sendmsg_all
 
 #: Size of the reused receive buffer.
 RECV_BUFFER = 64 * 1024
-#: Payloads up to this size are gathered in the receive buffer; larger ones
-#: are read straight into their own bytearray.
-SMALL_PAYLOAD = 16 * 1024
-#: On sockets without ``sendmsg`` (TLS), messages up to this size are joined
-#: into one write so that they leave as one TLS record train.
-JOIN_LIMIT = 64 * 1024
 #: How long close() waits for a sender holding the write lock.
 CLOSE_LOCK_TIMEOUT = 5.0
-#: Most buffers handed to one sendmsg call (Linux IOV_MAX is 1024).
-IOV_MAX = 512
 #: The longest frame header (64-bit length and a mask key): the room a caller
 #: of :meth:`WsConnection.send_in_place` leaves in front of its payload.
 MAX_HEADER = 14
-#: Mask keys are cut from one os.urandom() call of this size (256 keys).
-_MASK_KEYS = 1024
-
-
-class _MaskKeys:
-    """Mask keys from the OS's CSPRNG, fetched 256 at a time: one
-    ``getrandom`` system call per message cost ~10 us on small messages."""
-
-    __slots__ = ("_pool", "_pos")
-
-    def __init__(self):
-        self._pool = b""
-        self._pos = 0
-
-    def __call__(self):
-        pos = self._pos
-        if pos >= len(self._pool):
-            self._pool = os.urandom(_MASK_KEYS)
-            pos = 0
-        self._pos = pos + 4
-        return self._pool[pos:pos + 4]
-
-
-mask_key = _MaskKeys()
 
 
 class WsConnection:
@@ -291,7 +259,7 @@ class WsConnection:
         """Client: one copy -- header and payload joined in a reused buffer, masked in
         place, sent under the write lock (a fresh 256 KiB buffer per message costs
         page faults worth several copies)."""
-        key = mask_key()
+        key = wsc.mask_key()
         head = wsc.encode_header(wsc.OP_BINARY, total, mask_key=key)
         size = len(head) + total
         with self._wlock:
@@ -327,7 +295,7 @@ class WsConnection:
         if start < MAX_HEADER:
             raise ValueError("send_in_place needs %d bytes of room, got %d" % (MAX_HEADER, start))
         total = len(view) - start
-        key = mask_key() if self.client else None
+        key = wsc.mask_key() if self.client else None
         head = wsc.encode_header(wsc.OP_BINARY, total, mask_key=key)
         first = start - len(head)
         with self._wlock:
@@ -348,7 +316,7 @@ class WsConnection:
     def _send_frame(self, opcode, payload):
         """One control frame; the caller holds no lock or the write lock."""
         if self.client:
-            key = mask_key()
+            key = wsc.mask_key()
             data = wsc.encode_header(opcode, len(payload), mask_key=key) + wsc.mask(payload, key)
         else:
             data = wsc.encode_header(opcode, len(payload)) + payload
@@ -366,54 +334,12 @@ class WsConnection:
             if sent < len(data):
                 sock.sendall(memoryview(data)[sent:])
         elif self._use_sendmsg:
-            self._sendmsg_all(buffers)
+            sendmsg_all(sock, buffers)
         elif total <= JOIN_LIMIT:
             sock.sendall(b"".join(buffers))
         else:
-            self._sendall_coalesced(buffers)
+            sendall_coalesced(sock, buffers)
         self.bytes_out += total
-
-    def _sendmsg_all(self, buffers):
-        sendmsg = self._sock.sendmsg
-        while buffers:
-            batch = buffers[:IOV_MAX]
-            sent = sendmsg(batch)
-            i = 0
-            count = len(batch)
-            while i < count and sent >= len(batch[i]):
-                sent -= len(batch[i])
-                i += 1
-            if i == count:
-                buffers = buffers[count:]
-                continue
-            rest = memoryview(batch[i])[sent:]
-            buffers = [rest] + buffers[i + 1:]
-
-    def _sendall_coalesced(self, buffers):
-        """sendall on a TLS socket: small pieces joined, big ones as they are."""
-        sendall = self._sock.sendall
-        pending = []
-        pending_len = 0
-        for buf in buffers:
-            n = len(buf)
-            if n >= SMALL_PAYLOAD:
-                if pending:
-                    if pending_len + n <= JOIN_LIMIT:
-                        pending.append(buf)
-                        sendall(b"".join(pending))
-                        pending, pending_len = [], 0
-                        continue
-                    sendall(b"".join(pending))
-                    pending, pending_len = [], 0
-                sendall(buf)
-            else:
-                pending.append(buf)
-                pending_len += n
-                if pending_len >= JOIN_LIMIT:
-                    sendall(b"".join(pending))
-                    pending, pending_len = [], 0
-        if pending:
-            sendall(b"".join(pending))
 
     # --- closing --------------------------------------------------------------
 
