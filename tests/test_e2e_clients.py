@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from tests.support import recv_all, socks_connect
+from tests.support import recv_all, recv_exact, socks_connect
 
 
 def curl(*args):
@@ -63,3 +63,25 @@ def test_half_close_app_still_gets_the_reply(tunnel, echo):
     sock.shutdown(1)          # no more from the app; the reply must still arrive
     assert recv_all(sock) == payload
     sock.close()
+
+
+def test_a_server_that_speaks_first_gets_through_fast_open(tunnel):
+    """An app that waits for its server (SSH, SMTP) sends nothing after the
+    SOCKS5 reply (fast_open answers before the server connected): the
+    server's banner still arrives."""
+    from gevent.server import StreamServer
+
+    def banner(sock, _address):
+        sock.sendall(b"SSH-2.0-test\r\n")
+        sock.recv(16)
+        sock.close()
+
+    target = StreamServer(("127.0.0.1", 0), banner)
+    target.start()
+    try:
+        sock = socks_connect(tunnel.proxy, "127.0.0.1", target.server_port)
+        assert recv_exact(sock, 14) == b"SSH-2.0-test\r\n"
+        sock.sendall(b"SSH-2.0-client\r\n")
+        sock.close()
+    finally:
+        target.stop()

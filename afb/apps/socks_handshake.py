@@ -57,9 +57,8 @@ class ProxyHandshake:
         self._timer = loop.timer(self.timeout)
         self._timer.start(self._expired)
         self._watcher = loop.io(self.sock.fileno(), 1)
+        self._watcher.start(self._readable)
         self._readable()            # the greeting is often there already
-        if not self.done:
-            self._watcher.start(self._readable)
 
     # --- events ---------------------------------------------------------------
 
