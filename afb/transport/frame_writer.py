@@ -10,7 +10,7 @@ batch per message.  While it has nothing to send the writer is *parked* on a
   so the frame leaves in the same loop iteration;
 * from another greenlet by a scheduled switch;
 * ``send_now`` (``open_stream``): the calling greenlet sends the batch
-  itself, so an OPEN leaves before its caller answers the app.
+  itself, so an OPEN leaves before ``open_stream`` returns.
 
 The reader never sends itself: two full send buffers would stop both ends.
 """
@@ -44,11 +44,11 @@ class FrameWriter:
     def send_now(self):
         """Send what is queued, now, if the writer is idle (else it is on it).
 
-        For ``open_stream``, whose caller is about to answer its app: the
-        OPEN leaves before the app's next step instead of an event-loop
-        iteration later.  A greenlet sends the batch itself; the event loop
-        switches to the writer.  Not for the reader: it must never block on
-        a write (two full send buffers would stop both ends).
+        For ``open_stream``: the OPEN leaves now, while the app is still
+        reading its SOCKS5 reply, instead of an event-loop iteration later.
+        A greenlet sends the batch itself; the event loop switches to the
+        writer.  Not for the reader: it must never block on a write (two
+        full send buffers would stop both ends).
         """
         if getcurrent() is self._hub:
             self._wake_writer()
