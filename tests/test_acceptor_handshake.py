@@ -1,5 +1,6 @@
 """The event-loop accept path of the local proxy: Acceptor + ProxyHandshake."""
 
+import errno
 import logging
 import socket
 import struct
@@ -8,7 +9,7 @@ import gevent
 from gevent.event import AsyncResult
 
 from afb.apps.socks_handshake import ProxyHandshake
-from afb.transport.acceptor import Acceptor, PlainSocket
+from afb.transport.acceptor import PAUSE_AFTER_ERROR, Acceptor, PlainSocket
 from tests.support import recv_all
 
 
@@ -105,4 +106,35 @@ def test_refusals_close_the_socket_with_one_log_line(caplog):
         assert len(lines) == 1, lines
         client.close()
     assert "no complete proxy request within 0.3 s" in lines[0]
+    acceptor.close()
+
+
+class _OutOfDescriptors:
+    """A listening socket whose first accept fails with EMFILE."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self.failed = 0
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def _accept(self):
+        if not self.failed:
+            self.failed += 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return self._sock._accept()
+
+
+def test_running_out_of_descriptors_pauses_accepting_then_resumes(caplog):
+    got = []
+    acceptor = _listening(lambda sock, address: got.append(sock))
+    acceptor.sock = _OutOfDescriptors(acceptor.sock)
+    client = socket.create_connection(acceptor.address)
+    gevent.sleep(0.02)
+    assert got == [] and "accept failed" in caplog.text and "pausing" in caplog.text
+    gevent.sleep(PAUSE_AFTER_ERROR + 0.1)
+    assert len(got) == 1                        # the waiting connection is taken after the pause
+    got[0].close()
+    client.close()
     acceptor.close()
