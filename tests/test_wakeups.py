@@ -124,3 +124,55 @@ def test_mask_keys_are_four_fresh_bytes_and_the_pool_refills():
     keys = [wsc.mask_key() for _ in range(3 * wsc._MASK_KEYS // 4)]
     assert all(len(key) == 4 for key in keys)
     assert len(set(keys)) > len(keys) * 0.99     # 32-bit random keys: ~no repeats
+
+
+def _server_session(accept_at_once=True):
+    ws = RecordingWs()
+    opened = []
+
+    def on_open(session, stream, command):
+        opened.append(stream)
+        if accept_at_once:
+            session.accept(stream)
+
+    session = Session(ws, client=False, ping_interval=0, on_open=on_open)
+    session.start()
+    gevent.sleep(0)
+    return session, ws, opened
+
+
+def _open_frame(stream_id, flags):
+    return (frames.OPEN, flags, stream_id, frames.open_payload(frames.CMD_CONNECT, "10.0.0.1", 80))
+
+
+def test_open_ok_leaves_at_once_for_a_client_that_waits():
+    session, ws, _opened = _server_session()
+    get_hub().loop.run_callback(session._dispatch, *_open_frame(1, 0))
+    gevent.sleep(0.01)
+    assert [_types(m) for m in ws.sent] == [[frames.OPEN_OK]]
+    session.close()
+
+
+def test_open_ok_rides_with_the_first_data_when_the_client_does_not_wait():
+    session, ws, opened = _server_session()
+    get_hub().loop.run_callback(session._dispatch, *_open_frame(1, frames.FLAG_NO_WAIT))
+    gevent.sleep(0.01)
+    assert ws.sent == []                        # no message of its own
+    get_hub().loop.run_callback(opened[0].send, b"reply")
+    gevent.sleep(0.01)
+    assert [_types(m) for m in ws.sent] == [[frames.OPEN_OK, frames.DATA]]
+    # ... and a graceful stop still sends one that nothing else carried.
+    get_hub().loop.run_callback(session._dispatch, *_open_frame(3, frames.FLAG_NO_WAIT))
+    gevent.sleep(0.01)
+    session.flush(1.0)
+    assert _types(ws.sent[-1]) == [frames.OPEN_OK]
+    session.close()
+
+
+def test_fast_open_clients_mark_their_open_and_others_do_not():
+    session, ws = _session()
+    session.open_stream(frames.CMD_CONNECT, "example.org", 443, wait=False)
+    session.open_stream(frames.CMD_CONNECT, "example.org", 443)
+    flags = [next(frames.iter_frames(m))[1] for m in ws.sent]
+    assert flags == [frames.FLAG_NO_WAIT, 0]
+    session.close()

@@ -201,7 +201,7 @@ class LocalProxy:
             # The app's reply first: it prepares its first bytes while the
             # OPEN (sent by open_stream, now) travels to the server.
             self._succeed(sock, kind)
-        stream = session.open_stream(frames.CMD_CONNECT, host, port, early)
+        stream = session.open_stream(frames.CMD_CONNECT, host, port, early, wait=not optimistic)
         if not optimistic:
             try:
                 stream.wait_open(self.open_timeout)

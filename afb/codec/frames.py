@@ -38,6 +38,11 @@ REFRESH = 0x0C
 #: Server's answer to REFRESH: the new JWT (UTF-8), or empty + reason on refusal.
 TOKEN = 0x0D
 
+#: OPEN flag: the opener does not wait for OPEN_OK (it answered its app
+#: already: fast_open), so the server may send OPEN_OK with the stream's next
+#: frame instead of in a message of its own.  Without it, OPEN_OK leaves at once.
+FLAG_NO_WAIT = 0x01
+
 FRAME_NAMES = {
     HELLO: "HELLO", OPEN: "OPEN", OPEN_OK: "OPEN_OK", OPEN_FAIL: "OPEN_FAIL",
     DATA: "DATA", WINDOW: "WINDOW", FIN: "FIN", RST: "RST",

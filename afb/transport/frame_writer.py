@@ -120,6 +120,8 @@ class FrameWriter:
 
     def flush(self, timeout=2.0):
         """Wait until everything queued has been handed to the socket."""
+        if self._sched and self._parked is not None:
+            self._wake_writer()        # frames queued without a wake-up (a lazy OPEN_OK)
         deadline = time.monotonic() + timeout
         while self._sched and not self.closed and time.monotonic() < deadline:
             gevent.sleep(0.005)

@@ -31,7 +31,7 @@ class Stream:
 
     __slots__ = ("session", "id", "host", "port", "credit", "window", "bytes_in", "bytes_out",
                  "remote_fin", "local_fin", "reset_error", "sink", "_early", "_result",
-                 "__weakref__")
+                 "reply_later", "__weakref__")
 
     def __init__(self, session, stream_id, host, port, send_window, recv_window, recv_max):
         self.session = session
@@ -48,6 +48,7 @@ class Stream:
         self.sink = None
         self._early = None      # data received before a sink was attached
         self._result = None     # AsyncResult of OPEN_OK / OPEN_FAIL, made on demand
+        self.reply_later = False   # server: the client does not wait for OPEN_OK
 
     def __repr__(self):
         return "<Stream %d %s>" % (self.id, self.target)
