@@ -55,7 +55,7 @@ class SocketRelay:
         self._on_close = on_close
         loop = gevent.get_hub().loop
         self._reader = loop.io(self.fd, _READ)
-        self._writer = loop.io(self.fd, _WRITE)
+        self._writer = None         # made when a write first falls short (most never do)
         self._reading = False
 
     def start(self):
@@ -123,6 +123,8 @@ class SocketRelay:
             rest = memoryview(data)[written:]
             self.out.append(rest)
             self.out_bytes += len(rest)
+            if self._writer is None:
+                self._writer = gevent.get_hub().loop.io(self.fd, _WRITE)
             self._writer.start(self._on_writable)
 
     def _on_writable(self):
@@ -181,9 +183,10 @@ class SocketRelay:
         self.closed = True
         self._reading = False
         self._reader.stop()
-        self._writer.stop()
         self._reader.close()
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.stop()
+            self._writer.close()
         self.out.clear()
         self.out_bytes = 0
         close_socket(self.sock, abort=abort)
