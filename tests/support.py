@@ -3,7 +3,10 @@
 Everything here listens on and connects to 127.0.0.1 / ::1 only.
 """
 
+import base64
 import hashlib
+import hmac
+import json
 import os
 import socket
 import struct
@@ -21,6 +24,18 @@ from afb.policy.auth import issue_token
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The loggers of the local proxy: its handshake and the proxy itself.
 PROXY_LOGGERS = ("afb.apps.local_proxy", "afb.apps.socks_handshake")
+
+
+def b64(data):
+    """Unpadded base64url, as in a JWT."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def forge(header, claims, key=b""):
+    """A hand-made JWT; HMAC-SHA256 over it with ``key`` (empty: no signature)."""
+    signing_input = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
+    sig = hmac.new(key, signing_input.encode(), hashlib.sha256).digest() if key else b""
+    return signing_input + "." + b64(sig)
 
 
 def free_port(host="127.0.0.1"):

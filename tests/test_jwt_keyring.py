@@ -4,9 +4,6 @@ Every refusal is an AuthError; the table below is the list of forged or
 unacceptable tokens the server must turn away.
 """
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 import stat
@@ -23,19 +20,9 @@ from afb.policy.auth import (REQUIRED_CLAIMS, TokenVerifier, issue_token, load_s
                              sign_token)
 from afb.policy.keyring import KeyRing, keyring_path, make_signer, make_verifier
 from afb.state import RevocationCache, StateStore
+from tests.support import b64, forge
 
 HOUR = 3600
-
-
-def b64(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def forge(header, claims, key=b""):
-    """A hand-made JWT; HMAC-SHA256 over it with ``key`` (empty: no signature)."""
-    signing_input = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
-    sig = hmac.new(key, signing_input.encode(), hashlib.sha256).digest() if key else b""
-    return signing_input + "." + b64(sig)
 
 
 def claims_now(**extra):

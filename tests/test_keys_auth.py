@@ -2,9 +2,7 @@
 
 import base64
 import hashlib
-import hmac
 import ipaddress
-import json
 import io
 import logging
 import os
@@ -23,6 +21,7 @@ from afb import logsetup
 from afb.errors import AuthError
 from afb.keys import generate_server_keys, make_jwt_keys, spki_pin, write_secret
 from afb.policy.auth import TokenVerifier, issue_token, key_id, parse_ttl, token_from_headers
+from tests.support import forge
 
 
 @pytest.fixture(scope="module")
@@ -106,15 +105,6 @@ def test_write_secret(tmp_path):
 
 
 # --- tokens ------------------------------------------------------------------
-
-def b64(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def forge(header, claims, key=b""):
-    signing_input = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
-    sig = hmac.new(key, signing_input.encode(), hashlib.sha256).digest() if key else b""
-    return signing_input + "." + b64(sig)
 
 
 @pytest.fixture(scope="module")
