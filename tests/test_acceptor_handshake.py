@@ -9,7 +9,8 @@ import gevent
 from gevent.event import AsyncResult
 
 from afb.apps.socks_handshake import ProxyHandshake
-from afb.transport.acceptor import PAUSE_AFTER_ERROR, Acceptor, PlainSocket
+from afb.transport.acceptor import PAUSE_AFTER_ERROR, Acceptor
+from afb.transport.relay import PlainSocket
 from tests.support import recv_all
 
 

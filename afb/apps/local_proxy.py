@@ -25,6 +25,7 @@ from afb.errors import (REP_GENERAL_FAILURE, REP_SUCCEEDED, AfbError, CommandNot
 from afb.policy.proxy_users import parse_basic
 from afb.transport.acceptor import Acceptor
 from afb.transport.relay import SocketRelay, close_socket
+from afb.transport.socket_writes import send_whole
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,6 @@ PROXY_AUTH_REQUIRED = (
 
 _SOCKS5_SUCCEEDED = socks5.reply(REP_SUCCEEDED)
 _HTTP_ESTABLISHED = httpproxy.response(200)
-
-
-def send_small(sock, data):
-    """``sendall`` for a few bytes: gevent's asks the kernel for SO_SNDBUF
-    first, every time; a fresh socket takes a short reply in one send."""
-    sent = sock.send(data)
-    if sent < len(data):
-        sock.sendall(data[sent:])
 
 
 def start_now(func, *args):
@@ -120,7 +113,7 @@ class LocalProxy:
         if request.command != socks5.CMD_CONNECT:
             exc = CommandNotSupported("SOCKS5 command %d is not supported" % request.command)
             try:
-                send_small(sock, socks5.reply(exc.reply))
+                send_whole(sock, socks5.reply(exc.reply))
             except OSError:
                 pass
             log.info("%s: SOCKS5 refused: %s", peer, exc)
@@ -226,7 +219,7 @@ class LocalProxy:
 
     @staticmethod
     def _succeed(sock, kind):
-        send_small(sock, _SOCKS5_SUCCEEDED if kind == "socks5" else _HTTP_ESTABLISHED)
+        send_whole(sock, _SOCKS5_SUCCEEDED if kind == "socks5" else _HTTP_ESTABLISHED)
 
     @staticmethod
     def _fail(sock, kind, exc):

@@ -14,12 +14,11 @@ import socket
 import time
 
 import gevent
-from gevent.monkey import get_original
+
+from afb.transport.relay import PlainSocket
 
 log = logging.getLogger(__name__)
 
-#: The standard library's socket class, even in a monkey-patched process.
-PlainSocket = get_original("socket", "socket")
 #: Connections taken per readiness callback (others wait for the next one).
 MAX_ACCEPT = 64
 #: After running out of descriptors or memory, accepting pauses this long.

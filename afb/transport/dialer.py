@@ -32,7 +32,6 @@ import socket
 import time
 
 import gevent.socket
-from gevent.monkey import get_original
 
 from afb.errors import (
     ConnectionRefused,
@@ -43,6 +42,7 @@ from afb.errors import (
     TimedOut,
 )
 from afb.policy.acl import DestinationAcl, format_destination
+from afb.transport.relay import PlainSocket
 
 __all__ = ["Dialer", "connect_error"]
 
@@ -234,7 +234,7 @@ class Dialer:
             raise
         # A plain socket: the relay drives it with its own watchers, so the
         # two that a gevent socket makes (and drops again) would be waste.
-        sock = _PlainSocket(family, socket.SOCK_STREAM)
+        sock = PlainSocket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         self.dial_stats["attempts"] += 1
         code = sock.connect_ex((ip, port))
@@ -290,9 +290,6 @@ class Dialer:
         if host.strip("[]") != ip:
             dest = "%s (%s)" % (dest, ip)
         return dest
-
-
-_PlainSocket = get_original("socket", "socket")
 
 
 def _ip_literal(host):

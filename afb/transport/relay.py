@@ -25,11 +25,16 @@ import struct
 from collections import deque
 
 import gevent
+from gevent.monkey import get_original
 
 from afb.errors import REP_GENERAL_FAILURE
 
 log = logging.getLogger(__name__)
 
+#: The standard library's socket class, even in a monkey-patched process: the
+#: sockets a relay drives (accepted by the Acceptor, dialled by dial_nowait)
+#: need no gevent wrapper, its two watchers or its costly close.
+PlainSocket = get_original("socket", "socket")
 #: Largest single read from a local socket.
 READ_CHUNK = 256 * 1024
 _LINGER_ABORT = struct.pack("ii", 1, 0)

@@ -17,6 +17,15 @@ JOIN_LIMIT = 64 * 1024
 IOV_MAX = 512
 
 
+def send_whole(sock, data):
+    """``sendall`` that tries one ``send`` first: gevent's ``sendall`` asks the
+    kernel for ``SO_SNDBUF`` on every call, and a short write or one that fits
+    the socket buffer (most of them) is done in one system call."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
 def sendmsg_all(sock, buffers):
     """Send every buffer, in order, with as few ``sendmsg`` calls as the kernel allows."""
     sendmsg = sock.sendmsg

@@ -25,7 +25,8 @@ from gevent.lock import RLock
 from afb.buffers import POOL_BUFFER, BufferPool, byte_view
 from afb.codec import websocket as wsc
 from afb.errors import CLOSE_NORMAL, CLOSE_UNSUPPORTED_DATA, MessageTooBig, ProtocolError
-from afb.transport.socket_writes import JOIN_LIMIT, SMALL_PAYLOAD, sendall_coalesced, sendmsg_all
+from afb.transport.socket_writes import (JOIN_LIMIT, SMALL_PAYLOAD, send_whole, sendall_coalesced,
+                                        sendmsg_all)
 
 #: Size of the reused receive buffer.
 RECV_BUFFER = 64 * 1024
@@ -328,11 +329,7 @@ class WsConnection:
     def _write(self, buffers, total):
         sock = self._sock
         if len(buffers) == 1:
-            # send() first: sendall() asks the kernel for SO_SNDBUF on every call.
-            data = buffers[0]
-            sent = sock.send(data)
-            if sent < len(data):
-                sock.sendall(memoryview(data)[sent:])
+            send_whole(sock, buffers[0])
         elif self._use_sendmsg:
             sendmsg_all(sock, buffers)
         elif total <= JOIN_LIMIT:
