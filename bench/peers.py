@@ -22,6 +22,9 @@ afb-ws      ``afb client`` -> ws:// -> ``afb server`` (bench/common.start_afb_pa
             end-to-end encryption (E2E) inside the WebSocket on, as by default
 afb-wss     the same over wss://
 afb-wss-noe2e  afb over wss:// with E2E off (``[e2e] mode = off``), for reference
+py-floor    ``bench/floor_socks.py``: the least a SOCKS5 server can be in CPython
+            (one epoll loop, no auth/ACL/log); opt-in, a baseline: the floor
+            for any one-hop Python proxy
 ========== =================================================================
 
 A peer object has ``name``, ``kind`` ("direct", "socks" or "relay"),
@@ -83,6 +86,7 @@ PACKAGES = {
     "afb-ws": [],
     "afb-wss": [],
     "afb-wss-noe2e": [],
+    "py-floor": [],
 }
 #: Debian packages each bench/compare test needs beyond curl.
 TEST_PACKAGES = {"iperf3": ["iperf3", "proxychains4"]}
@@ -319,6 +323,19 @@ class Microsocks(Peer):
         return (LOOPBACK, port)
 
 
+class PyFloor(Peer):
+    name = "py-floor"
+    note = ("bench/floor_socks.py: one CPython epoll loop, plain sockets, no auth, ACL or "
+            "logging; the floor for any one-hop Python proxy")
+
+    def _start(self, targets):
+        port = free_port()
+        proc = self._spawn([sys.executable, os.path.join(BENCH_DIR, "floor_socks.py"), str(port)],
+                           "floor_socks.log")
+        self._wait(port, proc, "floor_socks")
+        return (LOOPBACK, port)
+
+
 class Socat(Peer):
     name = "socat"
     kind = "relay"
@@ -515,7 +532,7 @@ def make_peer(name):
         "v2ray-ws": lambda: V2ray(False), "v2ray-wss": lambda: V2ray(True),
         "ss-ws": lambda: Shadowsocks(False), "ss-wss": lambda: Shadowsocks(True),
         "trojan": Trojan, "afb-ws": lambda: Afb(False), "afb-wss": lambda: Afb(True),
-        "afb-wss-noe2e": lambda: Afb(True, e2e=False),
+        "afb-wss-noe2e": lambda: Afb(True, e2e=False), "py-floor": PyFloor,
     }
     if name not in table:
         raise KeyError("unknown peer %r (known: %s)" % (name, ", ".join(table)))
@@ -524,6 +541,8 @@ def make_peer(name):
 
 ALL_PEERS = ["direct", "microsocks", "socat", "v2ray-ws", "v2ray-wss", "ss-ws", "ss-wss",
              "trojan", "afb-ws", "afb-wss", "afb-wss-noe2e"]
+#: Opt-in peers (not in the default list): --peers py-floor,...
+EXTRA_PEERS = ["py-floor"]
 
 
 # --- targets: echo and close-timing (gevent, own process) ------------------------------------
