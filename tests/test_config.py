@@ -5,7 +5,8 @@ import textwrap
 
 import pytest
 
-from afb.config import check_config, load_config, parse_hostport
+from afb.config import check_config, load_config
+from afb.config_values import parse_hostport
 from afb.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,7 +7,7 @@ import gevent
 from gevent.event import Event
 
 from afb.apps.local_proxy import LocalProxy
-from afb.config import parse_hostport
+from afb.config_values import parse_hostport
 from afb.errors import AfbError
 from afb.keys import check_secret_file
 from afb.policy.access import SourceAcl

@@ -10,7 +10,7 @@ import gevent
 from gevent.event import Event
 
 from afb.codec import aead, frames
-from afb.config import parse_hostport
+from afb.config_values import parse_hostport
 from afb.errors import (CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported,
                         DestinationError)
 from afb.keys import check_secret_file, spki_pin

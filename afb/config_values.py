@@ -1,0 +1,206 @@
+"""Config values: the parsers other modules share and the configspec checks.
+
+:func:`make_validator` gives configobj's validator the custom types the
+``afb/configspec/*.spec`` files use (``hostport``, ``ws_url``, ``duration``,
+``cidr_list``...). A failed check raises :class:`InvalidValue`, whose message
+is the reason :mod:`afb.config` shows beside the file, line and key.
+"""
+
+import base64
+import ipaddress
+import re
+from urllib.parse import urlsplit
+
+from configobj.validate import ValidateError, Validator, VdtTypeError, is_string_list
+
+from afb.errors import ConfigError
+
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
+
+
+def parse_hostport(text):
+    """``"host:port"`` or ``"[v6addr]:port"`` -> ``(host, port)``; ValueError if bad.
+
+    Port 0 is accepted (an ephemeral port, useful in tests).
+    """
+    if not isinstance(text, str):
+        raise ValueError("expected host:port, got %r" % (text,))
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError("expected [IPv6]:port, got %r" % text)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("%r is not an IPv6 address" % host) from None
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError("expected host:port, got %r" % text)
+        if ":" in host:
+            raise ValueError("an IPv6 address needs brackets: [%s]:%s" % (host, port))
+        if not _HOSTNAME_RE.match(host) or ".." in host:
+            raise ValueError("bad host name %r" % host)
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError("bad port %r (0-65535)" % port)
+    return host, int(port)
+
+
+def _parse_url(text, schemes):
+    """Split a URL with a scheme from ``schemes`` and a host; ValueError if bad."""
+    parts = urlsplit(text)
+    if parts.scheme not in schemes:
+        raise ValueError("URL scheme must be %s" % " or ".join(s + "://" for s in schemes))
+    if not parts.hostname:
+        raise ValueError("URL has no host")
+    parts.port  # raises ValueError on a bad port
+    if parts.fragment:
+        raise ValueError("URL must not have a #fragment")
+    return parts
+
+
+# --- custom configspec checks -----------------------------------------------
+
+class InvalidValue(ValidateError):
+    """A custom check failed; the message is the reason shown to the user."""
+
+
+def _check_str(value):
+    if not isinstance(value, str):
+        raise VdtTypeError(value)
+    return value
+
+
+def _check_hostport(value, *args, **kwargs):
+    try:
+        parse_hostport(_check_str(value))
+    except ValueError as exc:
+        raise InvalidValue(str(exc)) from None
+    return value.strip()
+
+
+def _check_url_path(value, *args, **kwargs):
+    if not _check_str(value).startswith("/"):
+        raise InvalidValue('path must start with "/"')
+    return value
+
+
+def _check_ws_url(value, *args, **kwargs):
+    try:
+        _parse_url(_check_str(value), ("ws", "wss"))
+    except ValueError as exc:
+        raise InvalidValue("%s (e.g. wss://host/ or ws://host:8080/path)" % exc) from None
+    return value
+
+
+def _check_proxy_url(value, *args, **kwargs):
+    if _check_str(value) == "":
+        return value
+    try:
+        parts = _parse_url(value, ("socks5", "socks5h", "http"))
+    except ValueError as exc:
+        raise InvalidValue("%s (e.g. socks5://host:1080 or http://host:3128)" % exc) from None
+    if parts.port is None:
+        raise InvalidValue("upstream proxy URL needs a port")
+    if parts.username is not None or parts.path not in ("", "/") or parts.query:
+        raise InvalidValue("upstream proxy URL must be scheme://host:port only")
+    return value
+
+
+def _check_spki_pin(value, *args, **kwargs):
+    if _check_str(value) == "":
+        return value
+    prefix, sep, digest = value.partition("sha256//")
+    try:
+        ok = not prefix and sep and len(base64.b64decode(digest, validate=True)) == 32
+    except ValueError:
+        ok = False
+    if not ok:
+        raise InvalidValue("pin must be sha256//<base64 of 32 bytes> (see afb keygen)")
+    return value
+
+
+def _check_string_list(value, *args, **kwargs):
+    """Like configobj's string_list, but one bare value is a one-item list."""
+    if isinstance(value, str):
+        value = [value] if value.strip() else []
+    return is_string_list(value, *args, **kwargs)
+
+
+def _check_cidr_list(value, *args, **kwargs):
+    """A string_list whose items are IP addresses or networks (10.0.0.0/8, ::1)."""
+    from afb.policy.access import parse_networks
+
+    value = _check_string_list(value, *args, **kwargs)
+    try:
+        parse_networks(value)
+    except ValueError as exc:
+        raise InvalidValue(str(exc)) from None
+    return value
+
+
+_COOKIE_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}$")
+
+
+def _check_cookie_name(value, *args, **kwargs):
+    """An HTTP cookie name (an RFC 6265 token: no spaces, '=', ';', quotes)."""
+    if not _COOKIE_NAME_RE.match(_check_str(value)):
+        raise InvalidValue('bad cookie name "%s" (letters, digits and !#$%%&\'*+-.^_`|~)' % value)
+    return value
+
+
+def _check_duration(value, *args, **kwargs):
+    """Seconds (int >= 0) from 3600, 3600s, 15m, 12h, 7d or 2w."""
+    from afb.policy.auth import parse_ttl
+
+    try:
+        return parse_ttl(_check_str(value), allow_zero=True)
+    except ValueError:
+        raise InvalidValue('bad duration "%s" (use e.g. 0, 3600, 15m, 12h, 7d)' % value) from None
+
+
+def _check_e2e_public_key(value, *args, **kwargs):
+    """Empty (E2E off) or the server's X25519 public key: base64 of 32 bytes."""
+    if _check_str(value).strip() == "":
+        return ""
+    from afb.codec.aead import parse_public_key
+
+    try:
+        parse_public_key(value)
+    except ConfigError:
+        raise InvalidValue("must be the base64 X25519 public key printed by afb keygen as "
+                       "\"e2e public key\" (32 bytes, 44 characters), or empty") from None
+    return value.strip()
+
+
+def _check_cipher_list(value, *args, **kwargs):
+    """A string_list of E2E cipher names (aes-256-gcm, chacha20-poly1305), not empty."""
+    from afb.codec.aead import CIPHER_NAMES, cipher_id
+
+    value = _check_string_list(value, *args, **kwargs)
+    if not value:
+        raise InvalidValue("name at least one cipher: %s" % ", ".join(CIPHER_NAMES.values()))
+    for name in value:
+        try:
+            cipher_id(name)
+        except ConfigError:
+            raise InvalidValue('unknown cipher "%s" (use %s)' % (
+                name, " or ".join(CIPHER_NAMES.values()))) from None
+    return value
+
+
+def make_validator():
+    return Validator({
+        "hostport": _check_hostport,
+        "url_path": _check_url_path,
+        "ws_url": _check_ws_url,
+        "proxy_url": _check_proxy_url,
+        "spki_pin": _check_spki_pin,
+        "string_list": _check_string_list,
+        "duration": _check_duration,
+        "cidr_list": _check_cidr_list,
+        "cookie_name": _check_cookie_name,
+        "e2e_public_key": _check_e2e_public_key,
+        "cipher_list": _check_cipher_list,
+    })
