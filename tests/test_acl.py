@@ -3,7 +3,8 @@
 import pytest
 
 from afb.errors import REP_NOT_ALLOWED, NotAllowed
-from afb.policy.acl import DestinationAcl, classify_address, format_destination, parse_rule
+from afb.policy.acl import DestinationAcl, classify_address, format_destination
+from afb.policy.acl_rules import parse_rule
 
 REFUSED_BY_DEFAULT = [
     ("127.0.0.1", "loopback"),

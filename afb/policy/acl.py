@@ -5,19 +5,7 @@ before resolving a name and :meth:`DestinationAcl.check_address` on every
 *resolved* address it is about to connect to, so a name that resolves to
 127.0.0.1 is refused just like the literal.
 
-Rule entries (``allow`` / ``deny``), each optionally followed by ``:PORT`` or
-``:LOW-HIGH``:
-
-* a network or single address: ``10.0.0.0/8``, ``192.0.2.7``, ``::1/128``,
-  ``2001:db8::1``; an IPv6 entry with a port must be bracketed:
-  ``[::1]:8080``, ``[2001:db8::]/32:443`` (``[2001:db8::/32]:443`` also works);
-* a host name, matched case-insensitively, without a trailing dot:
-  ``example.com``, ``example.com:443``;
-* a wildcard name ``*.example.com`` matching any name *below* example.com
-  (``a.example.com``, ``a.b.example.com``) but not ``example.com`` itself.
-
-There is no bare ``*``: use ``0.0.0.0/0`` and ``::/0`` for "any address", e.g.
-deny ``0.0.0.0/0:25`` and ``[::/0]:25`` to block SMTP everywhere.
+The grammar of the allow/deny entries is in :mod:`afb.policy.acl_rules`.
 
 Decision order in :meth:`check_address`:
 
@@ -36,11 +24,11 @@ Decision order in :meth:`check_address`:
 """
 
 import ipaddress
-import re
 
 from afb.errors import NotAllowed
+from afb.policy.acl_rules import normalize_name, parse_rules
 
-__all__ = ["DestinationAcl", "Rule", "parse_rule", "classify_address", "format_destination"]
+__all__ = ["DestinationAcl", "classify_address", "format_destination"]
 
 
 # Address classes refused by default: (network, reason word), first match wins,
@@ -83,10 +71,6 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _SIXTOFOUR = ipaddress.IPv6Network("2002::/16")
 #: Most allowed (address, port, name) triples remembered per ACL.
 ALLOWED_CACHE = 4096
-
-_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
-_PORTS = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
-
 
 def format_destination(host, port):
     """``host:port`` with an IPv6 literal bracketed: ``[::1]:22``."""
@@ -158,151 +142,12 @@ def classify_address(ip):
     return None
 
 
-def _normalize_name(host):
-    name = host.strip().lower()
-    if name.endswith("."):
-        name = name[:-1]
-    return name
-
-
-def _valid_name(name):
-    if not name or len(name) > 253:
-        return False
-    labels = name.split(".")
-    if not all(_LABEL.match(label) for label in labels):
-        return False
-    # An all-numeric last label is not a host name (most likely a mistyped IP).
-    return not labels[-1].isdigit()
-
-
-class Rule:
-    """One parsed allow/deny entry.  ``kind`` is 'net', 'name' or 'wildcard'."""
-
-    __slots__ = ("text", "kind", "value", "port_lo", "port_hi")
-
-    def __init__(self, text, kind, value, port_lo=1, port_hi=65535):
-        self.text = text
-        self.kind = kind
-        self.value = value
-        self.port_lo = port_lo
-        self.port_hi = port_hi
-
-    def __repr__(self):
-        return "Rule(%r)" % self.text
-
-    def port_matches(self, port):
-        return self.port_lo <= int(port) <= self.port_hi
-
-    def matches_address(self, addr, port):
-        return self.kind == "net" and addr in self.value and self.port_matches(port)
-
-    def matches_name(self, name, port):
-        if self.kind == "name":
-            hit = name == self.value
-        elif self.kind == "wildcard":
-            hit = name.endswith("." + self.value)
-        else:
-            return False
-        return hit and self.port_matches(port)
-
-
-def _parse_ports(text, entry):
-    m = _PORTS.match(text)
-    if not m:
-        raise ValueError("bad port %r in ACL entry %r" % (text, entry))
-    lo = int(m.group(1))
-    hi = int(m.group(2)) if m.group(2) is not None else lo
-    if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
-        raise ValueError("port out of range 1-65535 in ACL entry %r" % (entry,))
-    if lo > hi:
-        raise ValueError("empty port range %d-%d in ACL entry %r" % (lo, hi, entry))
-    return lo, hi
-
-
-def _parse_net(text, entry):
-    try:
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        raise ValueError("bad network in ACL entry %r: %s" % (entry, exc)) from None
-
-
-def parse_rule(entry):
-    """Parse one allow/deny entry; ValueError naming the entry if it is bad."""
-    if not isinstance(entry, str):
-        raise ValueError("ACL entry must be a string, not %r" % (entry,))
-    text = entry.strip()
-    if not text:
-        raise ValueError("empty ACL entry %r" % (entry,))
-    ports = (1, 65535)
-
-    if text.startswith("["):
-        # [v6addr]:port, [v6net/len]:port, [v6addr]/len:port
-        close = text.find("]")
-        if close < 0:
-            raise ValueError("missing ']' in ACL entry %r" % (entry,))
-        inner, rest = text[1:close], text[close + 1:]
-        if rest.startswith("/"):
-            length, sep, port_text = rest[1:].partition(":")
-            inner = "%s/%s" % (inner, length)
-            rest = sep + port_text
-        if rest:
-            if not rest.startswith(":") or len(rest) == 1:
-                raise ValueError("expected ':PORT' after ']' in ACL entry %r" % (entry,))
-            ports = _parse_ports(rest[1:], entry)
-        net = _parse_net(inner, entry)
-        return Rule(entry, "net", net, *ports)
-
-    if text.count(":") >= 2:
-        # A bare IPv6 address or network; a port needs brackets.
-        try:
-            net = ipaddress.ip_network(text, strict=True)
-        except ValueError as exc:
-            raise ValueError(
-                "bad IPv6 ACL entry %r (%s); write an IPv6 entry with a port as "
-                "[addr]:port or [net/len]:port" % (entry, exc)
-            ) from None
-        return Rule(entry, "net", net)
-
-    host, sep, port_text = text.partition(":")
-    if sep:
-        ports = _parse_ports(port_text, entry)
-    if not host:
-        raise ValueError("missing host in ACL entry %r" % (entry,))
-
-    if re.match(r"^[0-9./]+$", host):
-        net = _parse_net(host, entry)
-        return Rule(entry, "net", net, *ports)
-
-    name = _normalize_name(host)
-    if name.startswith("*."):
-        suffix = name[2:]
-        if not _valid_name(suffix):
-            raise ValueError("bad wildcard name in ACL entry %r" % (entry,))
-        return Rule(entry, "wildcard", suffix, *ports)
-    if "*" in name:
-        raise ValueError(
-            "bad ACL entry %r: '*' is only allowed as a leading '*.' label "
-            "(use 0.0.0.0/0 and ::/0 for any address)" % (entry,)
-        )
-    if not _valid_name(name):
-        raise ValueError("bad host name in ACL entry %r" % (entry,))
-    return Rule(entry, "name", name, *ports)
-
-
-def _parse_rules(entries):
-    if entries is None:
-        return []
-    if isinstance(entries, str):
-        entries = [entries]
-    return [parse_rule(e) for e in entries]
-
-
 class DestinationAcl:
     """Decide whether the server may connect to a destination (see module doc)."""
 
     def __init__(self, allow=(), deny=(), allow_private=False, own_addresses=()):
-        self.allow = _parse_rules(allow)
-        self.deny = _parse_rules(deny)
+        self.allow = parse_rules(allow)
+        self.deny = parse_rules(deny)
         self.allow_private = bool(allow_private)
         own = []
         if isinstance(own_addresses, str):
@@ -334,7 +179,7 @@ class DestinationAcl:
         """
         if _parse_ip(host) is not None:
             return None
-        name = _normalize_name(host)
+        name = normalize_name(host)
         for rule in self.deny:
             if rule.matches_name(name, port):
                 raise self._refuse(format_destination(host, port), "denied by rule %s" % rule.text)
@@ -362,7 +207,7 @@ class DestinationAcl:
         addr = _normalize(addr)
         name = None
         if host is not None and _parse_ip(host) is None:
-            name = _normalize_name(host)
+            name = normalize_name(host)
             where = "%s (%s)" % (format_destination(host, port), addr)
         else:
             where = format_destination(addr, port)
