@@ -21,6 +21,27 @@ from afb.errors import CLOSE_NORMAL, CLOSE_VERSION_MISMATCH, AfbError, VersionMi
 from afb.transport.wsconn import MAX_HEADER
 
 
+class _WsAttribute:
+    """An attribute of a SecureChannel that is its WebSocket's (``channel.ws.<name>``)."""
+
+    def __init__(self, settable=False):
+        self.settable = settable
+        self.name = None
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, channel, owner=None):
+        if channel is None:
+            return self
+        return getattr(channel.ws, self.name)
+
+    def __set__(self, channel, value):
+        if not self.settable:
+            raise AttributeError("%s is read-only" % self.name)
+        setattr(channel.ws, self.name, value)
+
+
 class SecureChannel:
     """A WebSocket whose messages are E2E records; see the module doc."""
 
@@ -76,13 +97,13 @@ class SecureChannel:
     def close(self, code=CLOSE_NORMAL, reason=""):
         self.ws.close(code, reason)
 
-    @property
-    def closed(self):
-        return self.ws.closed
-
-    @property
-    def client(self):
-        return self.ws.client
+    closed = _WsAttribute()
+    client = _WsAttribute()
+    peer_close_code = _WsAttribute()
+    peer_close_reason = _WsAttribute()
+    bytes_in = _WsAttribute()
+    bytes_out = _WsAttribute()
+    on_pong = _WsAttribute(settable=True)
 
     @property
     def peer(self):
@@ -92,30 +113,6 @@ class SecureChannel:
     def max_message(self):
         """The largest plaintext that fits in one message of the WebSocket."""
         return self.ws.max_message - aead.OVERHEAD
-
-    @property
-    def peer_close_code(self):
-        return self.ws.peer_close_code
-
-    @property
-    def peer_close_reason(self):
-        return self.ws.peer_close_reason
-
-    @property
-    def bytes_in(self):
-        return self.ws.bytes_in
-
-    @property
-    def bytes_out(self):
-        return self.ws.bytes_out
-
-    @property
-    def on_pong(self):
-        return self.ws.on_pong
-
-    @on_pong.setter
-    def on_pong(self, callback):
-        self.ws.on_pong = callback
 
 
 # --- handshakes -------------------------------------------------------------------
