@@ -182,7 +182,11 @@ class RecordSealer:
             out[reserve] = flags
             self._aead.encrypt_into(nonce, data, header, out[reserve + HEADER_SIZE:])
         else:
-            out = bytes(reserve) + header + self._aead.encrypt(nonce, data, header)
+            # Writable, like the buffer above: a sender writes its header into
+            # the reserved room (WsConnection.send_in_place).
+            out = bytearray(reserve)
+            out += header
+            out += self._aead.encrypt(nonce, data, header)
         if flags & FLAG_KEY_UPDATE:
             self._rekey()
         return out
