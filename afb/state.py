@@ -101,10 +101,10 @@ class StateStore:
                                    check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._first("PRAGMA journal_mode=WAL")   # answers with a row
             self._db.execute("PRAGMA synchronous=NORMAL")
             with self._write():
-                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                version = self._first("PRAGMA user_version")[0]
                 if version > SCHEMA_VERSION:
                     raise sqlite3.DatabaseError("%s has schema %d, newer than this afb (%d)"
                                                 % (path, version, SCHEMA_VERSION))
@@ -138,6 +138,13 @@ class StateStore:
 
     def _write(self):
         return self._Tx(self)
+
+    def _first(self, sql, args=()):
+        """The first row of ``sql`` or None, its statement finished at once: a
+        ``fetchone()`` left pending until the cursor is collected would make a
+        later COMMIT fail ("SQL statements in progress") where collection is late."""
+        rows = self._db.execute(sql, args).fetchall()
+        return rows[0] if rows else None
 
     def _query(self, sql, args=()):
         with self._lock:
@@ -177,12 +184,11 @@ class StateStore:
         """A short reason if the verified ``claims`` are revoked, else None."""
         jti, sub, iat = claims.get("jti"), claims.get("sub"), claims.get("iat")
         with self._lock:
-            row = self._db.execute("SELECT reason FROM revoked_jti WHERE jti = ?",
-                                   (str(jti),)).fetchone()
+            row = self._first("SELECT reason FROM revoked_jti WHERE jti = ?", (str(jti),))
             if row is not None:
                 return _reason("token revoked", row["reason"])
-            row = self._db.execute("SELECT before_ts, reason FROM revoked_sub WHERE sub = ?",
-                                   (str(sub),)).fetchone()
+            row = self._first("SELECT before_ts, reason FROM revoked_sub WHERE sub = ?",
+                              (str(sub),))
         if row is not None:
             if not isinstance(iat, (int, float)) or iat < row["before_ts"]:
                 return _reason("subject revoked", row["reason"])
