@@ -32,8 +32,9 @@ apt-deps:
 demo: venv
 	$(VENV)/bin/afb demo --dir $(DEMO_DIR)
 
+# A test that hangs fails after 300 s (pytest-timeout) instead of holding up CI.
 test: venv apt-deps
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=300 $(PYTEST_ARGS) tests
 
 # Side by side with rival tunnels (installs them from Debian; ~25 min):
 # JSON and markdown land in bench/results/.  BENCH_ARGS e.g. --size 256M --repeat 1
