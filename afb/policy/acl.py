@@ -72,6 +72,7 @@ _SIXTOFOUR = ipaddress.IPv6Network("2002::/16")
 #: Most allowed (address, port, name) triples remembered per ACL.
 ALLOWED_CACHE = 4096
 
+
 def format_destination(host, port):
     """``host:port`` with an IPv6 literal bracketed: ``[::1]:22``."""
     host = str(host)
