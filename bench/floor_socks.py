@@ -45,6 +45,7 @@ class FloorSocks:
         self.listener.setblocking(False)
         self.epoll.register(self.listener.fileno(), IN)
         self.conns = {}
+        self.dead = set()   # fds closed while handling this poll's events
 
     def add(self, sock, state, peer=None, events=IN):
         conn = Conn(sock, state, peer)
@@ -57,6 +58,7 @@ class FloorSocks:
             return
         self.epoll.unregister(conn.fd)
         conn.sock.close()
+        self.dead.add(conn.fd)
         if conn.peer is not None:
             self.close(conn.peer)
 
@@ -66,6 +68,9 @@ class FloorSocks:
             sent = conn.sock.send(data) if not conn.pending else 0
         except BlockingIOError:
             sent = 0
+        except OSError:          # EPIPE, ECONNRESET: the stream is over
+            self.close(conn)
+            return
         if sent < len(data):
             conn.pending += data[sent:]
             self.epoll.modify(conn.fd, IN | OUT)
@@ -137,16 +142,23 @@ class FloorSocks:
     def run(self):
         listener = self.listener.fileno()
         while True:
+            self.dead.clear()
             for fd, events in self.epoll.poll():
+                if fd in self.dead:
+                    continue    # closed meanwhile; the number may be a new socket's
                 if fd == listener:
                     self.accept()
                     continue
                 conn = self.conns.get(fd)
-                if conn is not None and events & (OUT | select.EPOLLERR):
-                    self.writable(conn)
-                conn = self.conns.get(fd)
-                if conn is not None and events & (IN | select.EPOLLHUP):
-                    self.readable(conn)
+                try:
+                    if conn is not None and events & (OUT | select.EPOLLERR):
+                        self.writable(conn)
+                    conn = self.conns.get(fd)
+                    if conn is not None and events & (IN | select.EPOLLHUP):
+                        self.readable(conn)
+                except OSError:          # e.g. EPIPE, ECONNRESET: this stream is over
+                    if conn is not None:
+                        self.close(conn)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ afb-wss-noe2e  afb over wss:// with E2E off (``[e2e] mode = off``), for referenc
 py-floor    ``bench/floor_socks.py``: the least a SOCKS5 server can be in CPython
             (one epoll loop, no auth/ACL/log); opt-in, a baseline: the floor
             for any one-hop Python proxy
+py-tunnel-floor  ``bench/floor_tunnel.py`` client + server: the least a
+            two-process tunnel can be in CPython (plain TCP, 9-byte frames, no
+            TLS/E2E/flow control); opt-in, a baseline: the floor for afb's shape
 ========== =================================================================
 
 A peer object has ``name``, ``kind`` ("direct", "socks" or "relay"),
@@ -87,6 +90,7 @@ PACKAGES = {
     "afb-wss": [],
     "afb-wss-noe2e": [],
     "py-floor": [],
+    "py-tunnel-floor": [],
 }
 #: Debian packages each bench/compare test needs beyond curl.
 TEST_PACKAGES = {"iperf3": ["iperf3", "proxychains4"]}
@@ -336,6 +340,24 @@ class PyFloor(Peer):
         return (LOOPBACK, port)
 
 
+class PyTunnelFloor(Peer):
+    name = "py-tunnel-floor"
+    note = ("bench/floor_tunnel.py: a CPython client (SOCKS5) + server over one plain TCP "
+            "connection, 9-byte frames, no TLS, E2E, flow control, auth or logging; the "
+            "floor for any two-process Python tunnel")
+
+    def _start(self, targets):
+        script = os.path.join(BENCH_DIR, "floor_tunnel.py")
+        server_port, socks_port = free_port(), free_port()
+        server = self._spawn([sys.executable, script, "server", str(server_port)],
+                             "tunnel_server.log")
+        self._wait(server_port, server, "floor_tunnel server")
+        client = self._spawn([sys.executable, script, "client", str(socks_port),
+                              str(server_port)], "tunnel_client.log")
+        self._wait(socks_port, client, "floor_tunnel client")
+        return (LOOPBACK, socks_port)
+
+
 class Socat(Peer):
     name = "socat"
     kind = "relay"
@@ -533,6 +555,7 @@ def make_peer(name):
         "ss-ws": lambda: Shadowsocks(False), "ss-wss": lambda: Shadowsocks(True),
         "trojan": Trojan, "afb-ws": lambda: Afb(False), "afb-wss": lambda: Afb(True),
         "afb-wss-noe2e": lambda: Afb(True, e2e=False), "py-floor": PyFloor,
+        "py-tunnel-floor": PyTunnelFloor,
     }
     if name not in table:
         raise KeyError("unknown peer %r (known: %s)" % (name, ", ".join(table)))
@@ -542,7 +565,7 @@ def make_peer(name):
 ALL_PEERS = ["direct", "microsocks", "socat", "v2ray-ws", "v2ray-wss", "ss-ws", "ss-wss",
              "trojan", "afb-ws", "afb-wss", "afb-wss-noe2e"]
 #: Opt-in peers (not in the default list): --peers py-floor,...
-EXTRA_PEERS = ["py-floor"]
+EXTRA_PEERS = ["py-floor", "py-tunnel-floor"]
 
 
 # --- targets: echo and close-timing (gevent, own process) ------------------------------------
