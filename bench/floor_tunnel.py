@@ -202,8 +202,14 @@ class ServerTunnel:
                 self.loop.send(self.sock, HEAD.pack(CLOSE, sid, 0))
                 return
             self.streams[sid] = target
-            self.early[sid] = bytearray()
-            self.loop.add(target, lambda s, sid=sid: self._target_event(sid, s), IN | OUT)
+            try:
+                target.getpeername()             # on loopback the connect is often done
+                connected = True
+            except OSError:
+                connected = False
+                self.early[sid] = bytearray()
+            self.loop.add(target, lambda s, sid=sid: self._target_event(sid, s),
+                          IN if connected else IN | OUT)
             self.loop.on_broken[target.fileno()] = lambda sid=sid: self._end(sid)
         elif ftype == DATA:
             target = self.streams.get(sid)
