@@ -20,8 +20,8 @@ from gevent.hub import get_hub, getcurrent
 
 from afb.apps.socks_handshake import ProxyHandshake
 from afb.codec import frames, httpproxy, socks5
-from afb.errors import (REP_GENERAL_FAILURE, REP_SUCCEEDED, AfbError, CommandNotSupported,
-                        DestinationError, HttpProxyError, TimedOut, reply_reason)
+from afb.errors import (REP_GENERAL_FAILURE, REP_SUCCEEDED, AfbError, DestinationError,
+                        HttpProxyError, TimedOut, reply_reason)
 from afb.policy.proxy_users import parse_basic
 from afb.transport.acceptor import Acceptor
 from afb.transport.relay import SocketRelay, close_socket
@@ -110,15 +110,6 @@ class LocalProxy:
                        on_http=self._http_start).start()
 
     def _socks_request(self, sock, peer, request, leftover):
-        if request.command != socks5.CMD_CONNECT:
-            exc = CommandNotSupported("SOCKS5 command %d is not supported" % request.command)
-            try:
-                send_whole(sock, socks5.reply(exc.reply))
-            except OSError:
-                pass
-            log.info("%s: SOCKS5 refused: %s", peer, exc)
-            close_socket(sock)
-            return
         args = (sock, peer, "socks5", request.host, request.port, leftover)
         if self.fast_open and self.tunnel.live_session() is not None:
             self._open_or_close(*args)          # nothing on this path waits

@@ -19,7 +19,7 @@ import logging
 import gevent
 
 from afb.codec import httpproxy, socks5
-from afb.errors import SocksError
+from afb.errors import CommandNotSupported, SocksError
 from afb.transport.relay import close_socket
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class ProxyHandshake:
     """One connection's proxy handshake; see the module doc.
 
     ``on_socks(sock, peer, request, leftover)`` gets a complete SOCKS5
-    request; ``on_http(sock, peer, first)`` gets the socket and the bytes
+    CONNECT request (other commands are refused here); ``on_http(sock, peer, first)`` gets the socket and the bytes
     read so far when they start an HTTP request.  Both run in the event loop
     and own the socket from then on.
     """
@@ -86,24 +86,32 @@ class ProxyHandshake:
         try:
             out, request = self.parser.receive(data)
         except SocksError as exc:
-            response = getattr(exc, "response", b"")
-            if response:
-                try:
-                    self.sock.send(response)
-                except OSError:
-                    pass
-            self._fail("SOCKS5 refused: %s" % exc)
+            self._refuse(exc, getattr(exc, "response", b""))
             return
         if out and not self._send(out):
             return
-        if request is not None:
-            self._end()
-            self.on_socks(self.sock, self.peer, request, self.parser.leftover)
+        if request is None:
+            return
+        if request.command != socks5.CMD_CONNECT:
+            exc = CommandNotSupported("SOCKS5 command %d is not supported" % request.command)
+            self._refuse(exc, socks5.reply(exc.reply))
+            return
+        self._end()
+        self.on_socks(self.sock, self.peer, request, self.parser.leftover)
 
     def _expired(self):
         self._fail("no complete proxy request within %g s" % self.timeout)
 
     # --- helpers ----------------------------------------------------------------
+
+    def _refuse(self, exc, response):
+        """Answer a refusal (best effort: the app may be gone), log it, close."""
+        if response:
+            try:
+                self.sock.send(response)
+            except OSError:
+                pass
+        self._fail("SOCKS5 refused: %s" % exc)
 
     def _send(self, data):
         """Send a short reply whole (a fresh socket always has room); False if not."""
