@@ -16,6 +16,7 @@ before a WebSocket upgrade and by the client's local proxy on accept.
   attacker cannot walk its own prefix to escape the ban.  Bounded in memory.
 """
 
+import functools
 import ipaddress
 import time
 from collections import OrderedDict, deque
@@ -73,7 +74,8 @@ class SourceAcl:
     def __init__(self, allow=(), deny=()):
         self.allow = parse_networks(allow)
         self.deny = parse_networks(deny)
-        self._verdicts = {}     # ip -> check() result: a proxy has few clients
+        # ip -> verdict: a proxy has few clients, each opening many connections.
+        self._verdicts = functools.lru_cache(maxsize=4096)(self._check)
 
     def __repr__(self):
         return "SourceAcl(allow=%s, deny=%s)" % ([str(n) for n in self.allow],
@@ -81,13 +83,7 @@ class SourceAcl:
 
     def check(self, ip):
         """None if *ip* may connect, else a short reason for the log."""
-        if ip in self._verdicts:
-            return self._verdicts[ip]
-        verdict = self._check(ip)
-        if len(self._verdicts) >= 4096:
-            self._verdicts.clear()
-        self._verdicts[ip] = verdict
-        return verdict
+        return self._verdicts(ip)
 
     def _check(self, ip):
         try:

@@ -23,6 +23,7 @@ Decision order in :meth:`check_address`:
 5. anything else -> allowed.
 """
 
+import functools
 import ipaddress
 
 from afb.errors import NotAllowed
@@ -160,8 +161,9 @@ class DestinationAcl:
                 raise ValueError("bad own address %r: %s" % (entry, exc)) from None
         self.own_networks = own
         # (ip, port, host) already allowed: a browser opens many streams to
-        # the same few destinations, and the full check costs ~20 us.
-        self._allowed = set()
+        # the same few destinations, and the full check costs ~20 us.  A
+        # refusal raises, and lru_cache keeps no result of a call that raised.
+        self._allowed = functools.lru_cache(maxsize=ALLOWED_CACHE)(self._check_address)
 
     def __repr__(self):
         return "DestinationAcl(allow=%r, deny=%r, allow_private=%r, own=%r)" % (
@@ -192,14 +194,7 @@ class DestinationAcl:
         ``host`` is the name the client asked for (None or an IP literal when
         it asked for an address); name rules are matched against it.
         """
-        key = (ip, port, host)
-        if key in self._allowed:
-            return None
-        self._check_address(ip, port, host)
-        if len(self._allowed) >= ALLOWED_CACHE:
-            self._allowed.clear()
-        self._allowed.add(key)
-        return None
+        self._allowed(ip, port, host)
 
     def _check_address(self, ip, port, host):
         addr = _parse_ip(ip) if not isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)) else ip
