@@ -31,8 +31,10 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
+import threading
 import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -636,6 +638,81 @@ def _probe(pair, port, timeout):
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20,
           "MB": 1 << 20, "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
+
+
+# --- new-stream latency: an echo server and one SOCKS5 stream ---------------------------------
+
+class EchoServer:
+    """A threaded TCP echo server on loopback, in this process (latency tests)."""
+
+    def __init__(self, host=LOOPBACK):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn):
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def recv_exact(sock, size):
+    """Exactly ``size`` bytes from ``sock``; EOFError if it ends first."""
+    buf = bytearray()
+    for _ in range(size + 1):
+        if len(buf) >= size:
+            break
+        chunk = sock.recv(size - len(buf))
+        if not chunk:
+            raise EOFError("EOF after %d of %d bytes" % (len(buf), size))
+        buf += chunk
+    return bytes(buf)
+
+
+def new_stream_echo(proxy_host, proxy_port, target_port, payload):
+    """Seconds for: TCP to the proxy, SOCKS5 CONNECT 127.0.0.1:port, one echo, close."""
+    started = time.perf_counter()
+    sock = socket.create_connection((proxy_host, proxy_port), timeout=10)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(b"\x05\x01\x00")
+        if recv_exact(sock, 2) != b"\x05\x00":
+            raise RuntimeError("the SOCKS5 proxy refused the no-auth method")
+        sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1")
+                     + struct.pack("!H", target_port))
+        reply = recv_exact(sock, 10)
+        if reply[1] != 0:
+            raise RuntimeError("SOCKS5 CONNECT failed with code %d" % reply[1])
+        sock.sendall(payload)
+        if recv_exact(sock, len(payload)) != payload:
+            raise RuntimeError("the echo came back different")
+    finally:
+        sock.close()
+    return time.perf_counter() - started
 
 
 def parse_size(text):

@@ -688,21 +688,9 @@ class _Dialer:
         return sock
 
 
-def _recv_exact(sock, size):
-    buf = bytearray()
-    for _ in range(size + 1):
-        if len(buf) >= size:
-            break
-        chunk = sock.recv(size - len(buf))
-        if not chunk:
-            raise EOFError("EOF after %d of %d bytes" % (len(buf), size))
-        buf += chunk
-    return bytes(buf)
-
-
 def _echo_once(sock, payload):
     sock.sendall(payload)
-    if _recv_exact(sock, len(payload)) != payload:
+    if common.recv_exact(sock, len(payload)) != payload:
         raise ValueError("echo mismatch")
 
 
@@ -801,7 +789,7 @@ def work_close(dialer, target, control, count):
             sock = dialer.connect(target)
             try:
                 sock.sendall(b"C%s\n" % ident.encode())
-                _recv_exact(sock, 16)
+                common.recv_exact(sock, 16)
                 for _ in range(1 << 20):
                     if not sock.recv(65536):
                         break
