@@ -32,8 +32,9 @@ class ProxyHandshake:
     """One connection's proxy handshake; see the module doc.
 
     ``on_socks(sock, peer, request, leftover)`` gets a complete SOCKS5
-    CONNECT request (other commands are refused here); ``on_http(sock, peer, first)`` gets the socket and the bytes
-    read so far when they start an HTTP request.  Both run in the event loop
+    CONNECT request (other commands are refused here); ``on_http(sock,
+    peer, first)`` gets the socket and the bytes read so far when they
+    start an HTTP request.  Both run in the event loop
     and own the socket from then on.
     """
 
