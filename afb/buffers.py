@@ -52,3 +52,20 @@ class BufferPool:
         if len(pool) < self.count:
             pool.append(buf)
         return buf
+
+
+def detach(data):
+    """``data``, copied when it is a small view of a large buffer: for data kept a while.
+
+    A payload waiting for a slow socket is often a memoryview of a whole
+    received message (up to ``max_message``, 1 MiB) or of a pooled buffer.
+    Keeping the view keeps the whole buffer alive, so a peer could pin a
+    megabyte with every byte it makes us hold; a copy of a view shorter than
+    half its buffer makes the memory held at most twice the bytes counted
+    (see :mod:`afb.mux.budget`).  Bytes and large views are returned as they are.
+    """
+    if type(data) is memoryview:
+        base = data.obj
+        if base is not None and len(data) * 2 < len(base):
+            return bytes(data)
+    return data

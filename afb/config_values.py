@@ -2,7 +2,7 @@
 
 :func:`make_validator` gives configobj's validator the custom types the
 ``afb/configspec/*.spec`` files use (``hostport``, ``ws_url``, ``duration``,
-``cidr_list``...). A failed check raises :class:`InvalidValue`, whose message
+``byte_size``, ``cidr_list``...). A failed check raises :class:`InvalidValue`, whose message
 is the reason :mod:`afb.config` shows beside the file, line and key.
 """
 
@@ -160,6 +160,31 @@ def _check_duration(value, *args, **kwargs):
         raise InvalidValue('bad duration "%s" (use e.g. 0, 3600, 15m, 12h, 7d)' % value) from None
 
 
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text):
+    """Bytes from ``65536``, ``64K``, ``8M``, ``1G`` (binary units; ``KiB``/``MB`` spellings too)."""
+    match = _SIZE_RE.match(str(text))
+    if not match:
+        raise ValueError("bad size %r (use e.g. 65536, 64K, 8M, 1G)" % (text,))
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def _check_byte_size(value, min=None, max=None, *args, **kwargs):
+    """A size in bytes (see parse_size), within ``min``/``max`` (also sizes)."""
+    try:
+        size = parse_size(_check_str(value))
+    except ValueError as exc:
+        raise InvalidValue(str(exc).replace("%r" % (value,), '"%s"' % value)) from None
+    if min is not None and size < parse_size(min):
+        raise InvalidValue('"%s" is too small (min %s)' % (value, min))
+    if max is not None and size > parse_size(max):
+        raise InvalidValue('"%s" is too big (max %s)' % (value, max))
+    return size
+
+
 def _check_e2e_public_key(value, *args, **kwargs):
     """Empty (E2E off) or the server's X25519 public key: base64 of 32 bytes."""
     if _check_str(value).strip() == "":
@@ -199,6 +224,7 @@ def make_validator():
         "spki_pin": _check_spki_pin,
         "string_list": _check_string_list,
         "duration": _check_duration,
+        "byte_size": _check_byte_size,
         "cidr_list": _check_cidr_list,
         "cookie_name": _check_cookie_name,
         "e2e_public_key": _check_e2e_public_key,

@@ -47,7 +47,7 @@ def test_send_credit_take_and_grant():
     assert credit.take(1) == 0
     credit.grant(10)
     assert credit.take(100) == 10
-    credit.grant(0x7FFFFFFF - credit.available)
+    credit.grant(frames.MAX_WINDOW - credit.available)     # up to the largest window
     with pytest.raises(ProtocolError):
         credit.grant(1)
 

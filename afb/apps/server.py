@@ -18,6 +18,7 @@ from afb.policy.access import AuthThrottle, SourceAcl, client_ip, parse_networks
 from afb.policy.acl import DestinationAcl
 from afb.policy.auth import token_from_headers
 from afb.policy.keyring import make_signer, make_verifier
+from afb.ratelog import LogLimiter
 from afb.state import RevocationCache, open_store
 from afb.transport import tls
 from afb.transport.dialer import Dialer
@@ -25,9 +26,12 @@ from afb.transport.relay import SocketRelay, close_socket
 from afb.transport.resolver import Resolver
 from afb.transport.secure_channel import server_accept
 from afb.transport.session import Session
+from afb.transport.users import UserRegistry
 from afb.transport.wsserver import make_server
 
 log = logging.getLogger(__name__)
+#: Tunnels refused for a user's limits: a few lines per user a minute.
+_refusals = LogLimiter(log, interval=60.0, burst=5)
 
 
 class TunnelServer:
@@ -58,6 +62,9 @@ class TunnelServer:
         self.dialer = Dialer(self.resolver, self.acl, connect_timeout=tunnel["connect_timeout"])
         self.ssl_context = tls.server_context(server["cert"], server["key"]) if server["tls"] else None
         self._load_e2e(cfg["e2e"])
+        self.users = UserRegistry(
+            max_tunnels=tunnel["max_tunnels_per_user"], max_streams=tunnel["max_streams_per_user"],
+            buffer_limit=tunnel["max_buffer_per_user"], frame_rate=tunnel["max_frame_rate_per_user"])
         self.sessions = set()
         self.stopping = False
         self._stopped = Event()
@@ -120,17 +127,35 @@ class TunnelServer:
         return claims
 
     def _on_tunnel(self, ws, claims, environ):
-        tunnel = self.cfg["tunnel"]
         peer = environ.get("afb.client_ip") or environ.get("REMOTE_ADDR", "?")
         label = "tunnel %s@%s" % (claims.get("sub", "?"), peer)
+        try:
+            user = self.users.enter(claims["sub"])
+        except AfbError as exc:
+            _refusals.warning(claims["sub"], "tunnel refused", "%s: refused: %s", label, exc)
+            ws.close(exc.close_code, str(exc))
+            return
+        session = None
+        try:
+            session = self._start_session(ws, claims, environ, label, user)
+            if session is not None:
+                self._run_session(session, label)
+        finally:
+            self.users.leave(user, session)
+
+    def _start_session(self, ws, claims, environ, label, user):
+        """E2E, HELLO and the session's greenlets; None (one log line) if that failed."""
+        tunnel = self.cfg["tunnel"]
         ws = self._secure(ws, environ, label)
         if ws is None:
-            return
+            return None
         session = Session(ws, client=False, window=tunnel["stream_window"],
                           max_message=tunnel["max_message"], max_streams=tunnel["max_streams"],
                           ping_interval=tunnel["ping_interval"], on_open=self._open_stream,
                           on_refresh=self._refresh_token, admit=self._admit_stream,
-                          idle_timeout=tunnel["idle_timeout"], label=label)
+                          idle_timeout=tunnel["idle_timeout"], label=label,
+                          buffer_limit=tunnel["max_buffer"], frame_rate=tunnel["max_frame_rate"],
+                          user=user)
         session.claims = claims
         if "exp" in claims:
             session.expire_at(claims["exp"], grace=self.cfg["auth"]["leeway"])
@@ -139,8 +164,12 @@ class TunnelServer:
         except AfbError as exc:
             log.warning("%s: handshake failed: %s", label, exc)
             ws.close(exc.close_code, str(exc))
-            return
+            return None
         session.start()
+        user.sessions.add(session)
+        return session
+
+    def _run_session(self, session, label):
         self.sessions.add(session)
         log.info("%s: tunnel open", label)
         started = time.monotonic()
@@ -175,13 +204,8 @@ class TunnelServer:
         return secure
 
     def _admit_stream(self, session, stream):
-        """Per-user stream limit, over all of the user's tunnels."""
-        limit = self.cfg["tunnel"]["max_streams_per_user"]
-        if limit:
-            sub = session.claims.get("sub")
-            open_streams = sum(len(s.streams) for s in self.sessions if s.claims.get("sub") == sub)
-            if open_streams > limit:
-                raise AfbError("user %s has too many streams (limit %d)" % (sub, limit))
+        """Per-user stream limit, over all of the user's tunnels (dials included)."""
+        self.users.check_stream(session.user)
 
     def _refresh_token(self, session):
         """A fresh token for the tunnel's user, same lifetime as the one in force."""

@@ -65,6 +65,12 @@ _GOAWAY = struct.Struct("!IB")
 
 MAX_STREAM_ID = 0xFFFFFFFF
 MAX_WINDOW_INCREMENT = 0x7FFFFFFF
+#: The largest stream window either side may grant: the HELLO window, and
+#: what a stream's credit may reach through WINDOW frames.  A receiver's
+#: window never exceeds its configured maximum (``stream_window`` is capped at
+#: 16 MiB), so a peer asking for more is broken or hostile: one that
+#: advertised 0xFFFFFFFF and never read made a server buffer without bound.
+MAX_WINDOW = 16 * 1024 * 1024
 
 
 def header(ftype, stream_id, length, flags=0):
@@ -132,6 +138,9 @@ def parse_hello(payload, expected_version):
         raise exc
     if window == 0 or max_message < 4096:
         raise ProtocolError("HELLO with window %d and max message %d" % (window, max_message))
+    if window > MAX_WINDOW:
+        raise ProtocolError("HELLO window of %d bytes exceeds the protocol's largest, %d"
+                            % (window, MAX_WINDOW))
     return version, window, max_message, bytes(session_id)
 
 

@@ -12,6 +12,7 @@ half a window was consumed within ``grow_interval`` seconds of the previous
 update.  A slow reader never earns a larger window.
 """
 
+from afb.codec.frames import MAX_WINDOW
 from afb.errors import ProtocolError
 
 #: Half a window consumed this fast means the window limits the stream.
@@ -75,6 +76,12 @@ class SendCredit:
         return granted
 
     def grant(self, increment):
-        if self.available + increment > 0x7FFFFFFF:
-            raise ProtocolError("WINDOW overflows the send credit")
+        """Add the peer's WINDOW increment; more credit than any window is an error.
+
+        A receiver never has more outstanding than its window, and no window
+        exceeds :data:`~afb.codec.frames.MAX_WINDOW`.
+        """
+        if self.available + increment > MAX_WINDOW:
+            raise ProtocolError("WINDOW raises the send credit to %d bytes, more than the "
+                                "largest window (%d)" % (self.available + increment, MAX_WINDOW))
         self.available += increment

@@ -13,6 +13,10 @@ batch per message.  While it has nothing to send the writer is *parked* on a
   itself, so an OPEN leaves before ``open_stream`` returns.
 
 The reader never sends itself: two full send buffers would stop both ends.
+Everything queued is charged to the session's ``down`` budget (the relays
+stop reading while it is exhausted); what the reader itself queues (PONG,
+RST, WINDOW, OPEN_FAIL) past ``backlog_limit`` means the peer sends but
+does not read, and closes the tunnel.
 """
 
 import logging
@@ -32,7 +36,7 @@ class FrameWriter:
     """The sending half of a session (see the module doc)."""
 
     def _setup_writer(self):
-        self._sched = FairScheduler()
+        self._sched = FairScheduler(budget=self.down)
         self._hub = get_hub()
         self._parked = None        # the writer's Waiter while it waits for frames
 
@@ -40,6 +44,8 @@ class FrameWriter:
         self._sched.push(stream_id, ftype, payload)
         if self._parked is not None:
             self._wake_writer()
+        if self.down.used > self.backlog_limit:
+            self._overflow()
 
     def send_now(self):
         """Send what is queued, now, if the writer is idle (else it is on it).
@@ -69,6 +75,9 @@ class FrameWriter:
                 self._parked = waiter
 
     def _queue_control(self, encoded):
+        if self.down.used > self.backlog_limit:
+            self._overflow()          # the peer does not read: its answers are dropped
+            return
         self._sched.push_control(encoded)
         if self._parked is not None:
             self._wake_writer()

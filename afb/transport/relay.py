@@ -15,6 +15,12 @@ work, in the event loop, with non-blocking reads and writes.
 A reset either way stops both directions and closes the socket with an RST.
 Compared with two greenlets per stream this saves their stacks (memory per
 stream) and a greenlet switch per chunk (CPU).
+
+Memory the peer can make us hold is bounded per tunnel and per user
+(:mod:`afb.mux.budget`): reading pauses while the session's ``down`` budget
+(frames queued for the WebSocket) is exhausted, and resumes when the writer
+has drained it; bytes waiting in ``out`` are charged to its ``up`` budget,
+which the session's reader respects.
 """
 
 import errno
@@ -27,6 +33,7 @@ from collections import deque
 import gevent
 from gevent.monkey import get_original
 
+from afb.buffers import detach
 from afb.errors import REP_GENERAL_FAILURE
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,16 @@ log = logging.getLogger(__name__)
 PlainSocket = get_original("socket", "socket")
 #: Largest single read from a local socket.
 READ_CHUNK = 256 * 1024
+#: TCP_NOTSENT_LOWAT of a relayed socket: the kernel takes no more unsent
+#: bytes once this many wait in its queue.  Without it a destination that
+#: reads nothing made the server's kernel hold ~3.8 MiB per stream (the send
+#: buffer autotunes up to tcp_wmem's maximum), outside any afb budget; with
+#: 32 KiB it held 46 KiB (measured: 200 stuck loopback sockets, the
+#: ``TCP: mem`` line of /proc/net/sockstat).  What the kernel refuses waits
+#: in ``out``, charged to the tunnel's budget.  Sent-but-unacknowledged data
+#: is not limited by it, so a far destination still gets a full window.
+NOTSENT_LOWAT = 32 * 1024
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 _READ, _WRITE = 1, 2
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
@@ -46,17 +63,23 @@ class SocketRelay:
     """Moves one stream's bytes to and from one connected socket."""
 
     __slots__ = ("sock", "stream", "fd", "out", "out_bytes", "local_eof", "write_closed",
-                 "closed", "_reader", "_writer", "_reading", "_on_close")
+                 "closed", "down", "up", "_reader", "_writer", "_reading", "_on_close")
 
     def __init__(self, sock, stream, on_close=None):
         self.sock = sock
         self.stream = stream
         self.fd = sock.fileno()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+        except OSError:             # not TCP (a test's socketpair), or an old kernel
+            pass
         self.out = deque()          # peer's data the socket has not taken yet
         self.out_bytes = 0
         self.local_eof = False      # the socket said EOF; FIN sent
         self.write_closed = False   # we shut down our write side after the peer's FIN
         self.closed = False
+        self.down = stream.session.down   # frames queued for the peer: gates reading
+        self.up = stream.session.up       # bytes in `out`: charged here
         self._on_close = on_close
         loop = gevent.get_hub().loop
         self._reader = loop.io(self.fd, _READ)
@@ -74,6 +97,9 @@ class SocketRelay:
     def credit_available(self):
         if not self._reading and not self.local_eof and not self.closed \
                 and self.stream.credit.available > 0:
+            if self.down.exhausted:
+                self.down.wait(self.credit_available)
+                return
             self._reading = True
             self._reader.start(self._on_readable)
 
@@ -87,6 +113,12 @@ class SocketRelay:
         credit = stream.credit.available
         if credit <= 0:
             self._pause_reading()
+            return
+        if self.down.exhausted:
+            # The peer is not taking what we queued: stop reading until the
+            # writer drains the tunnel's (or the user's) budget.
+            self._pause_reading()
+            self.down.wait(self.credit_available)
             return
         try:
             data = os.read(self.fd, credit if credit < READ_CHUNK else READ_CHUNK)
@@ -112,8 +144,10 @@ class SocketRelay:
         if self.closed:
             return
         if self.out:
+            data = detach(data)
             self.out.append(data)
             self.out_bytes += len(data)
+            self.up.charge(len(data))
             return
         try:
             written = os.write(self.fd, data)
@@ -125,9 +159,10 @@ class SocketRelay:
         if written:
             self.stream.consumed(written)
         if written < len(data):
-            rest = memoryview(data)[written:]
+            rest = detach(memoryview(data)[written:])
             self.out.append(rest)
             self.out_bytes += len(rest)
+            self.up.charge(len(rest))
             if self._writer is None:
                 self._writer = gevent.get_hub().loop.io(self.fd, _WRITE)
             self._writer.start(self._on_writable)
@@ -147,10 +182,12 @@ class SocketRelay:
         except OSError as exc:
             if exc.errno not in _AGAIN:
                 self.out_bytes -= total
+                self.up.release(total)
                 self._fail("write to %s failed: %s" % (_peer(self.sock), exc.strerror))
                 return
         self.out_bytes -= total
         if total:
+            self.up.release(total)
             self.stream.consumed(total)
         if not out:
             self._writer.stop()
@@ -193,7 +230,10 @@ class SocketRelay:
             self._writer.stop()
             self._writer.close()
         self.out.clear()
+        if self.out_bytes:
+            self.up.release(self.out_bytes)
         self.out_bytes = 0
+        self.down.forget(self.credit_available)
         close_socket(self.sock, abort=abort)
         if self._on_close is not None:
             self._on_close(self)

@@ -17,7 +17,8 @@ import gevent
 from gevent.lock import RLock
 
 from afb.codec import aead
-from afb.errors import CLOSE_NORMAL, CLOSE_VERSION_MISMATCH, AfbError, VersionMismatch
+from afb.errors import (CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_VERSION_MISMATCH, AfbError,
+                        AuthError, VersionMismatch)
 from afb.transport.wsconn import MAX_HEADER
 
 
@@ -104,6 +105,7 @@ class SecureChannel:
     bytes_in = _WsAttribute()
     bytes_out = _WsAttribute()
     on_pong = _WsAttribute(settable=True)
+    pacer = _WsAttribute(settable=True)
 
     @property
     def peer(self):
@@ -126,6 +128,8 @@ def _recv_hello(ws, peer):
             peer, code if code is not None else "no close code", (" " + reason) if reason else "")
         if code == CLOSE_VERSION_MISMATCH:
             raise VersionMismatch(text)
+        if code == CLOSE_POLICY_VIOLATION:      # a limit of the server's, not an E2E problem
+            raise AuthError("the %s refused the tunnel: %s" % (peer, reason or "policy"))
         if peer == "server" and code == aead.CLOSE_E2E_FAILED:
             raise aead.HandshakeError(text)
         raise aead.HandshakeError(text + "; is E2E enabled on the %s?" % peer)

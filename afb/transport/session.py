@@ -17,10 +17,13 @@ from gevent.pool import Group
 
 from afb import PROTOCOL_VERSION
 from afb.codec import frames
-from afb.errors import (CLOSE_GOING_AWAY, CLOSE_NORMAL, REP_GENERAL_FAILURE, AfbError,
-                        ProtocolError, VersionMismatch)
+from afb.errors import (CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION,
+                        REP_GENERAL_FAILURE, AfbError, ProtocolError, VersionMismatch)
+from afb.mux.budget import ByteBudget
+from afb.ratelog import LogLimiter
 from afb.transport.frame_writer import FrameWriter
 from afb.transport.idle import sweep_idle
+from afb.transport.pacer import MESSAGE_UNITS, Allowance, Pacer
 from afb.transport.stream import Stream
 from afb.transport.token_life import TokenLife
 
@@ -30,6 +33,19 @@ log = logging.getLogger(__name__)
 BATCH_LIMIT = 256 * 1024
 #: After dispatching a message this large, the reader yields to the streams.
 YIELD_AFTER = 64 * 1024
+#: Default most bytes held for one tunnel in each direction (``buffer_per_tunnel``).
+DEFAULT_BUFFER = 8 * 1024 * 1024
+#: Default work units per second of one tunnel's reader (``max_frame_rate``).
+DEFAULT_FRAME_RATE = 100_000
+#: Most tunnel frames in one message.  The writer puts at most ~14,600 in a
+#: batch (256 KiB of 18-byte WINDOW frames): a message with more is forged.
+MAX_FRAMES_PER_MESSAGE = 16384
+#: What the reader's own answers may add to a full queue (see backlog_limit).
+BACKLOG_SLACK = 1 << 20
+#: PONGs per second a flood of tunnel PINGs gets (and how many at once).
+PONGS_PER_SECOND = 10
+#: Refused streams, unknown frames and the like: a few log lines per tunnel a minute.
+_limited_log = LogLimiter(log, interval=60.0, burst=10)
 
 
 class Session(FrameWriter, TokenLife):
@@ -38,7 +54,13 @@ class Session(FrameWriter, TokenLife):
     def __init__(self, ws, *, client, window=256 * 1024, window_max=None,
                  max_message=1 << 20, max_streams=16384, ping_interval=20.0,
                  ping_timeout=15.0, on_open=None, on_refresh=None, admit=None,
-                 idle_timeout=0.0, label=""):
+                 idle_timeout=0.0, label="", buffer_limit=DEFAULT_BUFFER,
+                 frame_rate=DEFAULT_FRAME_RATE, user=None):
+        """``buffer_limit``: most bytes held for this tunnel in each direction
+        (:mod:`afb.mux.budget`); ``frame_rate``: work units per second its
+        reader may spend (:mod:`afb.transport.pacer`); ``user``: the server's
+        record of the tunnel's user, whose budgets and pacer are the parents
+        of this tunnel's (None: no parent)."""
         self.ws = ws
         self.client = client
         self.window = window
@@ -72,6 +94,18 @@ class Session(FrameWriter, TokenLife):
         self.done = Event()
         self.state_changed = Event()   # set on GOAWAY received and on close
         self.tasks = Group()       # per-stream greenlets (server: DNS + dial)
+        self.user = user
+        self.down = ByteBudget(buffer_limit, parent=user and user.down, name="to peer")
+        self.up = ByteBudget(buffer_limit, parent=user and user.up, name="from peer")
+        #: The queue towards the peer grows past the budget only by frames the
+        #: reader makes (PONG, RST, OPEN_FAIL, WINDOW): past this, the peer
+        #: sends but does not read, and the tunnel is closed.
+        self.backlog_limit = 2 * self.down.limit + BACKLOG_SLACK
+        self.pacer = Pacer(frame_rate, parent=user and user.pacer)
+        ws.pacer = self.pacer
+        self.reader_paused = False
+        self._resume_reader = None     # Event the reader waits on while paused
+        self._pongs = Allowance(PONGS_PER_SECOND, PONGS_PER_SECOND)
         self._setup_writer()
         self._next_id = 1
         self._last_peer_id = 0
@@ -142,6 +176,8 @@ class Session(FrameWriter, TokenLife):
     def _new_stream(self, stream_id, host, port):
         stream = Stream(self, stream_id, host, port, self.peer_window, self.window, self.window_max)
         self.streams[stream_id] = stream
+        if self.user is not None:
+            self.user.streams += 1
         self.drained.clear()
         return stream
 
@@ -171,6 +207,8 @@ class Session(FrameWriter, TokenLife):
     def _forget(self, stream):
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
+            if self.user is not None:
+                self.user.streams -= 1
             if not self.streams:
                 self.drained.set()
 
@@ -178,6 +216,8 @@ class Session(FrameWriter, TokenLife):
 
     def run(self):
         """Read and dispatch frames until the WebSocket closes; then clean up."""
+        tick = self.pacer.tick
+        up = self.up
         try:
             while True:
                 message = self.ws.recv_message()
@@ -187,9 +227,17 @@ class Session(FrameWriter, TokenLife):
                         getattr(self.ws, "peer_close_reason", "") or "")).replace(" )", ")")
                     break
                 self.last_received = time.monotonic()
+                count = 0
                 for ftype, flags, stream_id, payload in frames.iter_frames(message):
+                    count += 1
+                    if count > MAX_FRAMES_PER_MESSAGE:
+                        raise ProtocolError("more than %d frames in one message"
+                                            % MAX_FRAMES_PER_MESSAGE)
                     self._dispatch(ftype, flags, stream_id, payload)
-                if len(message) >= YIELD_AFTER:
+                tick(count + MESSAGE_UNITS)
+                if up.exhausted:
+                    self._wait_for_local_sockets()
+                elif len(message) >= YIELD_AFTER:
                     # Let the streams hand this to their apps before reading on.
                     gevent.sleep(0)
         except AfbError as exc:
@@ -234,7 +282,8 @@ class Session(FrameWriter, TokenLife):
             if stream is not None:
                 stream._on_reset(*frames.parse_reason(payload))
         elif ftype == frames.PING:
-            self._queue_control(frames.frame(frames.PONG, 0, payload))
+            if self._pongs.allow():      # a flood gets PONGS_PER_SECOND answers
+                self._queue_control(frames.frame(frames.PONG, 0, payload))
         elif ftype == frames.PONG:
             self.rtt = max(0, time.monotonic_ns() - frames.parse_ping(payload)) / 1e9
         elif ftype == frames.REFRESH and not self.client:
@@ -258,14 +307,17 @@ class Session(FrameWriter, TokenLife):
         if stream_id % 2 == 0 or stream_id <= self._last_peer_id:
             self._queue_control(frames.frame(frames.RST, stream_id, frames.rst_payload(
                 REP_GENERAL_FAILURE, "stream id %d is not new and odd" % stream_id)))
-            log.warning("%s: refused OPEN with reused or even stream id %d", self.label, stream_id)
+            _limited_log.warning(self.label, "refused OPEN with a bad stream id",
+                                 "%s: refused OPEN with reused or even stream id %d",
+                                 self.label, stream_id)
             return
         self._last_peer_id = stream_id
         try:
             command, host, port, early = frames.parse_open(payload)
         except AfbError as exc:
             self._queue(stream_id, frames.OPEN_FAIL, frames.open_fail_payload(exc.reply, str(exc)))
-            log.warning("%s: bad OPEN on stream %d: %s", self.label, stream_id, exc)
+            _limited_log.warning(self.label, "bad OPEN", "%s: bad OPEN on stream %d: %s",
+                                 self.label, stream_id, exc)
             return
         stream = self._new_stream(stream_id, host, port)
         stream.reply_later = bool(flags & frames.FLAG_NO_WAIT)
@@ -273,14 +325,16 @@ class Session(FrameWriter, TokenLife):
             reason = "server is shutting down" if self.draining else \
                 "too many streams (limit %d)" % self.max_streams
             self.refuse(stream, AfbError(reason))
-            log.warning("%s: refused stream to %s: %s", self.label, stream.target, reason)
+            _limited_log.warning(self.label, "refused stream", "%s: refused stream to %s: %s",
+                                 self.label, stream.target, reason)
             return
         if self.admit is not None:
             try:
                 self.admit(self, stream)
             except AfbError as exc:
                 self.refuse(stream, exc)
-                log.warning("%s: refused stream to %s: %s", self.label, stream.target, exc)
+                _limited_log.warning(self.label, "refused stream", "%s: refused stream to %s: %s",
+                                     self.label, stream.target, exc)
                 return
         if early:
             stream._on_data(early)
@@ -289,9 +343,11 @@ class Session(FrameWriter, TokenLife):
     def _on_unknown(self, ftype, stream_id):
         name = frames.frame_name(ftype)
         if stream_id == 0:
-            log.warning("%s: ignored unknown session frame type %s", self.label, name)
+            _limited_log.warning(self.label, "unknown session frame",
+                                 "%s: ignored unknown session frame type %s", self.label, name)
             return
-        log.warning("%s: unknown frame type %s on stream %d; resetting it", self.label, name, stream_id)
+        _limited_log.warning(self.label, "unknown frame", "%s: unknown frame type %s on stream "
+                             "%d; resetting it", self.label, name, stream_id)
         stream = self.streams.get(stream_id)
         if stream is not None:
             stream.reset(REP_GENERAL_FAILURE, "unknown frame type %s" % name)
@@ -304,15 +360,48 @@ class Session(FrameWriter, TokenLife):
     def _ping_loop(self):
         while not self.closed:
             gevent.sleep(self.ping_interval)
+            _limited_log.flush()
             if self.closed:
                 return
             silent = time.monotonic() - self.last_received
-            if silent > self.ping_interval + self.ping_timeout:
+            if silent > self.ping_interval + self.ping_timeout and not self.reader_paused:
                 log.warning("%s: peer silent for %.0f s; closing the tunnel", self.label, silent)
                 self.close_reason = "peer silent for %.0f s" % silent
                 self.close(CLOSE_GOING_AWAY, "ping timeout")
                 return
             self._queue_control(frames.frame(frames.PING, 0, frames.ping_payload(time.monotonic_ns())))
+
+    # --- memory bounds -------------------------------------------------------------
+
+    def _wait_for_local_sockets(self):
+        """Stop reading the peer while our local sockets hold too much of its data.
+
+        The data waits in the kernel instead, and TCP slows the peer down; the
+        relays wake us once they have written half the budget away.  Not
+        hearing the peer meanwhile is our doing: the pinger does not count it.
+        """
+        self.reader_paused = True
+        started = time.monotonic()
+        try:
+            while self.up.exhausted and not self.closed:
+                event = self._resume_reader = Event()
+                self.up.wait(event.set)
+                event.wait()
+                self.up.forget(event.set)
+        finally:
+            self._resume_reader = None
+            self.reader_paused = False
+            self.last_received = time.monotonic()
+        log.debug("%s: reading paused %.3f s for local sockets to take %d bytes", self.label,
+                  time.monotonic() - started, self.up.used)
+
+    def _overflow(self):
+        """The peer sends requests whose answers it does not read: close the tunnel."""
+        if self.closed or self.close_reason:
+            return
+        self.close_reason = "peer does not read (%d bytes queued for it)" % self.down.used
+        log.warning("%s: %s; closing the tunnel", self.label, self.close_reason)
+        gevent.spawn(self.close, CLOSE_POLICY_VIOLATION, "peer does not read")
 
     # --- shutdown -----------------------------------------------------------------
 
@@ -328,6 +417,8 @@ class Session(FrameWriter, TokenLife):
         if self.closed:
             return
         self.closed = True
+        if self._resume_reader is not None:
+            self._resume_reader.set()
         try:
             self.ws.close(code, reason)
         except (OSError, AfbError):

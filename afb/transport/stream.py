@@ -7,7 +7,10 @@ local side does into frames: ``send()`` (DATA, within the peer's credit),
 :class:`~afb.transport.relay.SocketRelay` that owns the local socket, through
 ``deliver``, ``credit_available``, ``remote_eof`` and ``abort``.  Until a sink
 is attached (the server is still dialling, the client still answering SOCKS),
-received data waits here, bounded by the window.
+received data waits here, bounded by the window and charged to the session's
+``up`` budget (:mod:`afb.mux.budget`).  On the server a stream may be
+dialling: ``pending`` then cancels that dial if the stream is reset first
+(the client gave up, or the tunnel closed), so no descriptor outlives it.
 
 No greenlet belongs to a stream: the session's reader feeds it, the relay's
 socket watchers drive it.
@@ -18,6 +21,7 @@ from collections import deque
 
 from gevent.event import AsyncResult
 
+from afb.buffers import detach
 from afb.codec import frames
 from afb.errors import (REP_GENERAL_FAILURE, DestinationError, StreamReset, TimedOut,
                         reply_reason)
@@ -31,7 +35,7 @@ class Stream:
 
     __slots__ = ("session", "id", "host", "port", "credit", "window", "bytes_in", "bytes_out",
                  "remote_fin", "local_fin", "reset_error", "sink", "_early", "_result",
-                 "reply_later", "__weakref__")
+                 "reply_later", "pending", "opened_at", "__weakref__")
 
     def __init__(self, session, stream_id, host, port, send_window, recv_window, recv_max):
         self.session = session
@@ -49,6 +53,8 @@ class Stream:
         self._early = None      # data received before a sink was attached
         self._result = None     # AsyncResult of OPEN_OK / OPEN_FAIL, made on demand
         self.reply_later = False   # server: the client does not wait for OPEN_OK
+        self.pending = None        # server: cancels the dial still in progress
+        self.opened_at = session.clock()
 
     def __repr__(self):
         return "<Stream %d %s>" % (self.id, self.target)
@@ -69,7 +75,10 @@ class Stream:
     def attach(self, sink):
         """Hand the stream to ``sink``; data, EOF or a reset that came early is replayed."""
         self.sink = sink
+        self.pending = None
         early, self._early = self._early, None
+        if early:
+            self.session.up.release(sum(len(chunk) for chunk in early))
         if self.reset_error is not None:
             sink.abort(self.reset_error)
             return
@@ -141,7 +150,10 @@ class Stream:
         self.bytes_in += len(payload)
         if self.sink is not None:
             self.sink.deliver(payload)
-        elif self._early is None:
+            return
+        payload = detach(payload)
+        self.session.up.charge(len(payload))
+        if self._early is None:
             self._early = deque((payload,))
         else:
             self._early.append(payload)
@@ -163,7 +175,12 @@ class Stream:
         text = message or reply_reason(reply)
         self.reset_error = StreamReset("stream to %s reset%s: %s" % (
             self.target, " by peer" if by_peer else "", text), reply=reply)
+        if self._early:
+            self.session.up.release(sum(len(chunk) for chunk in self._early))
         self._early = None
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending()
         if self._result is not None:
             self._on_open_result(DestinationError(text, reply=reply))
         if self.sink is not None:

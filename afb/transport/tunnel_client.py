@@ -19,7 +19,7 @@ from afb.codec.aead import HandshakeError
 from afb.errors import AfbError, AuthError, TlsError, TunnelUnavailable
 from afb.transport import tls, wsclient
 from afb.transport.secure_channel import client_secure
-from afb.transport.session import Session
+from afb.transport.session import DEFAULT_BUFFER, Session
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ class TunnelClient:
     """Keeps a tunnel session to the server; hands it to new streams."""
 
     def __init__(self, url, token_source, *, pin=None, ca_file=None, proxy=None,
-                 window=256 * 1024, max_message=1 << 20, connect_timeout=10.0,
+                 window=256 * 1024, max_message=1 << 20, buffer_limit=DEFAULT_BUFFER,
+                 connect_timeout=10.0,
                  ping_interval=20.0, ping_timeout=15.0, reconnect_min=0.5,
                  reconnect_max=30.0, token_place="header", token_cookie="session",
                  e2e_key=None, e2e_cipher=None):
@@ -49,6 +50,7 @@ class TunnelClient:
             if url.startswith("wss:") else None
         self.window = window
         self.max_message = max_message
+        self.buffer_limit = buffer_limit
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -127,7 +129,7 @@ class TunnelClient:
                                self.e2e_cipher, self.connect_timeout)
         session = Session(ws, client=True, window=self.window, max_message=self.max_message,
                           ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
-                          label="tunnel to %s" % self.url)
+                          buffer_limit=self.buffer_limit, label="tunnel to %s" % self.url)
         try:
             session.handshake(timeout=self.connect_timeout)
         except BaseException:

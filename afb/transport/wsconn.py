@@ -16,6 +16,13 @@ Reads go through one reused buffer with ``recv_into``; payloads larger than a
 small threshold are read straight into a preallocated ``bytearray``.  Every
 payload is copied once after the kernel hands it over (by the unmasking, or by
 ``bytes()`` on the client side, which receives unmasked frames).
+
+Work a peer can make us do without sending payload is bounded: a message may
+come in at most :data:`MAX_FRAGMENTS` frames (20 million empty continuation
+frames once kept a server busy for seconds), a ping flood gets at most
+:data:`PONGS_PER_SECOND` pongs, and every frame counts one unit on the connection's
+:class:`~afb.transport.pacer.Pacer`, which yields to the other greenlets
+and throttles a flood (the tunnel session installs its own pacer).
 """
 
 import socket
@@ -24,7 +31,9 @@ from gevent.lock import RLock
 
 from afb.buffers import POOL_BUFFER, BufferPool, byte_view
 from afb.codec import websocket as wsc
-from afb.errors import CLOSE_NORMAL, CLOSE_UNSUPPORTED_DATA, MessageTooBig, ProtocolError
+from afb.errors import (CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA,
+                        MessageTooBig, ProtocolError)
+from afb.transport.pacer import MESSAGE_UNITS, Allowance, Pacer
 from afb.transport.socket_writes import (JOIN_LIMIT, SMALL_PAYLOAD, send_whole, sendall_coalesced,
                                         sendmsg_all)
 
@@ -35,6 +44,12 @@ CLOSE_LOCK_TIMEOUT = 5.0
 #: The longest frame header (64-bit length and a mask key): the room a caller
 #: of :meth:`WsConnection.send_in_place` leaves in front of its payload.
 MAX_HEADER = 14
+#: Most frames one message may come in.  afb sends every message as one
+#: frame; proxies and CDNs that re-fragment use a few per message at most.
+MAX_FRAGMENTS = 1024
+#: Pongs per second a ping flood gets, and how many may go at once; a peer
+#: that pings now and then gets every answer.
+PONGS_PER_SECOND = 20
 
 
 class WsConnection:
@@ -51,6 +66,9 @@ class WsConnection:
         self.peer_close_reason = ""
         #: Optional callable(payload: bytes) run when a pong arrives (RTT probes).
         self.on_pong = None
+        #: Counts the frames read (one unit each); the session installs its own.
+        self.pacer = Pacer()
+        self._pongs = Allowance(PONGS_PER_SECOND, PONGS_PER_SECOND)
         cap = max(RECV_BUFFER, len(initial))
         self._buf = bytearray(cap)
         self._view = memoryview(self._buf)
@@ -102,18 +120,22 @@ class WsConnection:
 
     def _recv_message(self):
         fragments = None
+        count = 0
         total = 0
         max_message = self.max_message
         want_masked = not self.client
+        tick = self.pacer.tick
         while True:
             header = self._read_header()
             if header is None:
                 return None
+            tick(1)
             fin, opcode, masked, key, length, header_len = header
             if masked != want_masked:
                 raise ProtocolError("unmasked frame from a client" if want_masked
                                     else "masked frame from a server")
             if opcode >= wsc.OP_CLOSE:
+                tick(MESSAGE_UNITS - 1)         # a control frame is a message of its own
                 self._start += header_len
                 payload = self._read_small(length, key)
                 if payload is None:
@@ -122,7 +144,8 @@ class WsConnection:
                     self._on_close(payload)
                     return None
                 if opcode == wsc.OP_PING:
-                    self._send_frame(wsc.OP_PONG, payload)
+                    if self._pongs.allow():
+                        self._send_frame(wsc.OP_PONG, payload)
                 elif self.on_pong is not None:
                     self.on_pong(payload)
                 continue
@@ -134,6 +157,10 @@ class WsConnection:
                     raise ProtocolError("continuation frame without a message to continue")
             elif fragments is not None:
                 raise ProtocolError("new message started inside a fragmented message")
+            count += 1
+            if count > MAX_FRAGMENTS:
+                raise ProtocolError("WebSocket message in more than %d frames" % MAX_FRAGMENTS,
+                                    close_code=CLOSE_POLICY_VIOLATION)
             total += length
             if total > max_message:
                 raise MessageTooBig("WebSocket message of %d bytes or more exceeds the limit of %d"
