@@ -22,9 +22,17 @@ keys without held-back lines go first, then the oldest are summarised early.
 
 import logging
 import time
+import weakref
 from collections import OrderedDict
 
-__all__ = ["LogLimiter"]
+__all__ = ["LogLimiter", "flush_all"]
+
+_limiters = weakref.WeakSet()
+
+
+def flush_all(now=None):
+    """:meth:`LogLimiter.flush` every limiter of the process (a daemon's housekeeping)."""
+    return sum(limiter.flush(now) for limiter in list(_limiters))
 
 
 class _Key:
@@ -50,6 +58,7 @@ class LogLimiter:
         self._keys = OrderedDict()
         #: Lines held back since start, all keys (for counters and tests).
         self.suppressed = 0
+        _limiters.add(self)
 
     def __len__(self):
         return len(self._keys)

@@ -181,13 +181,15 @@ class InProcessTunnel:
 class Daemon:
     """``afb server|client -c FILE`` as a real process."""
 
-    def __init__(self, role, conf, log_path):
+    def __init__(self, role, conf, log_path, nofile=None):
+        """``nofile``: the process's descriptor limit (soft and hard), if given."""
         self.role = role
         self.log_path = log_path
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "afb", role, "-c", conf], cwd=ROOT,
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=None if nofile is None else lambda: _limit_descriptors(nofile))
 
     def stop(self, sig=15, timeout=15):
         if self.proc.poll() is None:
@@ -203,6 +205,12 @@ class Daemon:
     def output(self):
         with open(self.log_path, "rb") as handle:
             return handle.read().decode("utf-8", "replace")
+
+
+def _limit_descriptors(count):
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
 # --- targets -----------------------------------------------------------------

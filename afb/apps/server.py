@@ -18,6 +18,7 @@ from afb.policy.access import AuthThrottle, SourceAcl, client_ip, parse_networks
 from afb.policy.acl import DestinationAcl
 from afb.policy.auth import token_from_headers
 from afb.policy.keyring import make_signer, make_verifier
+from afb import ratelog
 from afb.ratelog import LogLimiter
 from afb.state import RevocationCache, open_store
 from afb.transport import tls
@@ -30,8 +31,13 @@ from afb.transport.users import UserRegistry
 from afb.transport.wsserver import make_server
 
 log = logging.getLogger(__name__)
+#: Seconds between two rounds of the server's periodic chores.
+HOUSEKEEPING_INTERVAL = 5.0
 #: Tunnels refused for a user's limits: a few lines per user a minute.
 _refusals = LogLimiter(log, interval=60.0, burst=5)
+#: Streams whose destination failed: a few lines per tunnel a minute (a
+#: client can ask for thousands of unreachable destinations a second).
+_dial_failures = LogLimiter(log, interval=60.0, burst=20)
 
 
 class TunnelServer:
@@ -66,6 +72,7 @@ class TunnelServer:
             max_tunnels=tunnel["max_tunnels_per_user"], max_streams=tunnel["max_streams_per_user"],
             buffer_limit=tunnel["max_buffer_per_user"], frame_rate=tunnel["max_frame_rate_per_user"])
         self.sessions = set()
+        self._housekeeper = None
         self.stopping = False
         self._stopped = Event()
         self.wsgi = make_server(
@@ -249,19 +256,25 @@ class TunnelServer:
             session.refuse(stream, CommandNotSupported("command %d is not supported" % command))
             return
         try:
-            started = self.dialer.dial_nowait(
+            cancel = self.dialer.dial_nowait(
                 stream.host, stream.port,
                 lambda sock, error: self._connected(session, stream, sock, error))
         except DestinationError as exc:
             self._connected(session, stream, None, exc)
             return
-        if not started:
-            session.tasks.spawn(self._serve_stream, session, stream, command)
+        if cancel is False:
+            cancel = session.tasks.spawn(self._serve_stream, session, stream, command).kill
+        if stream.sink is None and stream.reset_error is None:
+            # Still dialling: a reset (the client gave up, the tunnel closed)
+            # stops the dial and frees its descriptor at once.
+            stream.pending = cancel
 
     def _connected(self, session, stream, sock, error):
         """A dial ended: OPEN_FAIL with its SOCKS code, or OPEN_OK and relay."""
+        stream.pending = None
         if error is not None:
-            log.info("%s: open %s refused: %s", session.label, stream.target, error)
+            _dial_failures.info(session.label, "stream refused", "%s: open %s refused: %s",
+                                session.label, stream.target, error)
             session.refuse(stream, error)
             return
         if stream.reset_error is not None or session.closed:   # the client gave up meanwhile
@@ -290,6 +303,13 @@ class TunnelServer:
         host, port = self.address
         log.info("listening on %s://%s:%d%s", scheme, "[%s]" % host if ":" in host else host,
                  port, self.cfg["server"]["path"])
+        self._housekeeper = gevent.spawn(self._housekeeping)
+
+    def _housekeeping(self, interval=HOUSEKEEPING_INTERVAL):
+        """Periodic chores: summaries of rate-limited log lines."""
+        while not self.stopping:
+            gevent.sleep(interval)
+            ratelog.flush_all()
 
     def stop(self, timeout=None):
         """Graceful stop: no new tunnels, GOAWAY, let streams finish, then close."""
@@ -311,6 +331,9 @@ class TunnelServer:
             session.flush(0.5)
             session.close(CLOSE_GOING_AWAY, "server stopping")
         self.wsgi.stop(timeout=1)
+        if self._housekeeper is not None:
+            self._housekeeper.kill(block=False)
+        ratelog.flush_all(now=float("inf"))
         self.state.close()
         self._stopped.set()
         log.info("stopped")

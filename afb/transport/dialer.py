@@ -44,7 +44,7 @@ from afb.errors import (
 from afb.policy.acl import DestinationAcl, format_destination
 from afb.transport.relay import PlainSocket
 
-__all__ = ["Dialer", "connect_error"]
+__all__ = ["Dialer", "connect_error", "socket_error"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ def connect_error(exc, where, timeout=None):
             after = " after %gs" % round(timeout, 1) if timeout is not None else ""
             return TimedOut("cannot connect to %s: timed out%s" % (where, after))
     code = _errno_of(exc)
+    if code in (errno.EMFILE, errno.ENFILE):
+        return socket_error(exc, where)
     if code == errno.ETIMEDOUT:
         cls = TimedOut
     elif code == errno.ECONNREFUSED:
@@ -104,6 +106,19 @@ def connect_error(exc, where, timeout=None):
     if code is not None and cls is DestinationError:
         reason = "%s (%s)" % (reason, errno.errorcode.get(code, code))
     return cls("cannot connect to %s: %s" % (where, reason))
+
+
+def socket_error(exc, where):
+    """The afb error for a failed ``socket()`` (out of descriptors or memory): 0x01."""
+    code = _errno_of(exc)
+    reason = os.strerror(code) if code is not None else str(exc)
+    if code in (errno.EMFILE, errno.ENFILE):
+        reason = "the server is out of descriptors (%s)" % errno.errorcode[code]
+    return DestinationError("cannot connect to %s: %s" % (where, reason[:1].lower() + reason[1:]))
+
+
+def _settled():
+    """The ``cancel`` of a dial that has ended already."""
 
 
 def _default_connect(family, sockaddr, timeout):
@@ -220,6 +235,12 @@ class Dialer:
         closed then).  ACL refusals raise NotAllowed at once.  For host names
         this returns False and starts nothing: use :meth:`dial` in a greenlet
         (DNS may block).  The socket is a plain (not gevent) socket.
+
+        Returns a ``cancel()`` callable: it stops a connect still in progress
+        and closes its socket (``on_done`` is then never called), so a stream
+        reset while it dials holds no descriptor (a no-op once settled).
+        Out of descriptors (EMFILE, ENFILE) fails this dial only, with
+        DestinationError (SOCKS 0x01).
         """
         literal = _ip_literal(host)
         if literal is None:
@@ -234,32 +255,46 @@ class Dialer:
             raise
         # A plain socket: the relay drives it with its own watchers, so the
         # two that a gevent socket makes (and drops again) would be waste.
-        sock = PlainSocket(family, socket.SOCK_STREAM)
+        try:
+            sock = PlainSocket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self.dial_stats["no_socket"] += 1
+            on_done(None, socket_error(exc, self._where(host, port, ip)))
+            return _settled
         sock.setblocking(False)
         self.dial_stats["attempts"] += 1
         code = sock.connect_ex((ip, port))
         if code not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
             error = connect_error(OSError(code, os.strerror(code)), self._where(host, port, ip))
             self._dialled(sock, error, on_done)
-            return True
+            return _settled
         if code == 0 or _connected_now(sock):
             # A nearby destination often has answered the SYN already: go on
             # now rather than an event-loop iteration later.
             self._dialled(sock, None, on_done)
-            return True
+            return _settled
         loop = gevent.get_hub().loop
         watcher = loop.io(sock.fileno(), 2)       # writable: connected, or failed
         timer = loop.timer(self.connect_timeout)
         settled = []
 
-        def finish(error):
+        def stop():
             if settled:
-                return
+                return False
             settled.append(True)
             for w in (watcher, timer):
                 w.stop()
                 w.close()
-            self._dialled(sock, error, on_done)
+            return True
+
+        def finish(error):
+            if stop():
+                self._dialled(sock, error, on_done)
+
+        def cancel():
+            if stop():
+                self.dial_stats["cancelled"] += 1
+                sock.close()
 
         def writable():
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -272,7 +307,7 @@ class Dialer:
 
         watcher.start(writable)
         timer.start(expired)
-        return True
+        return cancel
 
     def _dialled(self, sock, error, on_done):
         if error is None:

@@ -360,7 +360,6 @@ class Session(FrameWriter, TokenLife):
     def _ping_loop(self):
         while not self.closed:
             gevent.sleep(self.ping_interval)
-            _limited_log.flush()
             if self.closed:
                 return
             silent = time.monotonic() - self.last_received

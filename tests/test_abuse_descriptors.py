@@ -1,0 +1,129 @@
+"""Descriptors: running out fails one stream, never a tunnel; abandoned dials are freed
+(issue 9, item 2, the tunnel's side; the front door's limits are tested with the server).
+
+Real ``afb server`` / ``afb client`` processes on loopback.  A connect that
+never completes is made with a listener whose accept queue is full: Linux
+then drops the SYNs, so the connect stays in progress until afb gives up.
+"""
+
+import socket
+import struct
+
+import gevent
+import pytest
+
+from afb.codec import frames
+from tests.abuse import RawTunnel, open_fds, wait_until
+from tests.support import Daemon, Setup, recv_exact, wait_port
+
+
+class BlackHole:
+    """127.0.0.1:port where connects hang: a full accept queue that is never served."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.port = self.listener.getsockname()[1]
+        self.fillers = []
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", self.port))
+            self.fillers.append(filler)
+
+    def close(self):
+        for sock in self.fillers + [self.listener]:
+            sock.close()
+
+
+def _socks_open(proxy, port):
+    """A SOCKS5 CONNECT to 127.0.0.1:port; -> (socket, reply code)."""
+    sock = socket.create_connection(proxy, timeout=10)
+    sock.sendall(b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + struct.pack("!H", port))
+    assert recv_exact(sock, 2) == b"\x05\x00"
+    return sock, recv_exact(sock, 10)[1]
+
+
+def test_out_of_descriptors_fails_that_stream_only(tmp_path, echo):
+    setup = Setup(tmp_path, fast_open=False)
+    server = Daemon("server", setup.server_conf, str(tmp_path / "server.log"), nofile=48)
+    client = Daemon("client", setup.client_conf, str(tmp_path / "client.log"))
+    opened = []
+    try:
+        wait_port(setup.server_port)
+        wait_port(setup.proxy_port)
+        proxy = ("127.0.0.1", setup.proxy_port)
+        codes = []
+        for _ in range(60):
+            sock, code = _socks_open(proxy, echo.port)
+            opened.append(sock)
+            codes.append(code)
+            if code:
+                break
+        assert codes[-1] == 0x01 and codes[:-1] == [0] * (len(codes) - 1), codes
+        for sock in opened[:-1]:                     # the tunnel still carries them all
+            sock.sendall(b"ping")
+            assert recv_exact(sock, 4) == b"ping"
+        for sock in opened[:10]:
+            sock.close()
+        gevent.sleep(0.3)
+        again, code = _socks_open(proxy, echo.port)  # descriptors free again: streams work
+        opened.append(again)
+        assert code == 0
+        again.sendall(b"back")
+        assert recv_exact(again, 4) == b"back"
+    finally:
+        for sock in opened:
+            sock.close()
+        client.stop()
+        server.stop()
+    assert "out of descriptors (EMFILE)" in server.output()
+    assert "Traceback" not in server.output()
+    assert "tunnel down" not in client.output()
+
+
+@pytest.fixture
+def hole():
+    target = BlackHole()
+    yield target
+    target.close()
+
+
+@pytest.fixture
+def slow_server(tmp_path):
+    setup = Setup(tmp_path, server_extra="[tunnel]\nconnect_timeout = 60\n")
+    server = Daemon("server", setup.server_conf, str(tmp_path / "server.log"))
+    try:
+        wait_port(setup.server_port)
+        yield setup, server
+    finally:
+        server.stop()
+
+
+def test_a_dial_abandoned_by_the_client_frees_its_descriptor_at_once(slow_server, hole):
+    setup, server = slow_server
+    attacker = RawTunnel(setup)
+    assert attacker.read_hello() is not None
+    base = open_fds(server.proc.pid)
+    ids = attacker.open_many("127.0.0.1", hole.port, 50)
+    assert wait_until(lambda: open_fds(server.proc.pid) >= base + 50, 5)
+    attacker.send(*[frames.frame(frames.RST, sid, frames.rst_payload(1, "gave up")) for sid in ids])
+    assert wait_until(lambda: open_fds(server.proc.pid) <= base + 2, 5), \
+        "%d descriptors still open" % (open_fds(server.proc.pid) - base)
+    attacker.close()
+
+
+def test_cycling_tunnels_cannot_pile_up_pending_dials(slow_server, hole):
+    setup, server = slow_server
+    base = open_fds(server.proc.pid)
+    worst = 0
+    for _ in range(5):
+        attacker = RawTunnel(setup)
+        assert attacker.read_hello() is not None
+        attacker.open_many("127.0.0.1", hole.port, 50)
+        wait_until(lambda: open_fds(server.proc.pid) >= base + 50, 5)
+        attacker.close()
+        worst = max(worst, open_fds(server.proc.pid) - base)
+    assert wait_until(lambda: open_fds(server.proc.pid) <= base + 2, 5)
+    assert worst <= 50 + 4, "%d descriptors held at worst" % worst
