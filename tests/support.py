@@ -4,6 +4,7 @@ Everything here listens on and connects to 127.0.0.1 / ::1 only.
 """
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -313,6 +314,26 @@ def recv_all(sock):
         if not data:
             return b"".join(chunks)
         chunks.append(data)
+
+
+def socks_open(proxy, port):
+    """A hand-made SOCKS5 CONNECT to 127.0.0.1:port; -> (socket, reply code)."""
+    sock = socket.create_connection(proxy, timeout=10)
+    sock.sendall(b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + struct.pack("!H", port))
+    assert recv_exact(sock, 2) == b"\x05\x00"
+    return sock, recv_exact(sock, 10)[1]
+
+
+@contextlib.contextmanager
+def running(role, setup, log_path, **kwargs):
+    """A :class:`Daemon` of ``setup``'s config whose port answers; stopped after."""
+    daemon = Daemon(role, setup.server_conf if role == "server" else setup.client_conf,
+                    str(log_path), **kwargs)
+    try:
+        wait_port(setup.server_port if role == "server" else setup.proxy_port)
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 def socks_connect(proxy, host, port, rdns=True, timeout=20):

@@ -16,7 +16,7 @@ import pytest
 
 from afb.policy.auth import issue_token
 from tests.abuse import RawTunnel, cpu_seconds, flood_process
-from tests.support import Daemon, Setup, recv_exact, socks_connect, wait_port
+from tests.support import Setup, recv_exact, running, socks_connect
 
 #: The stated bound: another user's echo p99 during a flood (baseline here: ~1 ms).
 ECHO_P99_BOUND = 0.05
@@ -27,15 +27,9 @@ NEW_TUNNEL_BOUND = 1.0
 @pytest.fixture
 def pair(tmp_path, echo):
     setup = Setup(tmp_path)
-    server = Daemon("server", setup.server_conf, str(tmp_path / "server.log"))
-    client = Daemon("client", setup.client_conf, str(tmp_path / "client.log"))
-    try:
-        wait_port(setup.server_port)
-        wait_port(setup.proxy_port)
+    with running("server", setup, tmp_path / "server.log") as server, \
+            running("client", setup, tmp_path / "client.log") as client:
         yield setup, server, client, echo
-    finally:
-        client.stop()
-        server.stop()
 
 
 def _echo_times(sock, seconds):

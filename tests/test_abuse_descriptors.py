@@ -7,14 +7,13 @@ then drops the SYNs, so the connect stays in progress until afb gives up.
 """
 
 import socket
-import struct
 
 import gevent
 import pytest
 
 from afb.codec import frames
 from tests.abuse import RawTunnel, open_fds, wait_until
-from tests.support import Daemon, Setup, recv_exact, wait_port
+from tests.support import Setup, recv_exact, running, socks_open
 
 
 class BlackHole:
@@ -37,47 +36,35 @@ class BlackHole:
             sock.close()
 
 
-def _socks_open(proxy, port):
-    """A SOCKS5 CONNECT to 127.0.0.1:port; -> (socket, reply code)."""
-    sock = socket.create_connection(proxy, timeout=10)
-    sock.sendall(b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + struct.pack("!H", port))
-    assert recv_exact(sock, 2) == b"\x05\x00"
-    return sock, recv_exact(sock, 10)[1]
-
-
 def test_out_of_descriptors_fails_that_stream_only(tmp_path, echo):
     setup = Setup(tmp_path, fast_open=False)
-    server = Daemon("server", setup.server_conf, str(tmp_path / "server.log"), nofile=48)
-    client = Daemon("client", setup.client_conf, str(tmp_path / "client.log"))
     opened = []
-    try:
-        wait_port(setup.server_port)
-        wait_port(setup.proxy_port)
-        proxy = ("127.0.0.1", setup.proxy_port)
-        codes = []
-        for _ in range(60):
-            sock, code = _socks_open(proxy, echo.port)
-            opened.append(sock)
-            codes.append(code)
-            if code:
-                break
-        assert codes[-1] == 0x01 and codes[:-1] == [0] * (len(codes) - 1), codes
-        for sock in opened[:-1]:                     # the tunnel still carries them all
-            sock.sendall(b"ping")
-            assert recv_exact(sock, 4) == b"ping"
-        for sock in opened[:10]:
-            sock.close()
-        gevent.sleep(0.3)
-        again, code = _socks_open(proxy, echo.port)  # descriptors free again: streams work
-        opened.append(again)
-        assert code == 0
-        again.sendall(b"back")
-        assert recv_exact(again, 4) == b"back"
-    finally:
-        for sock in opened:
-            sock.close()
-        client.stop()
-        server.stop()
+    with running("server", setup, tmp_path / "server.log", nofile=48) as server, \
+            running("client", setup, tmp_path / "client.log") as client:
+        try:
+            proxy = ("127.0.0.1", setup.proxy_port)
+            codes = []
+            for _ in range(60):
+                sock, code = socks_open(proxy, echo.port)
+                opened.append(sock)
+                codes.append(code)
+                if code:
+                    break
+            assert codes[-1] == 0x01 and codes[:-1] == [0] * (len(codes) - 1), codes
+            for sock in opened[:-1]:                     # the tunnel still carries them all
+                sock.sendall(b"ping")
+                assert recv_exact(sock, 4) == b"ping"
+            for sock in opened[:10]:
+                sock.close()
+            gevent.sleep(0.3)
+            again, code = socks_open(proxy, echo.port)  # descriptors free again: streams work
+            opened.append(again)
+            assert code == 0
+            again.sendall(b"back")
+            assert recv_exact(again, 4) == b"back"
+        finally:
+            for sock in opened:
+                sock.close()
     assert "out of descriptors (EMFILE)" in server.output()
     assert "Traceback" not in server.output()
     assert "tunnel down" not in client.output()
@@ -93,12 +80,8 @@ def hole():
 @pytest.fixture
 def slow_server(tmp_path):
     setup = Setup(tmp_path, server_extra="[tunnel]\nconnect_timeout = 60\n")
-    server = Daemon("server", setup.server_conf, str(tmp_path / "server.log"))
-    try:
-        wait_port(setup.server_port)
+    with running("server", setup, tmp_path / "server.log") as server:
         yield setup, server
-    finally:
-        server.stop()
 
 
 def test_a_dial_abandoned_by_the_client_frees_its_descriptor_at_once(slow_server, hole):

@@ -17,7 +17,7 @@ import pytest
 from afb.codec import frames
 from afb.errors import CLOSE_PROTOCOL_ERROR
 from tests.abuse import FastSource, RawTunnel, StuckSink, rss, tcp_memory
-from tests.support import Daemon, Setup, wait_port
+from tests.support import Setup, running
 
 MiB = 1 << 20
 
@@ -25,12 +25,8 @@ MiB = 1 << 20
 @pytest.fixture
 def server(tmp_path):
     setup = Setup(tmp_path)
-    daemon = Daemon("server", setup.server_conf, str(tmp_path / "server.log"))
-    try:
-        wait_port(setup.server_port)
+    with running("server", setup, tmp_path / "server.log") as daemon:
         yield setup, daemon
-    finally:
-        daemon.stop()
 
 
 def _growth_while(daemon, seconds, limit, kernel=False):

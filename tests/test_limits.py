@@ -1,35 +1,26 @@
 """Limits: streams per user, idle streams, local handshake time; each refusal is clear."""
 
-import socket
-import struct
 import time
 
 import gevent
 
-from tests.support import InProcessTunnel, Setup, recv_exact, socks_connect
-
-
-def _socks_open(proxy, port):
-    sock = socket.create_connection(proxy, timeout=10)
-    sock.sendall(b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + struct.pack("!H", port))
-    assert recv_exact(sock, 2) == b"\x05\x00"
-    return sock, recv_exact(sock, 10)[1]
+from tests.support import InProcessTunnel, Setup, recv_exact, socks_connect, socks_open
 
 
 def test_streams_per_user_are_limited_and_the_excess_gets_a_socks_failure(tmp_path, echo):
     setup = Setup(tmp_path, fast_open=False,
                   server_extra="[tunnel]\nmax_streams_per_user = 2\n")
     with InProcessTunnel(setup) as running:
-        first, code1 = _socks_open(running.proxy, echo.port)
-        second, code2 = _socks_open(running.proxy, echo.port)
-        third, code3 = _socks_open(running.proxy, echo.port)
+        first, code1 = socks_open(running.proxy, echo.port)
+        second, code2 = socks_open(running.proxy, echo.port)
+        third, code3 = socks_open(running.proxy, echo.port)
         assert (code1, code2, code3) == (0, 0, 1)
         first.sendall(b"ok")
         assert recv_exact(first, 2) == b"ok"          # the admitted streams are untouched
         for sock in (first, second, third):
             sock.close()
         gevent.sleep(0.2)
-        fourth, code4 = _socks_open(running.proxy, echo.port)  # room again
+        fourth, code4 = socks_open(running.proxy, echo.port)  # room again
         assert code4 == 0
         fourth.close()
 
