@@ -70,6 +70,13 @@ class CommandNotSupported(SocksError):
     reply = REP_COMMAND_NOT_SUPPORTED
 
 
+class ProxyAuthFailed(SocksError):
+    """Wrong or malformed local proxy credentials (RFC 1929, Proxy-Authorization)."""
+
+    reply = REP_NOT_ALLOWED
+    http_status = 407
+
+
 class HttpProxyError(AfbError):
     """A malformed or unsupported HTTP proxy request; ``http_status`` goes back."""
 

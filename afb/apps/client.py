@@ -10,7 +10,7 @@ from afb.apps.local_proxy import LocalProxy
 from afb.config_values import parse_hostport
 from afb.errors import AfbError
 from afb.keys import check_secret_file
-from afb.policy.access import SourceAcl
+from afb.policy.access import AuthThrottle, SourceAcl
 from afb.policy.client_token import ClientToken
 from afb.policy.proxy_users import ProxyUsers
 from afb.transport.tunnel_client import TunnelClient
@@ -45,7 +45,10 @@ class ProxyClient:
                                 fast_open=client["fast_open"], open_timeout=tunnel["open_timeout"],
                                 handshake_timeout=client["handshake_timeout"],
                                 authenticate=users,
-                                sources=SourceAcl(allow=client["allow_sources"]))
+                                sources=SourceAcl(allow=client["allow_sources"]),
+                                throttle=AuthThrottle(client["max_auth_failures"],
+                                                      client["auth_failure_window"],
+                                                      client["ban_time"]))
 
     def start(self):
         self.proxy.start()

@@ -11,7 +11,9 @@ length) are handed over after the first read to a greenlet.
 
 Every way a handshake ends that is not a request (bad first byte, SOCKS5
 refusal, EOF, a read error, the handshake timeout) closes the socket and
-logs one line, as the greenlet-per-connection version did.
+logs one line, as the greenlet-per-connection version did.  Wrong
+credentials are answered only after the delay ``on_auth_failure`` returns
+(the proxy's failed-login throttle), so guessing passwords is slow.
 """
 
 import logging
@@ -19,7 +21,7 @@ import logging
 import gevent
 
 from afb.codec import httpproxy, socks5
-from afb.errors import CommandNotSupported, SocksError
+from afb.errors import CommandNotSupported, ProxyAuthFailed, SocksError
 from afb.transport.relay import close_socket
 
 log = logging.getLogger(__name__)
@@ -39,15 +41,19 @@ class ProxyHandshake:
     """
 
     __slots__ = ("sock", "peer", "authenticate", "timeout", "on_socks", "on_http",
-                 "parser", "done", "_watcher", "_timer")
+                 "on_auth_failure", "parser", "done", "_watcher", "_timer")
 
-    def __init__(self, sock, peer, *, authenticate, timeout, on_socks, on_http):
+    def __init__(self, sock, peer, *, authenticate, timeout, on_socks, on_http,
+                 on_auth_failure=None):
+        """``on_auth_failure()``: called on wrong credentials; returns the seconds
+        to wait before the refusal is sent (0: at once)."""
         self.sock = sock
         self.peer = peer
         self.authenticate = authenticate
         self.timeout = timeout
         self.on_socks = on_socks
         self.on_http = on_http
+        self.on_auth_failure = on_auth_failure
         self.parser = None
         self.done = False
         self._watcher = None
@@ -86,6 +92,19 @@ class ProxyHandshake:
             self.parser = socks5.Socks5Parser(self.authenticate)
         try:
             out, request = self.parser.receive(data)
+        except ProxyAuthFailed as exc:
+            delay = self.on_auth_failure() if self.on_auth_failure is not None else 0
+            if delay <= 0:
+                self._refuse(exc, exc.response)
+                return
+            # Answer later, reading nothing meanwhile: the handshake's timer
+            # becomes the delay.
+            self._watcher.stop()
+            self._timer.stop()
+            self._timer.close()
+            self._timer = gevent.get_hub().loop.timer(delay)
+            self._timer.start(self._refuse, exc, exc.response)
+            return
         except SocksError as exc:
             self._refuse(exc, getattr(exc, "response", b""))
             return

@@ -21,6 +21,7 @@ from afb.errors import (
     REP_NOT_ALLOWED,
     AddressError,
     CommandNotSupported,
+    ProxyAuthFailed,
     SocksError,
 )
 
@@ -151,7 +152,7 @@ class Socks5Parser:
             return None
         if buf[0] != USERPASS_VERSION:
             raise _error(
-                SocksError,
+                ProxyAuthFailed,
                 "bad username/password sub-negotiation version 0x%02x" % buf[0],
                 _AUTH_FAILED,
                 reply=REP_NOT_ALLOWED,
@@ -173,14 +174,14 @@ class Socks5Parser:
             password = raw_password.decode("utf-8")
         except UnicodeDecodeError:
             raise _error(
-                SocksError,
+                ProxyAuthFailed,
                 "SOCKS5 username or password is not UTF-8",
                 _AUTH_FAILED,
                 reply=REP_NOT_ALLOWED,
             ) from None
         if not self.authenticate(username, password):
             raise _error(
-                SocksError,
+                ProxyAuthFailed,
                 "SOCKS5 authentication failed for user %r" % username,
                 _AUTH_FAILED,
                 reply=REP_NOT_ALLOWED,
