@@ -70,6 +70,13 @@ class CommandNotSupported(SocksError):
     reply = REP_COMMAND_NOT_SUPPORTED
 
 
+class HttpRequestError(AfbError):
+    """A request to the server's web port that nginx would refuse; ``http_status`` and
+    the message (the error page's detail line where nginx shows one) say how."""
+
+    http_status = 400
+
+
 class HttpProxyError(AfbError):
     """A malformed or unsupported HTTP proxy request; ``http_status`` goes back."""
 
