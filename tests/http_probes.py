@@ -99,7 +99,11 @@ def with_validators(probes, etag, last_modified):
 def run(port, transport, data, quiet=1.0, limit=5.0):
     """``(answer bytes with Date blanked, 'closed' | 'open' | 'reset')`` of one probe."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=limit)
-    sock = _CTX.wrap_socket(raw, server_hostname=HOST) if transport == "tls" else raw
+    try:
+        sock = _CTX.wrap_socket(raw, server_hostname=HOST) if transport == "tls" else raw
+    except OSError:
+        raw.close()
+        return b"", "no TLS"
     got = bytearray()
     state = "open"
     try:
