@@ -181,13 +181,13 @@ class InProcessTunnel:
 class Daemon:
     """``afb server|client -c FILE`` as a real process."""
 
-    def __init__(self, role, conf, log_path):
+    def __init__(self, role, conf, log_path, **popen):
         self.role = role
         self.log_path = log_path
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "afb", role, "-c", conf], cwd=ROOT,
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT, **popen)
 
     def stop(self, sig=15, timeout=15):
         if self.proc.poll() is None:

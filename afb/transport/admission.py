@@ -13,8 +13,11 @@ two checks run on every accepted one before a greenlet is spent on it:
 * the high-water mark: Linux hands an accepted socket the lowest free
   descriptor number, so a new descriptor numbered at or above
   ``high_water`` x the soft ``RLIMIT_NOFILE`` means at least that many are
-  in use; the new pending connection is closed at once, keeping the rest
-  for established tunnels' streams.
+  in use.  Then the oldest pending connections are closed (as nginx drains
+  its reusable connections when it runs short), so the newcomer -- quite
+  possibly a client that opens its tunnel within milliseconds -- gets in,
+  and the descriptors above the mark stay for established tunnels' streams.
+  With nothing old enough to close, the newcomer is closed instead.
 
 A connection that becomes a tunnel is released from the count at once.
 Pure code (no gevent), so the numbers are easy to test.
@@ -63,11 +66,12 @@ class Admission:
             return self.per_proxy
         return self.per_source
 
-    def admit(self, fd, ip):
+    def over_high_water(self, fd):
+        """Whether the new descriptor *fd* is at or above the high-water mark."""
+        return self.fd_mark is not None and fd >= self.fd_mark
+
+    def admit(self, ip):
         """None and the connection counted, or a short reason to close it at once."""
-        if self.fd_mark is not None and fd >= self.fd_mark:
-            self.refused += 1
-            return "descriptor %d is above the high-water mark %d" % (fd, self.fd_mark)
         key = _source_key(ip)
         count = self.pending.get(key, 0)
         cap = self._cap(ip)

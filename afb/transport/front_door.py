@@ -7,7 +7,7 @@ One :class:`FrontDoor` (a gevent ``StreamServer``) per listening port:
    traceback per attempt; every accepted socket passes
    :class:`~afb.transport.admission.Admission` (per-source cap, descriptor
    high-water mark) *before* a greenlet is spent on it, else it is closed at
-   once;
+   once (above the high-water mark the oldest pending connections go first);
 2. **TLS** -- the first byte is peeked: not a TLS handshake record means plain
    HTTP on the TLS port, answered as nginx does (``400 The plain HTTP request
    was sent to HTTPS port``) or spliced raw to the upstream's TLS port;
@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 ACCEPT_PAUSE = 0.25
 #: Seconds between flushes of the rate-limited log summaries.
 HOUSEKEEPING = 5.0
+#: Above the descriptor high-water mark: how many of the oldest pending connections
+#: are closed at once (nginx drains 32 reusable connections), and how old they must be.
+EVICT_BATCH = 32
+EVICT_MIN_AGE = 1.0
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 TLS_HANDSHAKE = 0x16
 
@@ -70,6 +74,7 @@ class FrontDoor(StreamServer):
         self.keepalive_timeout = float(keepalive_timeout)
         self._housekeeper = None
         self._resume = None
+        self._pending = {}      # greenlet -> accept time, oldest first
 
     # --- accepting -------------------------------------------------------------
 
@@ -99,43 +104,72 @@ class FrontDoor(StreamServer):
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     return None
                 raise
+            code = exc.errno
         self.limiter.warning("accept", "out of descriptors",
                              "out of descriptors (%s): not accepting for %.2f s",
-                             errno.errorcode.get(exc.errno, exc.errno), ACCEPT_PAUSE)
+                             errno.errorcode.get(code, code), ACCEPT_PAUSE)
         self.stop_accepting()
-        if self._resume is None:
+        if self._resume is None:      # (libev's again() would stop a one-shot timer)
             self._resume = self.loop.timer(ACCEPT_PAUSE)
-        self._resume.again(self._resume_accepting)
+            self._resume.start(self._resume_accepting)
         return None
 
     def _resume_accepting(self):
+        self._resume.close()
+        self._resume = None
         if not self.closed:
             self.start_accepting()
 
     def do_handle(self, sock, address):
         ip = _ip(address)
-        refused = self.admission.admit(sock.fileno(), ip)
+        fd = sock.fileno()
+        refused = None
+        if self.admission.over_high_water(fd) and not self._evict_oldest():
+            refused = "descriptor %d above the high-water mark %d" % (fd, self.admission.fd_mark)
+        refused = refused or self.admission.admit(ip)
         if refused is not None:
             self.limiter.info(ip, "connection refused before TLS",
                               "connection from %s closed at once: %s", ip, refused)
             _abort(sock)
             return
         try:
-            super().do_handle(sock, address)
+            job = gevent.spawn(self._serve_connection, sock, address)
         except BaseException:
             self.admission.release(ip)
+            _close(sock)
             raise
+        self._pending[job] = time.monotonic()
+
+    def _evict_oldest(self):
+        """Close up to EVICT_BATCH pending connections older than EVICT_MIN_AGE; any?"""
+        old = time.monotonic() - EVICT_MIN_AGE
+        victims = []
+        for job, since in self._pending.items():
+            if since > old or len(victims) >= EVICT_BATCH:
+                break
+            victims.append(job)
+        for job in victims:
+            del self._pending[job]
+            job.kill(block=False)
+        if victims:
+            self.limiter.warning("high-water", "pending connections closed",
+                                 "descriptors above the high-water mark %d: closed the %d "
+                                 "oldest connections not yet authenticated",
+                                 self.admission.fd_mark, len(victims))
+        return bool(victims)
 
     # --- one connection -----------------------------------------------------------
 
     def _serve_connection(self, sock, address):
         ip = _ip(address)
         state = {"pending": True}
+        me = gevent.getcurrent()
 
         def release():
             if state["pending"]:
                 state["pending"] = False
                 self.admission.release(ip)
+                self._pending.pop(me, None)
 
         try:
             self._route(sock, address, release)
