@@ -21,9 +21,7 @@ leading out of the site are never served.
 import os
 import time
 import zlib
-from email.utils import parsedate_to_datetime
-
-from gevent.pywsgi import format_date_time
+from email.utils import formatdate, parsedate_to_datetime
 
 SERVER_HEADER = "nginx"
 BUILTIN_SITE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "decoy")
@@ -53,8 +51,8 @@ MIME = {
 
 
 def http_date(ts):
-    date = format_date_time(ts)
-    return date.decode("latin-1") if isinstance(date, bytes) else date
+    """``Tue, 01 Dec 2026 19:59:10 GMT``."""
+    return formatdate(ts, usegmt=True)
 
 
 def error_body(code, detail=None):
