@@ -89,7 +89,15 @@ class FrontDoor(StreamServer):
         if self._housekeeper is not None:
             self._housekeeper.kill(block=False)
             self._housekeeper = None
-        self.limiter.flush(float("inf"))
+        self.limiter.flush(self.limiter.clock() + self.limiter.interval)
+
+    def stop(self, timeout=None):
+        """Stop accepting and end the connections that are not tunnels (tunnels are
+        the application's to drain)."""
+        super().stop(timeout)
+        pending, self._pending = list(self._pending), {}
+        for job in pending:
+            job.kill(block=False)
 
     def _housekeeping(self):
         while True:
@@ -171,26 +179,29 @@ class FrontDoor(StreamServer):
                 self.admission.release(ip)
                 self._pending.pop(me, None)
 
+        opened = [sock]         # + the TLS socket, which takes the descriptor over
         try:
-            self._route(sock, address, release)
+            self._route(sock, address, release, opened)
         except (_Closed, OSError, Timeout) as exc:
             log.debug("connection from %s ended: %s", ip, exc or type(exc).__name__)
         except Exception:  # noqa: BLE001 - a bug must not take the server down
             log.exception("connection from %s failed", ip)
         finally:
             release()
-            _close(sock)
+            for each in opened:
+                _close(each)
 
-    def _route(self, sock, address, release):
+    def _route(self, sock, address, release, opened):
         deadline = time.monotonic() + self.header_timeout
         _nodelay(sock)
         conn = sock
         if self.wrap_socket is not None:
             first = _peek(sock, deadline)
             if first != TLS_HANDSHAKE:
-                self._plain_on_tls_port(sock, address)
+                self._plain_on_tls_port(sock, address, deadline)
                 return
             conn = self._tls(sock, deadline)
+            opened.append(conn)
         reader = HeadReader()
         try:
             head = _read_head(conn, reader, deadline)
@@ -210,7 +221,7 @@ class FrontDoor(StreamServer):
             raise _Closed("TLS handshake failed: %s" % (exc or type(exc).__name__)) from None
         return conn
 
-    def _plain_on_tls_port(self, sock, address):
+    def _plain_on_tls_port(self, sock, address, deadline):
         """Plain bytes on the TLS port: nginx's 400 page (or nginx's own, spliced raw)."""
         if self.upstream is not None:
             up = self.upstream.connect(sock, address, tls=False)
@@ -222,7 +233,7 @@ class FrontDoor(StreamServer):
                 return
         reader = HeadReader()
         try:
-            head = _read_head(sock, reader, time.monotonic() + self.header_timeout)
+            head = _read_head(sock, reader, deadline)
         except HttpRequestError as exc:
             sock.sendall(error_response(exc.http_status, _detail(exc))[0])
             return
