@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import logging
 import ssl as _stdssl
+import warnings
 
 from gevent import ssl as _gssl
 
@@ -35,9 +36,29 @@ def _new_context(purpose):
     return ctx
 
 
+#: What Debian's nginx offers: ssl_protocols TLSv1 to TLSv1.3 (OpenSSL's security
+#: level then fails 1.0 and 1.1 with an "internal error" alert, as it does for
+#: nginx), nginx's default ssl_ciphers, and the server's order
+#: (ssl_prefer_server_ciphers on).
+NGINX_CIPHERS = "HIGH:!aNULL:!MD5"
+
+
 def server_context(cert_path, key_path):
-    """A server SSLContext: TLS 1.3 minimum, certificate chain and key loaded."""
+    """A server SSLContext, certificate chain and key loaded.
+
+    It accepts what Debian's nginx accepts (TLS 1.2, and 1.0/1.1 as far as
+    OpenSSL's security level lets them through: not at all on Debian), with
+    nginx's ciphers and preference, so that a prober's older handshake is
+    answered as nginx answers it; a *tunnel*
+    still needs TLS 1.3 (:mod:`afb.transport.wsserver` refuses an upgrade over
+    anything older, and the client offers nothing older).
+    """
     ctx = _new_context(_stdssl.PROTOCOL_TLS_SERVER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)     # "TLSv1 is deprecated"
+        ctx.minimum_version = _stdssl.TLSVersion.TLSv1
+    ctx.set_ciphers(NGINX_CIPHERS)
+    ctx.options |= _stdssl.OP_CIPHER_SERVER_PREFERENCE
     try:
         ctx.load_cert_chain(cert_path, key_path)
     except (OSError, _stdssl.SSLError) as exc:

@@ -83,6 +83,15 @@ def check_upgrade(head, path):
     return key, None
 
 
+def _tls_version(conn):
+    """A refusal reason for a TLS connection older than 1.3 (tunnels need 1.3), or None."""
+    version = getattr(conn, "version", None)
+    if version is None:
+        return None
+    name = version()
+    return None if name in (None, "TLSv1.3") else "TLS version %s" % name
+
+
 class TunnelUpgrade:
     """``upgrade(conn, head, leftover, address, release)``: True once it served a tunnel."""
 
@@ -107,7 +116,7 @@ class TunnelUpgrade:
             log.exception("authorize() failed")
             reason = "authorize() failed"
         key, bad = check_upgrade(head, self.path)
-        reason = bad or reason
+        reason = bad or _tls_version(conn) or reason
         if reason is not None:
             self.limiter.info(ip, "refused WebSocket upgrade",
                               "refused WebSocket upgrade from %s: %s", ip, reason)
