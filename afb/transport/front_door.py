@@ -188,6 +188,8 @@ class FrontDoor(StreamServer):
             log.exception("connection from %s failed", ip)
         finally:
             release()
+            if len(opened) > 1:             # TLS: nginx sends close_notify, timeouts included
+                tls.close_gracefully(opened[-1])
             for each in opened:
                 _close(each)
 
