@@ -175,14 +175,18 @@ def make_server(listen, on_tunnel, *, authorize, path="/", ssl_context=None, dec
                 max_message=1 << 20, header_timeout=60.0, keepalive_timeout=75.0, upstream=None,
                 upstream_tls=True, upstream_proxy_protocol=False, max_pending_per_source=32,
                 max_pending_per_proxy=1024, trusted_proxies=(), descriptor_high_water=0.8,
-                log_interval=60.0, log_burst=5, fd_limit=None):
+                log_interval=60.0, log_burst=5, fd_limit=None, handshake_timeout=None):
     """A (not yet started) :class:`FrontDoor` for the tunnel on *listen* = (host, port).
 
     *upstream*: ``"host:port"`` of a real web server that gets every
     connection that is not a tunnel (None: the built-in decoy).  Errors and
     refusals go to the ``afb.transport.wsserver`` logger, rate-limited per
     source (*log_burst* lines per *log_interval* seconds, then a summary).
+    *handshake_timeout* is the old name of *header_timeout* (the deadline for
+    TLS and the request head), kept for callers that still pass it.
     """
+    if handshake_timeout is not None:
+        header_timeout = handshake_timeout
     limiter = LogLimiter(log, interval=log_interval, burst=log_burst)
     proxies = parse_networks(trusted_proxies)
     admission = Admission(max_pending_per_source, max_pending_per_proxy, proxies,
