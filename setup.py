@@ -12,7 +12,6 @@ setup(
     package_data={"afb": ["configspec/*.spec", "decoy/*"]},
     install_requires=[
         "gevent>=23.9",
-        "gevent-websocket>=0.10.1",
         "wsaccel>=0.6.6",
         "websocket-client>=1.7",
         "PySocks>=1.7.1",

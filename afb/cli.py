@@ -294,7 +294,7 @@ def build_parser():
     p.add_argument("--name", dest="names", action="append", metavar="NAME",
                    help="host name or IP address for the certificate (repeatable; "
                         "default localhost, 127.0.0.1, ::1)")
-    p.add_argument("--days", type=int, default=825, help="certificate lifetime (default 825)")
+    p.add_argument("--days", type=int, default=365, help="certificate lifetime (default 365)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
     p.add_argument("--algorithm", choices=("EdDSA", "ES256", "HS256"),
                    help="JWT key type (default EdDSA; with --rotate: that of the current key)")

@@ -80,6 +80,12 @@ def _check_hostport(value, *args, **kwargs):
     return value.strip()
 
 
+def _check_hostport_or_empty(value, *args, **kwargs):
+    if _check_str(value).strip() == "":
+        return ""
+    return _check_hostport(value)
+
+
 def _check_url_path(value, *args, **kwargs):
     if not _check_str(value).startswith("/"):
         raise InvalidValue('path must start with "/"')
@@ -218,6 +224,7 @@ def _check_cipher_list(value, *args, **kwargs):
 def make_validator():
     return Validator({
         "hostport": _check_hostport,
+        "hostport_or_empty": _check_hostport_or_empty,
         "url_path": _check_url_path,
         "ws_url": _check_ws_url,
         "proxy_url": _check_proxy_url,

@@ -77,6 +77,13 @@ class ProxyAuthFailed(SocksError):
     http_status = 407
 
 
+class HttpRequestError(AfbError):
+    """A request to the server's web port that nginx would refuse; ``http_status`` and
+    the message (the error page's detail line where nginx shows one) say how."""
+
+    http_status = 400
+
+
 class HttpProxyError(AfbError):
     """A malformed or unsupported HTTP proxy request; ``http_status`` goes back."""
 

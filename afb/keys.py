@@ -42,7 +42,7 @@ import time
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from afb.errors import ConfigError
 
@@ -113,13 +113,25 @@ def _san(names):
     return x509.SubjectAlternativeName(entries)
 
 
-def make_self_signed(names=DEFAULT_NAMES, days=825):
-    """A new ECDSA P-256 key and self-signed certificate -> (key_pem, cert_pem)."""
+def make_self_signed(names=DEFAULT_NAMES, days=365):
+    """A new ECDSA P-256 key and self-signed certificate -> (key_pem, cert_pem).
+
+    Built to look like what ``openssl req -x509 -newkey ec -pkeyopt
+    ec_paramgen_curve:P-256 -days N -subj /CN=NAME -addext subjectAltName=...``
+    makes on Debian (OpenSSL 3), the commonest self-signed certificate: a
+    159-bit random serial, valid from this second (no backdate) for exactly
+    *days* days, and openssl's ``v3_ca`` extensions in its order --
+    subjectKeyIdentifier, authorityKeyIdentifier (key id only),
+    basicConstraints ``CA:TRUE`` (critical), then the subjectAltName.  The
+    previous 825 days with a 5-minute backdate, key usages and extended key
+    usage were afb's own, recognisable combination.  tests/test_keygen_cert.py
+    compares the structure with one the real ``openssl`` makes.
+    """
     if not names:
         raise ValueError("at least one name is needed for the certificate")
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()
@@ -127,18 +139,13 @@ def make_self_signed(names=DEFAULT_NAMES, days=825):
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_before(now)
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(_san(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=False,
-            crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(ski, critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
                        critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_san(names), critical=False)
         .sign(key, hashes.SHA256())
     )
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -207,7 +214,7 @@ def _write_jwt_key(directory, algorithm, private, public_pem, base):
     return {"private": base + ".key", "public": base + ".pub"}
 
 
-def generate_server_keys(directory, names=DEFAULT_NAMES, days=825, force=False,
+def generate_server_keys(directory, names=DEFAULT_NAMES, days=365, force=False,
                          algorithm="EdDSA"):
     """Write the server's TLS and JWT keys into ``directory``; see the module doc.
 

@@ -182,15 +182,17 @@ class InProcessTunnel:
 class Daemon:
     """``afb server|client -c FILE`` as a real process."""
 
-    def __init__(self, role, conf, log_path, nofile=None):
-        """``nofile``: the process's descriptor limit (soft and hard), if given."""
+    def __init__(self, role, conf, log_path, nofile=None, **popen):
+        """``nofile``: the process's descriptor limit (soft and hard), if given;
+        ``popen``: more arguments for subprocess.Popen."""
+        if nofile is not None:
+            popen.setdefault("preexec_fn", lambda: _limit_descriptors(nofile))
         self.role = role
         self.log_path = log_path
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "afb", role, "-c", conf], cwd=ROOT,
-            stdout=self.log, stderr=subprocess.STDOUT,
-            preexec_fn=None if nofile is None else lambda: _limit_descriptors(nofile))
+            stdout=self.log, stderr=subprocess.STDOUT, **popen)
 
     def stop(self, sig=15, timeout=15):
         if self.proc.poll() is None:

@@ -18,11 +18,8 @@ relay in a record is caught: the tunnel is closed and a new one comes up.
 import hashlib
 import logging
 import os
-import shutil
-import signal
 import socket
 import struct
-import subprocess
 
 import gevent
 import pytest
@@ -31,20 +28,11 @@ from gevent.server import StreamServer
 from afb import keys
 from afb.codec import websocket as wsc
 from afb.codec.address import encode_address
+from tests.nginx_ref import NGINX, main_conf
+from tests.nginx_ref import Nginx as RunningNginx
 from tests.support import InProcessTunnel, Setup, free_port, recv_exact, socks_connect
 
 
-def _nginx_binary():
-    found = shutil.which("nginx")
-    if found:
-        return found
-    for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx"):
-        if os.access(path, os.X_OK):
-            return path
-    return None
-
-
-NGINX = _nginx_binary()
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (make apt-deps installs it)")
 
@@ -199,20 +187,7 @@ class CaptureRelay:
 
 # --- nginx ------------------------------------------------------------------------------------
 
-NGINX_CONF = """\
-{user}worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log info;
-events {{
-    worker_connections 256;
-}}
-http {{
-    access_log {prefix}/access.log;
-    client_body_temp_path {prefix}/tmp/client_body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
+NGINX_HTTP = """\
     map $http_upgrade $connection_upgrade {{
         default upgrade;
         ''      close;
@@ -237,68 +212,23 @@ http {{
             proxy_send_timeout 3600s;
         }}
     }}
-}}
 """
 
 
-class Nginx:
-    """nginx in the foreground with everything under ``prefix``; TLS on 127.0.0.1:port."""
+class Nginx(RunningNginx):
+    """nginx terminating TLS on 127.0.0.1:port and proxying ws:// to *relay_port*."""
 
     def __init__(self, prefix, relay_port):
-        self.prefix = str(prefix)
-        os.makedirs(os.path.join(self.prefix, "tmp"), exist_ok=True)
+        prefix = str(prefix)
+        os.makedirs(prefix, exist_ok=True)
         key_pem, cert_pem = keys.make_self_signed(("127.0.0.1", "localhost"))
-        keys.write_secret(os.path.join(self.prefix, "nginx.key"), key_pem)
-        with open(os.path.join(self.prefix, "nginx.crt"), "wb") as handle:
+        keys.write_secret(os.path.join(prefix, "nginx.key"), key_pem)
+        with open(os.path.join(prefix, "nginx.crt"), "wb") as handle:
             handle.write(cert_pem)
         self.pin = keys.spki_pin(cert_pem)
         self.port = free_port()
-        self.conf = os.path.join(self.prefix, "nginx.conf")
-        with open(self.conf, "w") as handle:
-            handle.write(NGINX_CONF.format(
-                prefix=self.prefix, port=self.port, relay_port=relay_port,
-                # As root, workers would switch to nobody, who cannot enter tmp_path.
-                user="user root;\n" if os.geteuid() == 0 else ""))
-        self.proc = subprocess.Popen(
-            [NGINX, "-p", self.prefix + "/", "-c", self.conf, "-e", self.error_log,
-             "-g", "daemon off;"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        try:
-            for _ in range(200):
-                if self.proc.poll() is not None:
-                    raise AssertionError("nginx exited with %s:\n%s"
-                                         % (self.proc.returncode, self.log()))
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), 0.5).close()
-                    break
-                except OSError:
-                    gevent.sleep(0.05)
-            else:
-                raise AssertionError("nginx does not listen:\n%s" % self.log())
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def error_log(self):
-        return os.path.join(self.prefix, "error.log")
-
-    def log(self):
-        try:
-            with open(self.error_log, encoding="utf-8", errors="replace") as handle:
-                return handle.read()[-4000:]
-        except OSError:
-            return "(no error log)"
-
-    def stop(self):
-        """SIGQUIT (graceful), then SIGKILL, to our nginx master by its PID only."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        super().__init__(prefix, main_conf(prefix, NGINX_HTTP.format(
+            prefix=prefix, port=self.port, relay_port=relay_port)), [self.port])
 
 
 class FrontedSetup(Setup):

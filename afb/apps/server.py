@@ -28,7 +28,7 @@ from afb.transport.resolver import Resolver
 from afb.transport.secure_channel import server_accept
 from afb.transport.session import Session
 from afb.transport.users import UserRegistry
-from afb.transport.wsserver import make_server
+from afb.transport.wsserver import front_door_options, make_server
 
 log = logging.getLogger(__name__)
 #: Seconds between two rounds of the server's periodic chores.
@@ -77,8 +77,8 @@ class TunnelServer:
         self._stopped = Event()
         self.wsgi = make_server(
             self.listen, self._on_tunnel, authorize=self._authorize, path=server["path"],
-            ssl_context=self.ssl_context, decoy_dir=cfg["decoy"]["dir"] or None,
-            max_message=tunnel["max_message"], handshake_timeout=server["handshake_timeout"])
+            ssl_context=self.ssl_context, max_message=tunnel["max_message"],
+            **front_door_options(cfg))
 
     def _load_e2e(self, e2e):
         """The E2E static key and ciphers ([e2e]); a 0600 key file unless mode = off."""

@@ -8,16 +8,25 @@ pin it verifies the chain and the host name as a browser would.
 """
 
 import base64
+import ctypes
 import hashlib
 import hmac
+import logging
 import ssl as _stdssl
+import warnings
 
 from gevent import ssl as _gssl
 
 from afb.errors import TlsError
 
+log = logging.getLogger(__name__)
+
 PIN_PREFIX = "sha256//"
 ALPN = ["http/1.1"]
+#: TLS session (ticket) lifetime in seconds: nginx's ssl_session_timeout 5m.
+#: OpenSSL's default, which Python keeps, is 7200 s: a ticket lifetime hint no
+#: nginx sends.
+SESSION_TIMEOUT = 300
 
 
 def _new_context(purpose):
@@ -27,15 +36,80 @@ def _new_context(purpose):
     return ctx
 
 
+#: What Debian's nginx offers: ssl_protocols TLSv1 to TLSv1.3 (OpenSSL's security
+#: level then fails 1.0 and 1.1 with an "internal error" alert, as it does for
+#: nginx), nginx's default ssl_ciphers, and the server's order
+#: (ssl_prefer_server_ciphers on).
+NGINX_CIPHERS = "HIGH:!aNULL:!MD5"
+
+
 def server_context(cert_path, key_path):
-    """A server SSLContext: TLS 1.3 minimum, certificate chain and key loaded."""
+    """A server SSLContext, certificate chain and key loaded.
+
+    It accepts what Debian's nginx accepts (TLS 1.2, and 1.0/1.1 as far as
+    OpenSSL's security level lets them through: not at all on Debian), with
+    nginx's ciphers and preference, so that a prober's older handshake is
+    answered as nginx answers it; a *tunnel*
+    still needs TLS 1.3 (:mod:`afb.transport.wsserver` refuses an upgrade over
+    anything older, and the client offers nothing older).
+    """
     ctx = _new_context(_stdssl.PROTOCOL_TLS_SERVER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)     # "TLSv1 is deprecated"
+        ctx.minimum_version = _stdssl.TLSVersion.TLSv1
+    ctx.set_ciphers(NGINX_CIPHERS)
+    ctx.options |= _stdssl.OP_CIPHER_SERVER_PREFERENCE
     try:
         ctx.load_cert_chain(cert_path, key_path)
     except (OSError, _stdssl.SSLError) as exc:
         raise TlsError("cannot load TLS certificate %s / key %s: %s"
                        % (cert_path, key_path, exc)) from exc
+    set_session_timeout(ctx, SESSION_TIMEOUT)
     return ctx
+
+
+def _libssl():
+    """The libssl that Python's ``_ssl`` module loaded (dlsym searches its dependencies)."""
+    return ctypes.CDLL(_stdssl._ssl.__file__)
+
+
+def set_session_timeout(ctx, seconds):
+    """``SSL_CTX_set_timeout`` on *ctx*, which Python's ssl has no setter for.
+
+    CPython's PySSLContext starts with PyObject_HEAD and then the ``SSL_CTX *``;
+    the pointer found there is only used if ``SSL_CTX_get_timeout`` reads
+    OpenSSL's default (7200) through it, else nothing is changed (one debug
+    line).  True if the timeout was set.
+    """
+    try:
+        lib = _libssl()
+        get_timeout, set_timeout = lib.SSL_CTX_get_timeout, lib.SSL_CTX_set_timeout
+        get_timeout.restype = set_timeout.restype = ctypes.c_long
+        get_timeout.argtypes = [ctypes.c_void_p]
+        set_timeout.argtypes = [ctypes.c_void_p, ctypes.c_long]
+        ptr = ctypes.c_void_p.from_address(id(ctx) + 2 * ctypes.sizeof(ctypes.c_void_p)).value
+        if ptr and get_timeout(ptr) == int(seconds):
+            return True
+        if not ptr or get_timeout(ptr) != 7200:
+            log.debug("TLS session timeout left at OpenSSL's default: SSL_CTX not found")
+            return False
+        set_timeout(ptr, int(seconds))
+        return get_timeout(ptr) == int(seconds)
+    except (OSError, AttributeError, ValueError, TypeError) as exc:
+        log.debug("TLS session timeout left at OpenSSL's default: %s", exc)
+        return False
+
+
+def close_gracefully(sock):
+    """Send a TLS close_notify (as nginx does before it closes), without waiting for
+    the peer's; then the caller closes the socket.  Plain sockets: nothing."""
+    sslobj = getattr(sock, "_sslobj", None)
+    if sslobj is None:
+        return
+    try:
+        sslobj.shutdown()
+    except (OSError, ValueError):
+        pass
 
 
 def client_context(ca_file=None, pin=None):
