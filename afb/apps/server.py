@@ -9,6 +9,7 @@ import time
 import gevent
 from gevent.event import Event
 
+from afb.apps.live_tokens import TokenRefresher
 from afb.codec import aead, frames
 from afb.config_values import parse_hostport
 from afb.errors import (CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported,
@@ -59,6 +60,8 @@ class TunnelServer:
         self.ssl_context = tls.server_context(server["cert"], server["key"]) if server["tls"] else None
         self._load_e2e(cfg["e2e"])
         self.sessions = set()
+        # Live tunnels' tokens: refreshes within their family.
+        self.refresher = TokenRefresher(self.signer, self.verifier, self.state, cfg["auth"])
         self.stopping = False
         self._stopped = Event()
         self.wsgi = make_server(
@@ -129,7 +132,7 @@ class TunnelServer:
         session = Session(ws, client=False, window=tunnel["stream_window"],
                           max_message=tunnel["max_message"], max_streams=tunnel["max_streams"],
                           ping_interval=tunnel["ping_interval"], on_open=self._open_stream,
-                          on_refresh=self._refresh_token, admit=self._admit_stream,
+                          on_refresh=self.refresher, admit=self._admit_stream,
                           idle_timeout=tunnel["idle_timeout"], label=label)
         session.claims = claims
         if "exp" in claims:
@@ -182,37 +185,6 @@ class TunnelServer:
             open_streams = sum(len(s.streams) for s in self.sessions if s.claims.get("sub") == sub)
             if open_streams > limit:
                 raise AfbError("user %s has too many streams (limit %d)" % (sub, limit))
-
-    def _refresh_token(self, session):
-        """A fresh token for the tunnel's user, same lifetime as the one in force."""
-        claims = session.claims
-        self._check_still_valid(claims)
-        lifetime = max(60, int(claims.get("exp", 0) - claims.get("iat", 0)))
-        token = self._issue_token(claims["sub"], lifetime)
-        session.claims = self.verifier.verify(token)
-        session.expire_at(session.claims["exp"], grace=self.cfg["auth"]["leeway"])
-        log.info("%s: token refreshed (%d s)", session.label, lifetime)
-        return token
-
-    def _check_still_valid(self, claims):
-        """Refuse a refresh for a revoked token or subject."""
-        reason = self.revocations.is_revoked(claims)
-        if reason:
-            raise AuthError(reason)
-
-    def _issue_token(self, sub, lifetime):
-        """A token signed by the newest key of the ring, recorded in the state store."""
-        auth = self.cfg["auth"]
-        try:
-            token, claims, kid = self.signer.issue(sub, lifetime, audience=auth["audience"],
-                                                   issuer=auth["issuer"])
-        except (OSError, ValueError) as exc:
-            raise AuthError("this server cannot issue tokens: %s" % exc) from None
-        try:
-            self.state.record_issued(claims, kid=kid)
-        except Exception as exc:  # noqa: BLE001 - the store is advisory for the refresh
-            log.warning("refreshed token of %s not recorded: %s", sub, exc)
-        return token
 
     def _open_stream(self, session, stream, command):
         """OPEN from a client (in the reader greenlet: nothing here may block).

@@ -191,15 +191,16 @@ class KeyRing:
     def kid(self):
         return self._current.kid
 
-    def issue(self, sub, ttl_seconds, audience="afb", issuer="afb", now=None):
-        """A token signed by the current key -> ``(token, claims, kid)``."""
+    def issue(self, sub, ttl_seconds, audience="afb", issuer="afb", now=None, family=None):
+        """A token signed by the current key -> ``(token, claims, kid)``;
+        ``family``: a refresh within that family."""
         self.reload_if_changed(force=True)
         key = self._current
         if not key.private_path:
             raise ValueError("the key ring %s names no private key for %s" % (self.path, key.kid))
         signing = load_signing_key(_read(key.private_path), key.alg)
         token, claims = sign_token(signing, key.alg, sub, ttl_seconds, audience, issuer, now,
-                                   kid=key.kid)
+                                   kid=key.kid, family=family)
         return token, claims, key.kid
 
 
@@ -266,15 +267,17 @@ class SingleKeySigner:
     def __init__(self, path, algorithm=ALGORITHM):
         self.path, self.algorithm = path, algorithm
 
-    def issue(self, sub, ttl_seconds, audience="afb", issuer="afb", now=None):
+    def issue(self, sub, ttl_seconds, audience="afb", issuer="afb", now=None, family=None):
         key = load_signing_key(_read(self.path), self.algorithm)
-        token, claims = sign_token(key, self.algorithm, sub, ttl_seconds, audience, issuer, now)
+        token, claims = sign_token(key, self.algorithm, sub, ttl_seconds, audience, issuer, now,
+                                   family=family)
         return token, claims, key_id(key)
 
 
 def make_signer(cfg, keyring=None):
     """What ``afb token issue -c`` (or a server refreshing tokens) signs with:
-    an object with ``issue(sub, ttl, audience, issuer) -> (token, claims, kid)``.
+    an object with ``issue(sub, ttl, audience, issuer, family=None) -> (token,
+    claims, kid)``.
 
     In key ring mode that is the ring (``keyring``: reuse a loaded one, e.g.
     ``verifier.keyring``), which always signs with its newest key; else the
