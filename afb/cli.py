@@ -223,7 +223,8 @@ def cmd_token_revoke(args):
         return EXIT_FAILURE
     finally:
         store.close()
-    _err("a running server applies it within a few seconds")
+    _err("a running server refuses it at once and closes the live tunnels it reaches within "
+         "%g seconds ([auth] revocation_poll + 1)" % (cfg["auth"]["revocation_poll"] + 1))
     return EXIT_OK
 
 

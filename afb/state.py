@@ -2,7 +2,8 @@
 
 One node keeps it in an embedded SQLite file, ``[server] state_dir`` /
 ``afb.sqlite3`` (directory 0700, file 0600), shared by the one server process
-(reads on every tunnel upgrade) and the ``afb token`` commands (writes).  WAL journal mode lets the
+(reads on every tunnel upgrade, and a poll for new revocations about once a
+second) and the ``afb token`` commands (writes).  WAL journal mode lets the
 server read while a command writes; every connection waits up to
 ``timeout`` seconds for a lock.
 
@@ -37,7 +38,8 @@ several servers) can implement the same methods:
 ``close()``
 
 :class:`RevocationCache` puts a short cache (2 s by default) in front of
-``is_revoked`` for the server's upgrade checks.
+``is_revoked`` for the server's upgrade checks; the server empties it when
+its poll sees a new revocation.
 """
 
 import os
@@ -335,6 +337,10 @@ class RevocationCache:
             self._cache.clear()
         self._cache[key] = (now, reason)
         return reason
+
+    def clear(self):
+        """Forget every answer (a revocation was just seen)."""
+        self._cache.clear()
 
     def close(self):
         self.store.close()

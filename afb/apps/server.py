@@ -9,7 +9,7 @@ import time
 import gevent
 from gevent.event import Event
 
-from afb.apps.live_tokens import TokenRefresher
+from afb.apps.live_tokens import RevocationWatch, TokenRefresher
 from afb.codec import aead, frames
 from afb.config_values import parse_hostport
 from afb.errors import (CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported,
@@ -60,8 +60,10 @@ class TunnelServer:
         self.ssl_context = tls.server_context(server["cert"], server["key"]) if server["tls"] else None
         self._load_e2e(cfg["e2e"])
         self.sessions = set()
-        # Live tunnels' tokens: refreshes within their family.
+        # Live tunnels' tokens: refreshes within their family; revocations close them.
         self.refresher = TokenRefresher(self.signer, self.verifier, self.state, cfg["auth"])
+        self.revocation_watch = RevocationWatch(self.state, self.sessions, self.revocations,
+                                                interval=cfg["auth"]["revocation_poll"])
         self.stopping = False
         self._stopped = Event()
         self.wsgi = make_server(
@@ -146,6 +148,7 @@ class TunnelServer:
         session.start()
         self.sessions.add(session)
         log.info("%s: tunnel open", label)
+        self.revocation_watch.admit(session)      # revoked since its upgrade: closed at once
         started = time.monotonic()
         try:
             session.run()
@@ -232,6 +235,7 @@ class TunnelServer:
 
     def start(self):
         self.wsgi.start()
+        self.revocation_watch.start()
         if self.listen[1] == 0:     # an ephemeral port: refuse the one we got
             self.dialer.acl = self.acl = self._make_acl(self.address[1])
         scheme = "wss" if self.ssl_context else "ws"
@@ -245,6 +249,7 @@ class TunnelServer:
             self._stopped.wait()
             return
         self.stopping = True
+        self.revocation_watch.stop()
         timeout = self.cfg["server"]["drain_timeout"] if timeout is None else timeout
         self.wsgi.close()      # stop accepting
         for session in list(self.sessions):
