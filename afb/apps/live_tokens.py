@@ -28,10 +28,9 @@ progress), is checked again when it joins them (:meth:`RevocationWatch.admit`).
 import logging
 import time
 
-import gevent
-
 from afb.errors import CLOSE_POLICY_VIOLATION, AuthError
 from afb.policy.lineage import family_of, refresh_refusal, revocation_reason
+from afb.transport.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ class TokenRefresher:
         return token
 
 
-class RevocationWatch:
+class RevocationWatch(Periodic):
     """Closes the live tunnels (``sessions``: a set of Sessions) that new revocations reach."""
 
     def __init__(self, store, sessions, cache=None, interval=POLL_INTERVAL, clock=time.time):
@@ -97,21 +96,9 @@ class RevocationWatch:
         self._since = clock()
         self._seen = set()
         self._failing = False
-        self._greenlet = None
 
-    def start(self):
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._run)
-
-    def stop(self):
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-            self._greenlet = None
-
-    def _run(self):
-        while True:
-            gevent.sleep(self.interval)
-            self.poll()
+    def tick(self):
+        self.poll()
 
     def poll(self):
         """One look at the store; -> the number of tunnels closed."""

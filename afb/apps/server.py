@@ -3,13 +3,13 @@
 import hashlib
 import logging
 import signal
-import socket
 import time
 
 import gevent
 from gevent.event import Event
 
 from afb.apps.live_tokens import RevocationWatch, TokenRefresher
+from afb.apps.own_addresses import OwnAddressWatch, hostname_addresses
 from afb.codec import aead, frames
 from afb.config_values import parse_hostport
 from afb.errors import (CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported,
@@ -47,6 +47,10 @@ class TunnelServer:
         self.verifier = make_verifier(cfg, revocations=self.revocations)
         # Signs refreshed tokens: the ring's newest key (or the single jwt_private_key).
         self.signer = make_signer(cfg, keyring=self.verifier.keyring)
+        # The host's own addresses, looked at again every few seconds (-> a new ACL).
+        self.own_watch = OwnAddressWatch(self._own_addresses_changed,
+                                         interval=cfg["acl"]["own_address_refresh"],
+                                         extra=hostname_addresses())
         self.acl = self._make_acl(self.listen[1])
         access = cfg["access"]
         self.sources = SourceAcl(allow=access["allow"], deny=access["deny"])
@@ -81,10 +85,15 @@ class TunnelServer:
             self.e2e_key = aead.load_static_key(e2e["key"])
 
     def _make_acl(self, port):
-        """The destination ACL; the server's own endpoint is always refused (no loops)."""
+        """The destination ACL; the host's own addresses are refused on ``port`` always
+        (no loops), on other ports unless allowed."""
         acl = self.cfg["acl"]
-        return DestinationAcl(allow=acl["allow"], deny=list(acl["deny"]) + _own_endpoints(
-            self.listen[0], port), allow_private=acl["allow_private"])
+        return DestinationAcl(allow=acl["allow"], deny=acl["deny"],
+                              allow_private=acl["allow_private"],
+                              own_addresses=self.own_watch.current, own_port=port)
+
+    def _own_addresses_changed(self, _addresses):
+        self.dialer.acl = self.acl = self._make_acl(self.address[1])
 
     @property
     def address(self):
@@ -236,6 +245,7 @@ class TunnelServer:
     def start(self):
         self.wsgi.start()
         self.revocation_watch.start()
+        self.own_watch.start()
         if self.listen[1] == 0:     # an ephemeral port: refuse the one we got
             self.dialer.acl = self.acl = self._make_acl(self.address[1])
         scheme = "wss" if self.ssl_context else "ws"
@@ -250,6 +260,7 @@ class TunnelServer:
             return
         self.stopping = True
         self.revocation_watch.stop()
+        self.own_watch.stop()
         timeout = self.cfg["server"]["drain_timeout"] if timeout is None else timeout
         self.wsgi.close()      # stop accepting
         for session in list(self.sessions):
@@ -305,20 +316,6 @@ class TunnelServer:
 def _e2e_failure(exc):
     text = str(exc) or type(exc).__name__
     return text if text.startswith("E2E ") else "E2E handshake failed: " + text
-
-
-def _own_endpoints(host, port):
-    """Deny rules for our own listening endpoint, so a stream cannot loop back into us."""
-    if host in ("", "0.0.0.0", "::"):
-        hosts = ["127.0.0.0/8", "::1"]
-        try:
-            hosts += sorted({info[4][0].split("%")[0]
-                             for info in socket.getaddrinfo(socket.gethostname(), None)})
-        except OSError:
-            pass
-    else:
-        hosts = [host]
-    return ["[%s]:%d" % (h, port) if ":" in h else "%s:%d" % (h, port) for h in hosts]
 
 
 def run_server(cfg):
