@@ -208,8 +208,8 @@ def cmd_token_revoke(args):
             if revoked["sub"]:
                 expires = " (the newest expires %s)" % _utc(revoked["exp"]) if revoked["exp"] \
                     else ""
-                print("revoked token %s of %s%s: every token refreshed from the same first "
-                      "token%s" % (args.jti, revoked["sub"], also, expires))
+                print("revoked token %s of %s%s, with every token refreshed from the same "
+                      "first token%s" % (args.jti, revoked["sub"], also, expires))
             else:
                 print("revoked token %s%s, and every token refreshed from it" % (args.jti, also))
                 _err("note: %s is not in the issued-token list; it is refused anyway" % args.jti)
