@@ -105,11 +105,11 @@ def _check_folders(path, what):
     Both the folders of the path as named and of the file a symbolic link
     leads to are checked.
     """
-    seen = set()
+    checked = {}        # folder -> checked as the file's own folder (the stricter check)
     for start in (os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))):
         directory, own = start, True
-        while directory not in seen:
-            seen.add(directory)
+        while directory not in checked or (own and not checked[directory]):
+            checked[directory] = own
             _check_folder(directory, _stat(directory, "folder of %s %s" % (what, path)), what,
                           path, own)
             parent = os.path.dirname(directory)

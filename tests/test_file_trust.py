@@ -180,6 +180,17 @@ def test_symlink_target_folder_checked_too(tmp_path):
         check_trusted_file(str(safe / "ring.json"), "JWT key ring")
 
 
+def test_symlink_into_a_folder_above_gets_the_strict_check(tmp_path):
+    """keys/ring.json -> ../ring.json: the folder above is the real file's own folder."""
+    top = tmp_path / "top"
+    (top / "keys").mkdir(parents=True)
+    (top / "ring.json").write_text("{}")
+    os.chmod(top, 0o775)                      # fine above a file, not as its own folder
+    os.symlink("../ring.json", top / "keys" / "ring.json")
+    with pytest.raises(ConfigError, match="its folder %s has mode 0775" % top):
+        check_trusted_file(str(top / "keys" / "ring.json"), "JWT key ring")
+
+
 def test_a_failed_reload_logs_once_per_change(tmp_path, caplog):
     setup = Setup(tmp_path)
     index = os.path.join(setup.dir, KEYRING_FILE)
