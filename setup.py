@@ -18,6 +18,7 @@ setup(
         "PyJWT>=2.8",
         "cryptography>=41",
         "configobj>=5.0.8",
+        "psutil>=5.9",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.2"]},
     # Optional: WebSocket masking in C, 64 bits at a time; without a compiler

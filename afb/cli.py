@@ -202,13 +202,16 @@ def cmd_token_revoke(args):
         return EXIT_FAILURE
     try:
         if args.jti:
-            known = store.lookup_token(args.jti)
-            store.revoke_jti(args.jti, exp=known["exp"] if known else None, reason=args.reason)
-            if known:
-                print("revoked token %s of %s (expires %s)" % (args.jti, known["sub"],
-                                                              _utc(known["exp"])))
+            revoked = store.revoke_jti(args.jti, reason=args.reason)
+            family = revoked["family"]
+            also = "" if family == args.jti else " and its family %s" % family
+            if revoked["sub"]:
+                expires = " (the newest expires %s)" % _utc(revoked["exp"]) if revoked["exp"] \
+                    else ""
+                print("revoked token %s of %s%s, with every token refreshed from the same "
+                      "first token%s" % (args.jti, revoked["sub"], also, expires))
             else:
-                print("revoked token %s" % args.jti)
+                print("revoked token %s%s, and every token refreshed from it" % (args.jti, also))
                 _err("note: %s is not in the issued-token list; it is refused anyway" % args.jti)
         else:
             before = store.revoke_subject(args.sub, reason=args.reason)
@@ -220,7 +223,8 @@ def cmd_token_revoke(args):
         return EXIT_FAILURE
     finally:
         store.close()
-    _err("a running server applies it within a few seconds")
+    _err("a running server refuses it at once and closes the live tunnels it reaches within "
+         "%g seconds ([auth] revocation_poll + 1)" % (cfg["auth"]["revocation_poll"] + 1))
     return EXIT_OK
 
 
@@ -242,11 +246,20 @@ def cmd_token_list(args):
     finally:
         store.close()
     now = time.time()
-    print("%-32s  %-16s  %-23s  %-23s  %s" % ("JTI", "SUB", "ISSUED", "EXPIRES", "STATUS"))
+    newest = {tok["fam"]: tok["refreshes"] for tok in tokens}    # rows come oldest first
+    print("%-41s  %-16s  %-23s  %-23s  %s" % ("JTI", "SUB", "ISSUED", "EXPIRES", "STATUS"))
     for tok in tokens:
         status = tok["revoked"] or ("expired" if tok["exp"] < now else "valid")
-        print("%-32s  %-16s  %-23s  %-23s  %s" % (tok["jti"], tok["sub"], _utc(tok["iat"]),
+        if tok["refreshes"]:
+            status += "; refresh %d of family %s, its newest" % (tok["refreshes"], tok["fam"])
+        elif newest[tok["fam"]]:
+            status += "; refreshed since (newest below)"
+        print("%-41s  %-16s  %-23s  %-23s  %s" % (tok["jti"], tok["sub"], _utc(tok["iat"]),
                                                  _utc(tok["exp"]), status))
+    if any(newest.values()):
+        print()
+        print("A refreshed token's JTI starts with its family's: the JTI of the first token. "
+              "Revoking any JTI of a family revokes all of it.")
     subjects = [r for r in revocations if r["kind"] == "sub"]
     if subjects:
         print()
@@ -323,9 +336,11 @@ def build_parser():
     t.add_argument("--issuer", help="override the issuer (default from config, or afb)")
     t.add_argument("--out", help="write the token to this file (mode 0600) instead of stdout")
     t.set_defaults(func=cmd_token_issue)
-    t = tsub.add_parser("revoke", help="revoke one token (--jti) or every token of a user (--sub)")
+    t = tsub.add_parser("revoke", help="revoke one token with its refreshes (--jti) or every "
+                                       "token of a user (--sub)")
     what = t.add_mutually_exclusive_group(required=True)
-    what.add_argument("--jti", help="token id (see afb token list)")
+    what.add_argument("--jti", help="token id (see afb token list): refuses that token and "
+                                    "every token refreshed from the same first token")
     what.add_argument("--sub", help="user: refuse every token issued to it until now")
     t.add_argument("-c", "--config", help="server config (default %s)" % DEFAULT_SERVER_CONF)
     t.add_argument("--reason", default="", help="short note kept with the revocation")

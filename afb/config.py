@@ -216,9 +216,19 @@ def guess_role(path):
 
 
 def check_config(path, role=None):
-    """Every problem of the config file ``path`` as a list of lines (empty if OK)."""
+    """Every problem of the config file ``path`` as a list of lines (empty if OK).
+
+    Beyond the file itself: the key, token and password files it names that
+    the daemon would refuse (:func:`afb.file_checks.file_problems`).
+    """
+    from afb.file_checks import file_problems
+
     try:
-        load_config(path, role or guess_role(path))
+        role = role or guess_role(path)
+        cfg = load_config(path, role)
     except ConfigError as exc:
         return exc.errors or [str(exc)]
-    return []
+    report = _Report(path)
+    for section, key, problem in file_problems(cfg, role):
+        report.add([section], key, problem)
+    return report.lines()

@@ -23,9 +23,11 @@ The key ring (``afb keygen --rotate``) adds keys beside them; its index is::
 
 Exactly one key has ``retired_at`` null: the current signing key.  A retired
 key still verifies tokens until ``retired_at + grace`` (``grace`` null: the
-server's ``[auth] rotation_grace``).  File names are relative to the index.
-Every secret file is written 0600; :func:`check_secret_file` is what the
-daemons use to refuse group/world-readable ones.
+server's ``[auth] rotation_grace``).  File names are plain names of files
+beside the index (no ``/``, no ``..``): the key folder is what is trusted.
+Every secret file is written 0600; :mod:`afb.file_trust` holds the checks
+the daemons refuse group/world-readable secrets and writable trust anchors
+with.
 """
 
 import base64
@@ -35,7 +37,6 @@ import ipaddress
 import json
 import os
 import secrets
-import stat
 import tempfile
 import time
 
@@ -44,7 +45,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from afb.errors import ConfigError
+# check_secret_file lives with the other file checks; the daemons import it from here too.
+from afb.file_trust import check_secret_file  # noqa: F401
 
 DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
 FILES = {"cert": "server.crt", "key": "server.key",
@@ -269,6 +271,12 @@ def _number_or_none(value, what, kid):
     return value
 
 
+def _plain_name(name):
+    """A file name inside the index's folder: not a path, not '.' or '..'."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\0" not in name)
+
+
 def read_keyring(path):
     """The validated key entries (list of dicts) of the index file ``path``.
 
@@ -297,6 +305,10 @@ def read_keyring(path):
         for field in wanted:
             if not isinstance(entry.get(field), str) or not entry[field]:
                 raise ValueError("%s: key %s: %s file missing" % (path, kid, field))
+        for field in ("secret", "private", "public"):
+            if field in entry and not _plain_name(entry[field]):
+                raise ValueError("%s: key %s: %s file %r must be a plain file name in the key "
+                                 "folder (no '/', no '..')" % (path, kid, field, entry[field]))
         clean = dict(entry)
         clean["created"] = _number_or_none(entry.get("created", 0), "created", kid) or 0
         clean["retired_at"] = _number_or_none(entry.get("retired_at"), "retired_at", kid)
@@ -380,26 +392,3 @@ def rotate_jwt_keys(directory, algorithm=None, grace=None, now=None):
     write_keyring(index, entries)
     return {"kid": kid, "alg": algorithm, "keyring": index, "retired": retired,
             "files": [os.path.join(directory, name) for name in fields.values()]}
-
-
-# --- secrets on disk -------------------------------------------------------------
-
-def check_secret_file(path, what="secret file"):
-    """Refuse (ConfigError) a secret file that group or others may read or write.
-
-    Also refuses a missing or non-regular file.  The message names the file,
-    its mode and the fix, e.g. ``... has mode 0644 ...; fix: chmod 600 FILE``.
-    """
-    try:
-        info = os.stat(path)
-    except OSError as exc:
-        msg = "%s %s: cannot read it: %s" % (what, path, exc.strerror or exc)
-        raise ConfigError(msg, errors=[msg]) from None
-    if not stat.S_ISREG(info.st_mode):
-        msg = "%s %s is not a regular file" % (what, path)
-        raise ConfigError(msg, errors=[msg])
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        msg = ("%s %s has mode %04o: group or others can access it; "
-               "fix: chmod 600 %s" % (what, path, mode, path))
-        raise ConfigError(msg, errors=[msg])

@@ -2,34 +2,44 @@
 
 One node keeps it in an embedded SQLite file, ``[server] state_dir`` /
 ``afb.sqlite3`` (directory 0700, file 0600), shared by the one server process
-(reads on every tunnel upgrade) and the ``afb token`` commands (writes).  WAL
-journal mode lets the server read while a command writes; every connection
-waits up to ``timeout`` seconds for a lock.
+(reads on every tunnel upgrade, and a poll for new revocations about once a
+second) and the ``afb token`` commands (writes).  WAL journal mode lets the
+server read while a command writes; every connection waits up to
+``timeout`` seconds for a lock.
 
 The interface is deliberately small so that a shared store (Redis, for
 several servers) can implement the same methods:
 
-``revoke_jti(jti, exp, reason)``
-    refuse the token ``jti`` (``exp``: its expiry, after which the row may be
-    purged; None keeps it until removed by hand).
+``revoke_jti(jti, exp=None, reason) -> {"family", "sub", "exp"}``
+    refuse the token ``jti`` and its whole family (the tokens refreshed from
+    the same first token, :mod:`afb.policy.lineage`): the family is looked up
+    in the issued-token list, else read from the jti.  ``exp``: when the rows
+    may be purged (default: the family's latest known expiry; None keeps
+    them until removed by hand).
 ``revoke_subject(sub, before_ts=None, reason)``
     refuse every token of ``sub`` issued (``iat``) before ``before_ts``
     (default: now); tokens issued later work.  Tokens issued within the same
     second as the revocation are refused too (``iat`` has whole seconds).
 ``is_revoked(claims) -> reason or None``
-    the check of verified claims (``jti``, ``sub``, ``iat``).
-``list_revocations() -> [dict]``
-    ``{"kind": "jti"|"sub", "value", "reason", "revoked_at", "exp"|"before"}``.
+    the check of verified claims (``jti``, ``fam``, ``sub``, ``iat``).
+``list_revocations()`` / ``revocations_since(ts)`` -> ``[dict]``
+    ``{"kind": "jti"|"sub", "value", "reason", "revoked_at", "exp"|"before"}``,
+    all of them, or those made (``revoked_at``) at or after ``ts``: what a
+    running server polls to close the live tunnels of revoked tokens (with a
+    shared store: a pub/sub channel instead).  A "jti" value is a token id or
+    a family id: it refuses the tokens whose jti or family it is.
 ``record_issued(claims, kid=None)`` / ``list_tokens() -> [dict]``
-    the issued-token list ``{"jti", "sub", "iat", "exp", "kid", "revoked"}``
-    (``revoked``: the reason, or None).
+    the issued-token list ``{"jti", "fam", "refreshes", "sub", "iat", "exp",
+    "kid", "revoked"}`` (``revoked``: the reason, or None).  A family keeps
+    two rows at most, however often it is refreshed: its first token and its
+    newest refresh (``refreshes``: how many there were).
 ``purge_expired(now=None, keep=PURGE_KEEP)``
     drop token and jti-revocation rows expired more than ``keep`` s ago.
 ``close()``
 
 :class:`RevocationCache` puts a short cache (2 s by default) in front of
-``is_revoked`` for the server, so a revocation reaches a running server
-within that time.
+``is_revoked`` for the server's upgrade checks; the server empties it when
+its poll sees a new revocation.
 """
 
 import os
@@ -37,24 +47,33 @@ import sqlite3
 import threading
 import time
 
+from afb.policy.lineage import family_of, family_of_jti, with_reason
+
 DB_NAME = "afb.sqlite3"
-SCHEMA_VERSION = 1
+#: 2: token families (tokens.fam, tokens.refreshes), revocations indexed by time.
+SCHEMA_VERSION = 2
 #: Rows are purged this long after their token expired (> any clock leeway).
 PURGE_KEEP = 86400
 #: Seconds a running server may use a cached revocation answer.
 REVOCATION_CACHE_SECONDS = 2.0
 
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS tokens (
     jti TEXT PRIMARY KEY, sub TEXT NOT NULL, iat INTEGER NOT NULL, exp INTEGER NOT NULL,
-    kid TEXT, recorded_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS tokens_sub ON tokens (sub);
+    kid TEXT, recorded_at REAL NOT NULL, fam TEXT, refreshes INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS revoked_jti (
     jti TEXT PRIMARY KEY, exp INTEGER, reason TEXT NOT NULL DEFAULT '',
     revoked_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS revoked_sub (
     sub TEXT PRIMARY KEY, before_ts REAL NOT NULL, reason TEXT NOT NULL DEFAULT '',
     revoked_at REAL NOT NULL);
+"""
+# After the migration: the indexes need its columns.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS tokens_sub ON tokens (sub);
+CREATE INDEX IF NOT EXISTS tokens_fam ON tokens (fam);
+CREATE INDEX IF NOT EXISTS revoked_jti_at ON revoked_jti (revoked_at);
+CREATE INDEX IF NOT EXISTS revoked_sub_at ON revoked_sub (revoked_at);
 """
 
 
@@ -108,13 +127,28 @@ class StateStore:
                 if version > SCHEMA_VERSION:
                     raise sqlite3.DatabaseError("%s has schema %d, newer than this afb (%d)"
                                                 % (path, version, SCHEMA_VERSION))
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
+                self._run_script(_TABLES)
+                if version < 2:
+                    self._migrate_to_families()
+                self._run_script(_INDEXES)
                 self._db.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
         except BaseException:
             self._db.close()
             raise
+
+    def _run_script(self, script):
+        for statement in script.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+
+    def _migrate_to_families(self):
+        """Schema 1 -> 2: every recorded token is the first of its own family."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(tokens)").fetchall()}
+        if "fam" not in columns:
+            self._db.execute("ALTER TABLE tokens ADD COLUMN fam TEXT")
+        if "refreshes" not in columns:
+            self._db.execute("ALTER TABLE tokens ADD COLUMN refreshes INTEGER NOT NULL DEFAULT 0")
+        self._db.execute("UPDATE tokens SET fam = jti WHERE fam IS NULL")
 
     # --- plumbing -------------------------------------------------------------
 
@@ -157,14 +191,24 @@ class StateStore:
     # --- revocations --------------------------------------------------------------
 
     def revoke_jti(self, jti, exp=None, reason=""):
+        """Refuse ``jti`` and its family -> ``{"family", "sub", "exp"}`` (module doc)."""
         if not jti or not isinstance(jti, str):
             raise ValueError("a token id (jti) is needed")
         with self._write():
-            self._db.execute(
-                "INSERT INTO revoked_jti (jti, exp, reason, revoked_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (jti) DO UPDATE SET reason = excluded.reason, "
-                "exp = COALESCE(excluded.exp, revoked_jti.exp)",
-                (jti, None if exp is None else int(exp), reason or "", time.time()))
+            row = self._first("SELECT sub, fam FROM tokens WHERE jti = ?", (jti,))
+            family = row["fam"] if row is not None and row["fam"] else family_of_jti(jti)
+            known = self._first("SELECT MAX(sub) AS sub, MAX(exp) AS exp FROM tokens "
+                                "WHERE fam = ?", (family,))
+            exp = known["exp"] if exp is None else exp
+            now = time.time()
+            for value in sorted({jti, family}):
+                self._db.execute(
+                    "INSERT INTO revoked_jti (jti, exp, reason, revoked_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (jti) DO UPDATE SET reason = excluded.reason, "
+                    "exp = COALESCE(excluded.exp, revoked_jti.exp)",
+                    (value, None if exp is None else int(exp), reason or "", now))
+        return {"family": family, "sub": row["sub"] if row is not None else known["sub"],
+                "exp": exp}
 
     def revoke_subject(self, sub, before_ts=None, reason=""):
         """Refuse tokens of ``sub`` issued before ``before_ts`` (default now); -> before_ts."""
@@ -184,56 +228,82 @@ class StateStore:
         """A short reason if the verified ``claims`` are revoked, else None."""
         jti, sub, iat = claims.get("jti"), claims.get("sub"), claims.get("iat")
         with self._lock:
-            row = self._first("SELECT reason FROM revoked_jti WHERE jti = ?", (str(jti),))
+            row = self._first("SELECT reason FROM revoked_jti WHERE jti IN (?, ?) LIMIT 1",
+                              (str(jti), str(family_of(claims))))
             if row is not None:
-                return _reason("token revoked", row["reason"])
+                return with_reason("token revoked", row["reason"])
             row = self._first("SELECT before_ts, reason FROM revoked_sub WHERE sub = ?",
                               (str(sub),))
         if row is not None:
             if not isinstance(iat, (int, float)) or iat < row["before_ts"]:
-                return _reason("subject revoked", row["reason"])
+                return with_reason("subject revoked", row["reason"])
         return None
 
     def list_revocations(self):
+        return self._revocations("", ())
+
+    def revocations_since(self, since):
+        """Revocations made at or after ``since`` (epoch s), oldest first.
+
+        Index range scans: the cost is that of the new rows, whatever the
+        number of older ones.
+        """
+        return self._revocations("WHERE revoked_at >= ?", (since,))
+
+    def _revocations(self, where, args):
         out = [{"kind": "jti", "value": r["jti"], "exp": r["exp"], "reason": r["reason"],
                 "revoked_at": r["revoked_at"]}
-               for r in self._query("SELECT * FROM revoked_jti ORDER BY revoked_at")]
+               for r in self._query("SELECT * FROM revoked_jti %s ORDER BY revoked_at" % where,
+                                    args)]
         out += [{"kind": "sub", "value": r["sub"], "before": r["before_ts"],
                  "reason": r["reason"], "revoked_at": r["revoked_at"]}
-                for r in self._query("SELECT * FROM revoked_sub ORDER BY revoked_at")]
+                for r in self._query("SELECT * FROM revoked_sub %s ORDER BY revoked_at" % where,
+                                     args)]
         return out
 
     # --- issued tokens --------------------------------------------------------------
 
     def record_issued(self, claims, kid=None):
+        """Record a token; a refresh replaces its family's previous refresh (module doc)."""
+        family = family_of(claims)
         with self._write():
+            refreshes = 0
+            if family != claims["jti"]:
+                previous = self._first("SELECT MAX(refreshes) FROM tokens WHERE fam = ?",
+                                       (family,))[0]
+                refreshes = (previous or 0) + 1
+                self._db.execute("DELETE FROM tokens WHERE fam = ? AND jti != fam", (family,))
             self._db.execute(
-                "INSERT OR REPLACE INTO tokens (jti, sub, iat, exp, kid, recorded_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO tokens (jti, sub, iat, exp, kid, recorded_at, fam, "
+                "refreshes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (claims["jti"], claims["sub"], int(claims["iat"]), int(claims["exp"]), kid,
-                 time.time()))
+                 time.time(), family, refreshes))
 
     def list_tokens(self):
-        """Issued tokens, oldest first, each with ``revoked``: reason or None."""
+        """Issued tokens by family (families oldest first, each first token then its
+        newest refresh), each with ``revoked``: reason or None."""
         rows = self._query(
-            "SELECT t.jti, t.sub, t.iat, t.exp, t.kid, j.reason AS jti_reason, "
-            "j.jti AS jti_revoked, s.before_ts, s.reason AS sub_reason "
-            "FROM tokens t LEFT JOIN revoked_jti j ON j.jti = t.jti "
-            "LEFT JOIN revoked_sub s ON s.sub = t.sub ORDER BY t.iat, t.jti")
+            "SELECT t.jti, t.fam, t.refreshes, t.sub, t.iat, t.exp, t.kid, "
+            "(SELECT j.reason FROM revoked_jti j WHERE j.jti IN (t.jti, t.fam) LIMIT 1) "
+            "AS jti_reason, s.before_ts, s.reason AS sub_reason "
+            "FROM tokens t LEFT JOIN revoked_sub s ON s.sub = t.sub "
+            "ORDER BY MIN(t.iat) OVER (PARTITION BY t.fam), t.fam, t.refreshes, t.jti")
         out = []
         for r in rows:
             revoked = None
-            if r["jti_revoked"] is not None:
-                revoked = _reason("token revoked", r["jti_reason"])
+            if r["jti_reason"] is not None:
+                revoked = with_reason("token revoked", r["jti_reason"])
             elif r["before_ts"] is not None and r["iat"] < r["before_ts"]:
-                revoked = _reason("subject revoked", r["sub_reason"])
-            out.append({"jti": r["jti"], "sub": r["sub"], "iat": r["iat"], "exp": r["exp"],
-                        "kid": r["kid"], "revoked": revoked})
+                revoked = with_reason("subject revoked", r["sub_reason"])
+            out.append({"jti": r["jti"], "fam": r["fam"] or r["jti"], "refreshes": r["refreshes"],
+                        "sub": r["sub"], "iat": r["iat"], "exp": r["exp"], "kid": r["kid"],
+                        "revoked": revoked})
         return out
 
     def lookup_token(self, jti):
         """The recorded token ``jti`` as a dict, or None."""
-        rows = self._query("SELECT jti, sub, iat, exp, kid FROM tokens WHERE jti = ?", (jti,))
+        rows = self._query("SELECT jti, fam, refreshes, sub, iat, exp, kid FROM tokens "
+                           "WHERE jti = ?", (jti,))
         return dict(rows[0]) if rows else None
 
     def purge_expired(self, now=None, keep=PURGE_KEEP):
@@ -244,10 +314,6 @@ class StateStore:
             b = self._db.execute("DELETE FROM revoked_jti WHERE exp IS NOT NULL AND exp < ?",
                                  (limit,)).rowcount
         return a + b
-
-
-def _reason(what, text):
-    return "%s (%s)" % (what, text) if text else what
 
 
 class RevocationCache:
@@ -271,6 +337,10 @@ class RevocationCache:
             self._cache.clear()
         self._cache[key] = (now, reason)
         return reason
+
+    def clear(self):
+        """Forget every answer (a revocation was just seen)."""
+        self._cache.clear()
 
     def close(self):
         self.store.close()

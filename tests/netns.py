@@ -9,12 +9,19 @@ misbehaves.
 the same-named file in ``/etc`` for CMD only; :meth:`Netns.write_etc` uses that
 to give the processes in the namespace their own ``/etc/hosts`` without
 touching the host's.
+
+:class:`NsDaemon` runs ``afb server`` or ``afb client`` inside a namespace;
+:data:`PROBE` is a SOCKS5 prober script to run there (``python -c PROBE
+ARGS_JSON``), which prints the reply code of each case as JSON.
 """
 
 import os
 import secrets
 import shutil
 import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ETC_NETNS = "/etc/netns"
 
@@ -107,3 +114,175 @@ class Netns:
 
     def popen(self, argv, **kwargs):
         return subprocess.Popen(self.argv(argv), **kwargs)
+
+
+def namespace_or_skip(hosts, prefix="afb-ssrf-", commands=()):
+    """For a pytest fixture (``yield from`` it): a namespace whose ``/etc/hosts`` reads
+    ``hosts``, after ``commands`` (argv lists) ran inside it; removed afterwards.
+    Skips the tests when namespaces cannot be made here."""
+    import pytest
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    space = Netns(prefix)
+    try:
+        space.create()
+        for argv in commands:
+            space.run(argv, check=True)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        space.destroy()
+        pytest.skip("cannot set up a network namespace: %s" % exc)
+    try:
+        space.write_etc("hosts", hosts)
+        yield space
+    finally:
+        space.destroy()
+
+
+class NsDaemon:
+    """``afb server|client -c FILE`` inside the namespace, logging to a file."""
+
+    def __init__(self, space, role, conf, log_path):
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        self.proc = space.popen([sys.executable, "-m", "afb", role, "-c", conf], cwd=ROOT,
+                                stdout=self.log, stderr=subprocess.STDOUT)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def output(self):
+        with open(self.log_path, "rb") as handle:
+            return handle.read().decode("utf-8", "replace")
+
+
+# Runs inside the namespace: an optional echo target, SOCKS5 requests through
+# the proxy, direct connects; prints one JSON object.
+PROBE = r'''
+import errno, json, socket, struct, sys, threading, time
+
+args = json.loads(sys.argv[1])
+out = {"replies": {}, "direct": {}, "echo": None}
+
+
+def wait_port(port, deadline):
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit("nothing listening on 127.0.0.1:%d" % port)
+            time.sleep(0.05)
+
+
+def echo_target(port):
+    lsock = socket.socket(socket.AF_INET6)
+    lsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)   # 127.0.0.1 and ::1
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("::", port))
+    lsock.listen(16)
+
+    def serve(conn):
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                conn.sendall(data)
+
+    def accept():
+        while True:
+            conn, _ = lsock.accept()
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+
+def recv_exact(sock, n):
+    buf = b""
+    while len(buf) < n:
+        data = sock.recv(n - len(buf))
+        if not data:
+            raise EOFError("closed after %d of %d bytes" % (len(buf), n))
+        buf += data
+    return buf
+
+
+def socks_open(atyp, host, port):
+    """(reply code, socket) for a SOCKS5 CONNECT through the proxy."""
+    sock = socket.create_connection(("127.0.0.1", args["proxy_port"]), timeout=10)
+    if atyp == 1:
+        addr = b"\x01" + socket.inet_pton(socket.AF_INET, host)
+    elif atyp == 4:
+        addr = b"\x04" + socket.inet_pton(socket.AF_INET6, host)
+    else:
+        name = host.encode()
+        addr = b"\x03" + bytes([len(name)]) + name
+    sock.sendall(b"\x05\x01\x00" + b"\x05\x01\x00" + addr + struct.pack("!H", port))
+    try:
+        if recv_exact(sock, 2) != b"\x05\x00":
+            raise ValueError("bad method reply")
+        head = recv_exact(sock, 4)
+        rest = {1: 4, 4: 16}.get(head[3])
+        if rest is None:
+            rest = recv_exact(sock, 1)[0]
+        recv_exact(sock, rest + 2)
+    except (OSError, EOFError, ValueError) as exc:
+        sock.close()
+        return "error: %s" % exc, None
+    return head[1], sock
+
+
+deadline = time.monotonic() + 15
+if args.get("echo_port"):
+    echo_target(args["echo_port"])
+wait_port(args["server_port"], deadline)
+wait_port(args["proxy_port"], deadline)
+
+for label, atyp, host, port in args["cases"]:
+    code, sock = socks_open(atyp, host, port)
+    if sock is not None:
+        sock.close()
+    out["replies"][label] = code
+
+if args.get("round_trip"):
+    atyp, host, port = args["round_trip"]
+    code, sock = socks_open(atyp, host, port)
+    if sock is None or code != 0:
+        out["echo"] = "reply %r" % (code,)
+    else:
+        payload = b"ssrf-netns " * 1000
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            got += data
+        sock.close()
+        out["echo"] = got == payload
+
+for label, host, port in args.get("direct", []):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family)
+    sock.settimeout(5)
+    try:
+        sock.connect((host, port))
+        out["direct"][label] = "connected"
+    except OSError as exc:
+        out["direct"][label] = errno.errorcode.get(exc.errno, str(exc))
+    finally:
+        sock.close()
+
+print(json.dumps(out))
+'''

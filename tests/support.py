@@ -62,10 +62,12 @@ class Setup:
 
     def __init__(self, directory, *, tls=True, allow_private=True, fast_open=True, open_timeout=5,
                  server_extra="", client_extra="", ttl=3600, leeway=30, e2e=True,
-                 e2e_mode=None):
+                 e2e_mode=None, listen_host="127.0.0.1"):
         """``e2e``: the client pins the server's E2E key (the default, as in every
         generated config); the server's ``[e2e] mode`` is ``e2e_mode``, by
-        default required with E2E and off without."""
+        default required with E2E and off without.  The server listens on
+        ``listen_host`` (the client dials 127.0.0.1 all the same)."""
+        self.listen_host = listen_host
         self.dir = str(directory)
         self.e2e = e2e
         self.e2e_mode = e2e_mode or ("required" if e2e else "off")
@@ -97,9 +99,9 @@ class Setup:
             handle.write(self.token)
         os.chmod(os.path.join(self.dir, "client.token"), 0o600)
         with open(self.server_conf, "w") as handle:
-            handle.write(_SERVER.format(port=self.server_port, tls=self.tls,
-                                        allow_private=self.allow_private, leeway=self.leeway,
-                                        e2e_mode=self.e2e_mode)
+            handle.write(_SERVER.format(host=self.listen_host, port=self.server_port,
+                                        tls=self.tls, allow_private=self.allow_private,
+                                        leeway=self.leeway, e2e_mode=self.e2e_mode)
                          + self.server_extra)
         with open(self.client_conf, "w") as handle:
             handle.write(_CLIENT.format(url=self.url, port=self.proxy_port, pin=self.pin,
@@ -116,7 +118,7 @@ class Setup:
 
 _SERVER = """\
 [server]
-listen = 127.0.0.1:{port}
+listen = {host}:{port}
 path = /tunnel
 tls = {tls}
 cert = server.crt

@@ -17,7 +17,7 @@ import socks
 
 from afb.apps.client import ProxyClient
 from afb.apps.server import TunnelServer
-from afb.errors import TunnelUnavailable
+from afb.errors import ConfigError, TunnelUnavailable
 from afb.transport import wsclient
 from tests.support import PROXY_LOGGERS, Setup, recv_exact, socks_connect
 from tests.test_probes import build, comparable, tls_exchange, upgrade_headers
@@ -377,12 +377,13 @@ def test_http_proxy_authorization_with_curl(guarded, http_target, caplog):
 def test_users_file_problems_stop_the_client(setup, tmp_path):
     bad = tmp_path / "users-bad"
     bad.write_text("no-colon-here\n")
+    os.chmod(bad, 0o600)
     cfg = setup.client_cfg()
     cfg["client"]["users_file"] = str(bad)
     with pytest.raises(ValueError, match="expected user:password"):
         ProxyClient(cfg)
     cfg["client"]["users_file"] = str(tmp_path / "missing")
-    with pytest.raises(OSError):
+    with pytest.raises(ConfigError, match="users file .*missing: cannot read it"):
         ProxyClient(cfg)
 
 

@@ -139,6 +139,35 @@ def test_own_address_refused_unless_explicitly_allowed():
     assert not acl.is_allowed("203.0.114.7", 22)
 
 
+def test_own_endpoint_refused_even_when_allowed():
+    """Step 0: an own address on the listening port, whatever allow and allow_private say."""
+    own = ["127.0.0.0/8", "::1", "0.0.0.0", "::", "198.18.0.1", "2001:db8::5"]
+    acl = DestinationAcl(own_addresses=own, own_port=443, allow_private=True,
+                         allow=["198.18.0.1/32", "0.0.0.0/0", "::/0"])
+    for ip in ("198.18.0.1", "::ffff:198.18.0.1", "2001:db8::5", "127.0.0.9", "::1", "0.0.0.0",
+               "64:ff9b::c612:1"):             # the last one: NAT64 of 198.18.0.1
+        with pytest.raises(NotAllowed, match=r"\(the server's own endpoint\)"):
+            acl.check_address(ip, 443)
+    assert acl.is_allowed("198.18.0.1", 22)          # other ports: the allow rule opens them
+    assert acl.is_allowed("198.18.0.2", 443)         # not ours
+
+
+def test_own_loopback_follows_allow_private_on_other_ports():
+    """Step 3 leaves loopback and unspecified addresses to step 4 (the demo's allow_private)."""
+    own = ["127.0.0.0/8", "::1", "0.0.0.0", "::", "198.18.0.1"]
+    private = DestinationAcl(own_addresses=own, own_port=443, allow_private=True)
+    assert private.is_allowed("127.0.0.1", 8000) and private.is_allowed("::1", 8000)
+    with pytest.raises(NotAllowed, match="server's own address"):
+        private.check_address("198.18.0.1", 8000)
+    strict = DestinationAcl(own_addresses=own, own_port=443)
+    with pytest.raises(NotAllowed, match=r"\(loopback\)"):
+        strict.check_address("127.0.0.1", 8000)
+    many = DestinationAcl(own_addresses=["11.%d.%d.1" % (a, b) for a in range(40)
+                                         for b in range(250)], own_port=1)
+    assert len(many._own_hosts) == 10000 and not many._own_ranges      # one set lookup
+    assert not many.is_allowed("11.39.249.1", 80) and many.is_allowed("11.39.249.2", 80)
+
+
 def test_names_and_wildcards():
     acl = DestinationAcl(allow=["internal.corp:443", "*.svc.local"],
                          deny=["*.evil.com", "bad.example", "mail.example.org:25"])

@@ -20,8 +20,10 @@ token = abc.def.ghi
 
 
 def write(tmp_path, text, name="afb.conf"):
+    """A config file, 0600 (some hold a token inline, which afb config check wants private)."""
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
+    os.chmod(path, 0o600)
     return str(path)
 
 

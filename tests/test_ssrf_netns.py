@@ -15,12 +15,11 @@ server's answer.  ``/etc/netns/NAME/hosts`` (bind-mounted over /etc/hosts by
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-from tests import netns as netns_mod
+from tests.netns import PROBE, NsDaemon, namespace_or_skip
 from tests.support import ROOT, Setup, free_port
 
 HOSTS = """\
@@ -30,169 +29,10 @@ HOSTS = """\
 10.0.0.1 internal.test
 """
 
-# Runs inside the namespace: an optional echo target, SOCKS5 requests through
-# the proxy, direct connects; prints one JSON object.
-PROBE = r'''
-import errno, json, socket, struct, sys, threading, time
-
-args = json.loads(sys.argv[1])
-out = {"replies": {}, "direct": {}, "echo": None}
-
-
-def wait_port(port, deadline):
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit("nothing listening on 127.0.0.1:%d" % port)
-            time.sleep(0.05)
-
-
-def echo_target(port):
-    lsock = socket.socket(socket.AF_INET6)
-    lsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)   # 127.0.0.1 and ::1
-    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind(("::", port))
-    lsock.listen(16)
-
-    def serve(conn):
-        with conn:
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                conn.sendall(data)
-
-    def accept():
-        while True:
-            conn, _ = lsock.accept()
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-
-
-def recv_exact(sock, n):
-    buf = b""
-    while len(buf) < n:
-        data = sock.recv(n - len(buf))
-        if not data:
-            raise EOFError("closed after %d of %d bytes" % (len(buf), n))
-        buf += data
-    return buf
-
-
-def socks_open(atyp, host, port):
-    """(reply code, socket) for a SOCKS5 CONNECT through the proxy."""
-    sock = socket.create_connection(("127.0.0.1", args["proxy_port"]), timeout=10)
-    if atyp == 1:
-        addr = b"\x01" + socket.inet_pton(socket.AF_INET, host)
-    elif atyp == 4:
-        addr = b"\x04" + socket.inet_pton(socket.AF_INET6, host)
-    else:
-        name = host.encode()
-        addr = b"\x03" + bytes([len(name)]) + name
-    sock.sendall(b"\x05\x01\x00" + b"\x05\x01\x00" + addr + struct.pack("!H", port))
-    try:
-        if recv_exact(sock, 2) != b"\x05\x00":
-            raise ValueError("bad method reply")
-        head = recv_exact(sock, 4)
-        rest = {1: 4, 4: 16}.get(head[3])
-        if rest is None:
-            rest = recv_exact(sock, 1)[0]
-        recv_exact(sock, rest + 2)
-    except (OSError, EOFError, ValueError) as exc:
-        sock.close()
-        return "error: %s" % exc, None
-    return head[1], sock
-
-
-deadline = time.monotonic() + 15
-if args.get("echo_port"):
-    echo_target(args["echo_port"])
-wait_port(args["server_port"], deadline)
-wait_port(args["proxy_port"], deadline)
-
-for label, atyp, host, port in args["cases"]:
-    code, sock = socks_open(atyp, host, port)
-    if sock is not None:
-        sock.close()
-    out["replies"][label] = code
-
-if args.get("round_trip"):
-    atyp, host, port = args["round_trip"]
-    code, sock = socks_open(atyp, host, port)
-    if sock is None or code != 0:
-        out["echo"] = "reply %r" % (code,)
-    else:
-        payload = b"ssrf-netns " * 1000
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        got = b""
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            got += data
-        sock.close()
-        out["echo"] = got == payload
-
-for label, host, port in args.get("direct", []):
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family)
-    sock.settimeout(5)
-    try:
-        sock.connect((host, port))
-        out["direct"][label] = "connected"
-    except OSError as exc:
-        out["direct"][label] = errno.errorcode.get(exc.errno, str(exc))
-    finally:
-        sock.close()
-
-print(json.dumps(out))
-'''
-
 
 @pytest.fixture(scope="module")
 def ns():
-    reason = netns_mod.unavailable()
-    if reason:
-        pytest.skip(reason)
-    space = netns_mod.Netns()
-    try:
-        space.create()
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        pytest.skip("cannot create a network namespace: %s" % exc)
-    try:
-        space.write_etc("hosts", HOSTS)
-        yield space
-    finally:
-        space.destroy()
-
-
-class _NsDaemon:
-    """``afb server|client -c FILE`` inside the namespace, logging to a file."""
-
-    def __init__(self, space, role, conf, log_path):
-        self.log_path = log_path
-        self.log = open(log_path, "ab")
-        self.proc = space.popen([sys.executable, "-m", "afb", role, "-c", conf], cwd=ROOT,
-                                stdout=self.log, stderr=subprocess.STDOUT)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-    def output(self):
-        with open(self.log_path, "rb") as handle:
-            return handle.read().decode("utf-8", "replace")
+    yield from namespace_or_skip(HOSTS)
 
 
 def _setup(tmp_path):
@@ -208,9 +48,9 @@ def _run(space, setup, probe_args):
     probe_args = dict(probe_args, server_port=setup.server_port, proxy_port=setup.proxy_port)
     daemons = []
     try:
-        daemons.append(_NsDaemon(space, "server", setup.server_conf,
+        daemons.append(NsDaemon(space, "server", setup.server_conf,
                                  os.path.join(setup.dir, "server.log")))
-        daemons.append(_NsDaemon(space, "client", setup.client_conf,
+        daemons.append(NsDaemon(space, "client", setup.client_conf,
                                  os.path.join(setup.dir, "client.log")))
         result = space.run([sys.executable, "-c", PROBE, json.dumps(probe_args)], cwd=ROOT,
                            timeout=60)

@@ -9,7 +9,7 @@ from gevent.event import Event
 from afb.apps.local_proxy import LocalProxy
 from afb.config_values import parse_hostport
 from afb.errors import AfbError
-from afb.keys import check_secret_file
+from afb.file_checks import client_file_checks, run_file_checks
 from afb.policy.access import AuthThrottle, SourceAcl
 from afb.policy.client_token import ClientToken
 from afb.policy.proxy_users import ProxyUsers
@@ -24,8 +24,7 @@ class ProxyClient:
     def __init__(self, cfg):
         self.cfg = cfg
         client, tunnel = cfg["client"], cfg["tunnel"]
-        if client["token_file"]:
-            check_secret_file(client["token_file"], "token file")
+        run_file_checks(client_file_checks(cfg))     # as `afb config check` does
         self.tunnel = TunnelClient(
             client["server"], ClientToken(client["token"], client["token_file"]),
             pin=client["pin"], ca_file=client["ca_file"],

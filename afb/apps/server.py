@@ -3,12 +3,13 @@
 import hashlib
 import logging
 import signal
-import socket
 import time
 
 import gevent
 from gevent.event import Event
 
+from afb.apps.live_tokens import RevocationWatch, TokenRefresher
+from afb.apps.own_addresses import OwnAddressWatch, hostname_addresses
 from afb.codec import aead, frames
 from afb.config_values import parse_hostport
 from afb.errors import (CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported,
@@ -56,6 +57,10 @@ class TunnelServer:
         self.verifier = make_verifier(cfg, revocations=self.revocations)
         # Signs refreshed tokens: the ring's newest key (or the single jwt_private_key).
         self.signer = make_signer(cfg, keyring=self.verifier.keyring)
+        # The host's own addresses, looked at again every few seconds (-> a new ACL).
+        self.own_watch = OwnAddressWatch(self._own_addresses_changed,
+                                         interval=cfg["acl"]["own_address_refresh"],
+                                         extra=hostname_addresses())
         self.acl = self._make_acl(self.listen[1])
         access = cfg["access"]
         self.sources = SourceAcl(allow=access["allow"], deny=access["deny"])
@@ -73,6 +78,10 @@ class TunnelServer:
             buffer_limit=tunnel["max_buffer_per_user"], frame_rate=tunnel["max_frame_rate_per_user"])
         self.sessions = set()
         self._housekeeper = None
+        # Live tunnels' tokens: refreshes within their family; revocations close them.
+        self.refresher = TokenRefresher(self.signer, self.verifier, self.state, cfg["auth"])
+        self.revocation_watch = RevocationWatch(self.state, self.sessions, self.revocations,
+                                                interval=cfg["auth"]["revocation_poll"])
         self.stopping = False
         self._stopped = Event()
         self.wsgi = make_server(
@@ -90,10 +99,15 @@ class TunnelServer:
             self.e2e_key = aead.load_static_key(e2e["key"])
 
     def _make_acl(self, port):
-        """The destination ACL; the server's own endpoint is always refused (no loops)."""
+        """The destination ACL; the host's own addresses are refused on ``port`` always
+        (no loops), on other ports unless allowed."""
         acl = self.cfg["acl"]
-        return DestinationAcl(allow=acl["allow"], deny=list(acl["deny"]) + _own_endpoints(
-            self.listen[0], port), allow_private=acl["allow_private"])
+        return DestinationAcl(allow=acl["allow"], deny=acl["deny"],
+                              allow_private=acl["allow_private"],
+                              own_addresses=self.own_watch.current, own_port=port)
+
+    def _own_addresses_changed(self, _addresses):
+        self.dialer.acl = self.acl = self._make_acl(self.address[1])
 
     @property
     def address(self):
@@ -159,7 +173,7 @@ class TunnelServer:
         session = Session(ws, client=False, window=tunnel["stream_window"],
                           max_message=tunnel["max_message"], max_streams=tunnel["max_streams"],
                           ping_interval=tunnel["ping_interval"], on_open=self._open_stream,
-                          on_refresh=self._refresh_token, admit=self._admit_stream,
+                          on_refresh=self.refresher, admit=self._admit_stream,
                           idle_timeout=tunnel["idle_timeout"], label=label,
                           buffer_limit=tunnel["max_buffer"], frame_rate=tunnel["max_frame_rate"],
                           user=user)
@@ -179,6 +193,7 @@ class TunnelServer:
     def _run_session(self, session, label):
         self.sessions.add(session)
         log.info("%s: tunnel open", label)
+        self.revocation_watch.admit(session)      # revoked since its upgrade: closed at once
         started = time.monotonic()
         try:
             session.run()
@@ -213,37 +228,6 @@ class TunnelServer:
     def _admit_stream(self, session, stream):
         """Per-user stream limit, over all of the user's tunnels (dials included)."""
         self.users.check_stream(session.user)
-
-    def _refresh_token(self, session):
-        """A fresh token for the tunnel's user, same lifetime as the one in force."""
-        claims = session.claims
-        self._check_still_valid(claims)
-        lifetime = max(60, int(claims.get("exp", 0) - claims.get("iat", 0)))
-        token = self._issue_token(claims["sub"], lifetime)
-        session.claims = self.verifier.verify(token)
-        session.expire_at(session.claims["exp"], grace=self.cfg["auth"]["leeway"])
-        log.info("%s: token refreshed (%d s)", session.label, lifetime)
-        return token
-
-    def _check_still_valid(self, claims):
-        """Refuse a refresh for a revoked token or subject."""
-        reason = self.revocations.is_revoked(claims)
-        if reason:
-            raise AuthError(reason)
-
-    def _issue_token(self, sub, lifetime):
-        """A token signed by the newest key of the ring, recorded in the state store."""
-        auth = self.cfg["auth"]
-        try:
-            token, claims, kid = self.signer.issue(sub, lifetime, audience=auth["audience"],
-                                                   issuer=auth["issuer"])
-        except (OSError, ValueError) as exc:
-            raise AuthError("this server cannot issue tokens: %s" % exc) from None
-        try:
-            self.state.record_issued(claims, kid=kid)
-        except Exception as exc:  # noqa: BLE001 - the store is advisory for the refresh
-            log.warning("refreshed token of %s not recorded: %s", sub, exc)
-        return token
 
     def _open_stream(self, session, stream, command):
         """OPEN from a client (in the reader greenlet: nothing here may block).
@@ -297,6 +281,8 @@ class TunnelServer:
 
     def start(self):
         self.wsgi.start()
+        self.revocation_watch.start()
+        self.own_watch.start()
         if self.listen[1] == 0:     # an ephemeral port: refuse the one we got
             self.dialer.acl = self.acl = self._make_acl(self.address[1])
         scheme = "wss" if self.ssl_context else "ws"
@@ -317,6 +303,8 @@ class TunnelServer:
             self._stopped.wait()
             return
         self.stopping = True
+        self.revocation_watch.stop()
+        self.own_watch.stop()
         timeout = self.cfg["server"]["drain_timeout"] if timeout is None else timeout
         self.wsgi.close()      # stop accepting
         for session in list(self.sessions):
@@ -375,20 +363,6 @@ class TunnelServer:
 def _e2e_failure(exc):
     text = str(exc) or type(exc).__name__
     return text if text.startswith("E2E ") else "E2E handshake failed: " + text
-
-
-def _own_endpoints(host, port):
-    """Deny rules for our own listening endpoint, so a stream cannot loop back into us."""
-    if host in ("", "0.0.0.0", "::"):
-        hosts = ["127.0.0.0/8", "::1"]
-        try:
-            hosts += sorted({info[4][0].split("%")[0]
-                             for info in socket.getaddrinfo(socket.gethostname(), None)})
-        except OSError:
-            pass
-    else:
-        hosts = [host]
-    return ["[%s]:%d" % (h, port) if ":" in h else "%s:%d" % (h, port) for h in hosts]
 
 
 def run_server(cfg):

@@ -7,14 +7,24 @@ before resolving a name and :meth:`DestinationAcl.check_address` on every
 
 The grammar of the allow/deny entries is in :mod:`afb.policy.acl_rules`.
 
+The server's own addresses (``own_addresses``: every address of the host as
+the kernel reports them, with 127.0.0.0/8, ::1, 0.0.0.0 and ::) and its
+listening port (``own_port``) are data: the server builds a new ACL when
+they change (:mod:`afb.apps.own_addresses`).
+
 Decision order in :meth:`check_address`:
 
+0. one of the server's own addresses on its listening port -> refused, even
+   with an allow rule or ``allow_private`` (a stream into the server itself,
+   e.g. a tunnel nested through itself);
 1. an explicit deny rule matching the address (or an IPv4 address embedded in
    it by 6to4 / NAT64), the host name, and the port -> refused;
 2. an explicit allow rule matching the address or the host name, and the
    port -> allowed (this is how an operator opens e.g. one internal service;
    allowing a *name* trusts whatever that name resolves to);
-3. one of the server's own addresses -> refused (even with ``allow_private``);
+3. one of the server's own addresses, on any port -> refused (even with
+   ``allow_private``), except loopback and unspecified ones, which step 4
+   judges (``allow_private`` opens them, as the demo needs);
 4. unless ``allow_private``: loopback, private, CGNAT, link-local, cloud
    metadata, unspecified, multicast, broadcast, reserved and documentation
    ranges (IPv4 and IPv6; IPv4-mapped IPv6 addresses are judged by the IPv4
@@ -147,7 +157,7 @@ def classify_address(ip):
 class DestinationAcl:
     """Decide whether the server may connect to a destination (see module doc)."""
 
-    def __init__(self, allow=(), deny=(), allow_private=False, own_addresses=()):
+    def __init__(self, allow=(), deny=(), allow_private=False, own_addresses=(), own_port=None):
         self.allow = parse_rules(allow)
         self.deny = parse_rules(deny)
         self.allow_private = bool(allow_private)
@@ -160,18 +170,27 @@ class DestinationAcl:
             except ValueError as exc:
                 raise ValueError("bad own address %r: %s" % (entry, exc)) from None
         self.own_networks = own
+        # A host may have many single addresses: a set finds them in one step.
+        self._own_hosts = frozenset(n.network_address for n in own
+                                    if n.num_addresses == 1)
+        self._own_ranges = [n for n in own if n.num_addresses > 1]
+        self.own_port = own_port
         # (ip, port, host) already allowed: a browser opens many streams to
         # the same few destinations, and the full check costs ~20 us.  A
         # refusal raises, and lru_cache keeps no result of a call that raised.
         self._allowed = functools.lru_cache(maxsize=ALLOWED_CACHE)(self._check_address)
 
     def __repr__(self):
-        return "DestinationAcl(allow=%r, deny=%r, allow_private=%r, own=%r)" % (
+        return "DestinationAcl(allow=%r, deny=%r, allow_private=%r, own=%r, own_port=%r)" % (
             [r.text for r in self.allow],
             [r.text for r in self.deny],
             self.allow_private,
             [str(n) for n in self.own_networks],
+            self.own_port,
         )
+
+    def _is_own(self, addr):
+        return addr in self._own_hosts or any(addr in net for net in self._own_ranges)
 
     # -- checks ---------------------------------------------------------------
 
@@ -209,6 +228,11 @@ class DestinationAcl:
             where = format_destination(addr, port)
 
         views = [addr] + [v4 for _how, v4 in _embedded_v4(addr)]
+        own = any(self._is_own(a) for a in views)
+
+        # 0. the server's own endpoint
+        if own and self.own_port is not None and int(port) == self.own_port:
+            raise self._refuse(where, "the server's own endpoint")
 
         # 1. explicit deny
         for rule in self.deny:
@@ -222,10 +246,9 @@ class DestinationAcl:
             if rule.matches_address(addr, port) or (name is not None and rule.matches_name(name, port)):
                 return None
 
-        # 3. the server's own addresses
-        for net in self.own_networks:
-            if any(a in net for a in views):
-                raise self._refuse(where, "server's own address")
+        # 3. the server's own addresses (loopback and unspecified: step 4)
+        if own and _class_of(addr) not in ("loopback", "unspecified"):
+            raise self._refuse(where, "server's own address")
 
         # 4. default-refused classes
         if not self.allow_private:

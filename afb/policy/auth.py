@@ -8,7 +8,8 @@ called with that single algorithm.  So ``alg: none``, an HS256 token "signed"
 with a public key, or any algorithm switch is refused.
 
 Required claims: ``exp nbf iat aud iss jti sub`` (``leeway`` seconds of clock
-difference tolerated).  With a key ring (:class:`afb.policy.keyring.KeyRing`)
+difference tolerated); a refreshed token also has ``fam``, its family
+(:mod:`afb.policy.lineage`).  With a key ring (:class:`afb.policy.keyring.KeyRing`)
 the key is picked by the header's ``kid``: unknown kid, or a retired key past
 its grace, is refused.  With ``revocations`` (an object with
 ``is_revoked(claims) -> reason or None``, e.g. :class:`afb.state.StateStore`)
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from afb.errors import AuthError
 from afb.keys import HMAC_SECRET_BYTES, JWT_ALGORITHMS, key_id
+from afb.policy.lineage import FAMILY_CLAIM, child_jti
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +107,11 @@ def load_verify_key(material, algorithm=ALGORITHM):
 
 
 def sign_token(key, algorithm, sub, ttl_seconds, audience="afb", issuer="afb", now=None,
-               kid=None):
+               kid=None, family=None):
     """Sign a new token with a loaded key -> ``(token, claims)``.
 
-    ``kid`` defaults to :func:`afb.keys.key_id` of the key.
+    ``kid`` defaults to :func:`afb.keys.key_id` of the key.  ``family``: the
+    token is a refresh within that family (:mod:`afb.policy.lineage`).
     """
     if not sub or not isinstance(sub, str):
         raise ValueError("the token subject must not be empty")
@@ -117,6 +120,8 @@ def sign_token(key, algorithm, sub, ttl_seconds, audience="afb", issuer="afb", n
     now = int(time.time() if now is None else now)
     claims = {"sub": sub, "aud": audience, "iss": issuer, "iat": now, "nbf": now,
               "exp": now + int(ttl_seconds), "jti": uuid.uuid4().hex}
+    if family:
+        claims.update({FAMILY_CLAIM: family, "jti": child_jti(family)})
     token = jwt.encode(claims, key, algorithm=algorithm,
                        headers={"kid": kid or key_id(key)})
     return token, claims
@@ -208,6 +213,9 @@ class TokenVerifier:
             raise AuthError("bad subject")
         if not isinstance(claims.get("jti"), str) or not claims["jti"]:
             raise AuthError("bad token id")
+        family = claims.get(FAMILY_CLAIM)
+        if family is not None and (not isinstance(family, str) or not family):
+            raise AuthError("bad token family")
         if self.revocations is not None:
             try:
                 reason = self.revocations.is_revoked(claims)

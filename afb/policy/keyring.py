@@ -7,7 +7,13 @@ reloads it by itself when the file changes (checked at most every
 ``reload_interval`` seconds, and at once, at most once a second, when a token
 names a kid it does not know): a running server accepts tokens of a freshly
 rotated key without a restart.  A reload that fails keeps the last good ring
-and logs why.
+and logs why, once per change of the file.
+
+The index is a trust anchor: whoever can change it, or a file it names, or
+the key folder, can make the server accept their tokens.  Every load checks
+them with :func:`afb.file_trust.check_trusted_file` (owner root or afb's own
+user, not writable by group or others, nor is the folder); ring entries name
+plain files in the index's folder (:func:`afb.keys.read_keyring`).
 
 :func:`make_verifier` and :func:`make_signer` turn a server configuration
 into a :class:`~afb.policy.auth.TokenVerifier` / something that issues tokens,
@@ -20,7 +26,8 @@ import os
 import time
 
 from afb.errors import ConfigError
-from afb.keys import KEYRING_FILE, check_secret_file, key_id, read_keyring
+from afb.file_trust import check_trusted_file
+from afb.keys import KEYRING_FILE, key_id, read_keyring
 from afb.policy.auth import (ALGORITHM, TokenVerifier, load_signing_key, load_verify_key,
                              sign_token)
 
@@ -74,7 +81,7 @@ class KeyRing:
         self.clock = clock
         self._keys = {}
         self._current = None
-        self._stamp = None
+        self._stamp = self._refused = None
         self._checked = self._forced = 0.0
         self.load()
 
@@ -84,13 +91,24 @@ class KeyRing:
         return os.path.join(self.directory, name)
 
     def _signature(self):
+        """What changes when the index is edited, replaced, chmod-ed or chown-ed."""
         info = os.stat(self.path)
-        return (info.st_mtime_ns, info.st_size, info.st_ino)
+        return (info.st_mtime_ns, info.st_size, info.st_ino, info.st_mode, info.st_uid)
+
+    def _verify_material(self, key, entry):
+        """Read (after the trust checks) what verifies tokens of ``key``."""
+        if key.alg == "HS256":
+            check_trusted_file(key.private_path, "HMAC secret", secret=self.check_secrets)
+            return load_verify_key(_read(key.private_path), key.alg)
+        public = self._file(entry["public"])
+        check_trusted_file(public, "JWT public key")
+        return load_verify_key(_read(public), key.alg)
 
     def load(self):
-        """(Re)read the index; ConfigError naming the file if it is unusable."""
+        """(Re)read the index; ConfigError naming the file if it is unusable or untrusted."""
         try:
             stamp = self._signature()
+            check_trusted_file(self.path, "JWT key ring")
             entries = read_keyring(self.path)
             keys, current, now = {}, None, self.clock()
             for entry in entries:
@@ -101,16 +119,10 @@ class KeyRing:
                 if key.retired_at is None:
                     current = key
                 if key.alg == self.algorithm and self._in_grace(key, now):
-                    if key.alg == "HS256":
-                        if self.check_secrets:
-                            check_secret_file(key.private_path, "HMAC secret")
-                        key.verify_key = load_verify_key(_read(key.private_path), key.alg)
-                    else:
-                        key.verify_key = load_verify_key(_read(self._file(entry["public"])),
-                                                         key.alg)
+                    key.verify_key = self._verify_material(key, entry)
                 if self.check_secrets and key.alg != "HS256" and key.private_path \
                         and os.path.exists(key.private_path):
-                    check_secret_file(key.private_path, "JWT private key")
+                    check_trusted_file(key.private_path, "JWT private key", secret=True)
                 keys[key.kid] = key
         except ConfigError:
             raise
@@ -134,12 +146,18 @@ class KeyRing:
             return False
         self._checked = now
         try:
-            if self._signature() == self._stamp:
-                return False
+            stamp = self._signature()
+        except OSError:
+            stamp = "unreadable"
+        if stamp in (self._stamp, self._refused):
+            return False
+        try:
             self.load()
         except (OSError, ConfigError) as exc:
+            self._refused = stamp      # one line per change of the file, not one per check
             log.error("keeping the loaded JWT keys: %s", exc)
             return False
+        self._refused = None
         log.info("JWT key ring reloaded from %s: current key %s", self.path, self._current.kid)
         return True
 
@@ -173,15 +191,16 @@ class KeyRing:
     def kid(self):
         return self._current.kid
 
-    def issue(self, sub, ttl_seconds, audience="afb", issuer="afb", now=None):
-        """A token signed by the current key -> ``(token, claims, kid)``."""
+    def issue(self, sub, ttl_seconds, audience="afb", issuer="afb", now=None, family=None):
+        """A token signed by the current key -> ``(token, claims, kid)``;
+        ``family``: a refresh within that family."""
         self.reload_if_changed(force=True)
         key = self._current
         if not key.private_path:
             raise ValueError("the key ring %s names no private key for %s" % (self.path, key.kid))
         signing = load_signing_key(_read(key.private_path), key.alg)
         token, claims = sign_token(signing, key.alg, sub, ttl_seconds, audience, issuer, now,
-                                   kid=key.kid)
+                                   kid=key.kid, family=family)
         return token, claims, key.kid
 
 
@@ -211,8 +230,10 @@ def make_verifier(cfg, revocations=None, check_secrets=True):
     """The server's TokenVerifier from ``cfg['auth']``.
 
     With ``check_secrets`` every JWT private key / HMAC secret file that is
-    present must be 0600 (:func:`afb.keys.check_secret_file`).  Raises
-    ConfigError or OSError.
+    present must be 0600.  What verifies tokens (the key ring and the files
+    it names, or ``jwt_public_key``) must be trusted
+    (:func:`afb.file_trust.check_trusted_file`).  Raises ConfigError or
+    OSError.
     """
     auth = cfg["auth"]
     algorithm = auth.get("algorithm", ALGORITHM)
@@ -225,12 +246,12 @@ def make_verifier(cfg, revocations=None, check_secrets=True):
         return TokenVerifier(keyring=ring, **common)
     private = auth["jwt_private_key"]
     if algorithm == "HS256":      # single-key HS256: the secret is jwt_private_key
-        if check_secrets:
-            check_secret_file(private, "HMAC secret")
+        check_trusted_file(private, "HMAC secret", secret=check_secrets)
         material = _read(private)
     else:
         if check_secrets and private and os.path.exists(private):
-            check_secret_file(private, "JWT private key")
+            check_trusted_file(private, "JWT private key", secret=True)
+        check_trusted_file(auth["jwt_public_key"], "JWT public key ([auth] jwt_public_key)")
         material = _read(auth["jwt_public_key"])
     try:
         return TokenVerifier(material, **common)
@@ -246,15 +267,17 @@ class SingleKeySigner:
     def __init__(self, path, algorithm=ALGORITHM):
         self.path, self.algorithm = path, algorithm
 
-    def issue(self, sub, ttl_seconds, audience="afb", issuer="afb", now=None):
+    def issue(self, sub, ttl_seconds, audience="afb", issuer="afb", now=None, family=None):
         key = load_signing_key(_read(self.path), self.algorithm)
-        token, claims = sign_token(key, self.algorithm, sub, ttl_seconds, audience, issuer, now)
+        token, claims = sign_token(key, self.algorithm, sub, ttl_seconds, audience, issuer, now,
+                                   family=family)
         return token, claims, key_id(key)
 
 
 def make_signer(cfg, keyring=None):
     """What ``afb token issue -c`` (or a server refreshing tokens) signs with:
-    an object with ``issue(sub, ttl, audience, issuer) -> (token, claims, kid)``.
+    an object with ``issue(sub, ttl, audience, issuer, family=None) -> (token,
+    claims, kid)``.
 
     In key ring mode that is the ring (``keyring``: reuse a loaded one, e.g.
     ``verifier.keyring``), which always signs with its newest key; else the

@@ -3,18 +3,14 @@
 When a users file is set, SOCKS5 clients must use RFC 1929 username/password
 authentication and HTTP proxy clients must send ``Proxy-Authorization: Basic``.
 Blank lines and lines starting with ``#`` are ignored; the password is
-everything after the first ``:`` (so it may contain ``:``).  The file should
-be readable by its owner only (0600): a warning is logged otherwise.
+everything after the first ``:`` (so it may contain ``:``).  ``afb client``
+refuses a users file that group or others can read or write
+(:mod:`afb.file_checks`), as it does a token file.
 """
 
 import base64
 import binascii
 import hmac
-import logging
-import os
-import stat
-
-log = logging.getLogger(__name__)
 
 
 class ProxyUsers:
@@ -31,11 +27,7 @@ class ProxyUsers:
     def from_file(cls, path):
         """Read *path*; ValueError on a malformed line or an empty file, OSError if unreadable."""
         with open(path, encoding="utf-8") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
             text = handle.read()
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("%s is accessible by other users (mode %03o): chmod 600 it",
-                        path, stat.S_IMODE(mode))
         users = {}
         for number, line in enumerate(text.splitlines(), 1):
             line = line.strip()

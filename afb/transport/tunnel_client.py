@@ -5,6 +5,11 @@ exchanges HELLO and publishes the session.  When the session closes, or the
 server says GOAWAY, it dials again at once and then with exponential backoff
 and full jitter.  Streams opened while no tunnel is up wait up to
 ``open_timeout`` for one (``get_session``), then fail cleanly.
+
+A tunnel the server closes with code 1008 (policy violation: its token was
+revoked, or expired without a refresh) needs a new token, not patience: the
+client says so at ERROR level and waits ``reconnect_max`` before it dials
+again, as after a refused upgrade.
 """
 
 import hashlib
@@ -16,7 +21,7 @@ import gevent
 from gevent.event import Event
 
 from afb.codec.aead import HandshakeError
-from afb.errors import AfbError, AuthError, TlsError, TunnelUnavailable
+from afb.errors import CLOSE_POLICY_VIOLATION, AfbError, AuthError, TlsError, TunnelUnavailable
 from afb.transport import tls, wsclient
 from afb.transport.secure_channel import client_secure
 from afb.transport.session import DEFAULT_BUFFER, Session
@@ -169,7 +174,10 @@ class TunnelClient:
             if self.session is session:
                 self.session = None
                 self._ready.clear()
-            if time.monotonic() - started > STABLE_AFTER:
+            if _token_refused(session) and not self._stopping:
+                delay = self.reconnect_max
+                gevent.sleep(random.uniform(self.reconnect_max / 2, self.reconnect_max))
+            elif time.monotonic() - started > STABLE_AFTER:
                 delay = self.reconnect_min
             elif not self._stopping:
                 pause = random.uniform(0, delay)
@@ -181,7 +189,13 @@ class TunnelClient:
             session.run()
         finally:
             self.sessions.discard(session)
-            if not self._stopping:
+            refused = _token_refused(session)
+            if refused and not self._stopping:
+                where = getattr(self.token_source, "path", "") or "the config's token"
+                log.error("tunnel closed by the server: %s; this client's token no longer works: "
+                          "get a new one from the server's operator (afb token issue) and put it "
+                          "in %s (retrying every %.0f s)", refused, where, self.reconnect_max)
+            elif not self._stopping:
                 log.warning("tunnel down: %s", session.close_reason or "closed")
 
     def stop(self, drain_timeout=0.0):
@@ -197,3 +211,11 @@ class TunnelClient:
         for greenlet in (self._greenlet, self._refresher):
             if greenlet is not None:
                 greenlet.kill(block=False)
+
+
+def _token_refused(session):
+    """The server's reason if it closed ``session`` for its token (code 1008), else ''."""
+    ws = session.ws
+    if getattr(ws, "peer_close_code", None) != CLOSE_POLICY_VIOLATION:
+        return ""
+    return getattr(ws, "peer_close_reason", "") or "token refused"

@@ -29,7 +29,6 @@ import binascii
 import errno
 import hashlib
 import logging
-import socket
 import time
 
 from gevent import GreenletExit
