@@ -586,7 +586,9 @@ def start_afb_pair(directory, tls, procs=None, host=LOOPBACK, allow=(), path="/t
                pin=pin if tls else '""',
                e2e_mode="required" if e2e else "off", e2e_key=e2e_key if e2e else '""',
                allow=", ".join(allow) + ("," if len(allow) == 1 else "") if allow else '""',
-               server_tunnel="".join("%s = %s\n" % kv for kv in (server_tunnel or {}).items()),
+               server_tunnel="".join("%s = %s\n" % kv for kv in dict(
+                   # conc10k opens 10,000 streams in one tunnel (the default allows 2048 a user)
+                   {"max_streams_per_user": 0}, **(server_tunnel or {})).items()),
                client_tunnel="".join("%s = %s\n" % kv for kv in (client_tunnel or {}).items()))
     server_conf = os.path.join(directory, "server.conf")
     client_conf = os.path.join(directory, "client.conf")

@@ -70,7 +70,8 @@ class TunnelServer:
         dns = cfg["dns"]
         self.resolver = Resolver(cache_ttl=dns["cache_ttl"], negative_ttl=dns["negative_ttl"],
                                  timeout=dns["timeout"])
-        self.dialer = Dialer(self.resolver, self.acl, connect_timeout=tunnel["connect_timeout"])
+        self.dialer = Dialer(self.resolver, self.acl, connect_timeout=tunnel["connect_timeout"],
+                             recv_buffer=tunnel["socket_buffer"])
         self.ssl_context = tls.server_context(server["cert"], server["key"]) if server["tls"] else None
         self._load_e2e(cfg["e2e"])
         self.users = UserRegistry(

@@ -25,6 +25,7 @@ missing but whose IPv4 port is closed reports "connection refused".
 
 import collections
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -121,9 +122,10 @@ def _settled():
     """The ``cancel`` of a dial that has ended already."""
 
 
-def _default_connect(family, sockaddr, timeout):
+def _default_connect(family, sockaddr, timeout, recv_buffer=0):
     sock = gevent.socket.socket(family, socket.SOCK_STREAM)
     try:
+        set_recv_buffer(sock, recv_buffer)
         sock.settimeout(timeout)
         sock.connect(sockaddr)
         sock.settimeout(None)
@@ -131,6 +133,20 @@ def _default_connect(family, sockaddr, timeout):
         sock.close()
         raise
     return sock
+
+
+def set_recv_buffer(sock, size):
+    """Fix the socket's receive buffer at ``size`` bytes (0: the kernel autotunes it).
+
+    Before ``connect()``, so that the window scale is chosen for it.  The
+    kernel books twice ``size`` for the data and its overhead; a fixed buffer
+    bounds what a destination can park in the kernel while its stream is
+    paused (autotuned ones grow to ``net.ipv4.tcp_rmem``'s maximum when the
+    stream was fast), and caps one stream's download at about ``size`` per
+    round trip to the destination.
+    """
+    if size:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 def _set_nodelay(sock):
@@ -151,11 +167,13 @@ class Dialer:
     (resolver failures, a subset of host_unreachable).
     """
 
-    def __init__(self, resolver, acl=None, connect_timeout=10, connect_fn=None, clock=time.monotonic):
+    def __init__(self, resolver, acl=None, connect_timeout=10, connect_fn=None, clock=time.monotonic,
+                 recv_buffer=0):
         self.resolver = resolver
         self.acl = acl if acl is not None else DestinationAcl()
         self.connect_timeout = connect_timeout
-        self._connect = connect_fn or _default_connect
+        self.recv_buffer = recv_buffer      # [tunnel] socket_buffer; see set_recv_buffer
+        self._connect = connect_fn or functools.partial(_default_connect, recv_buffer=recv_buffer)
         self._clock = clock
         self.dial_stats = collections.Counter()
 
@@ -262,6 +280,7 @@ class Dialer:
             on_done(None, socket_error(exc, self._where(host, port, ip)))
             return _settled
         sock.setblocking(False)
+        set_recv_buffer(sock, self.recv_buffer)
         self.dial_stats["attempts"] += 1
         code = sock.connect_ex((ip, port))
         if code not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
