@@ -287,7 +287,7 @@ class Session(FrameWriter, TokenLife):
         elif ftype == frames.PONG:
             self.rtt = max(0, time.monotonic_ns() - frames.parse_ping(payload)) / 1e9
         elif ftype == frames.REFRESH and not self.client:
-            self.tasks.spawn(self._answer_refresh)
+            self._on_refresh_frame()
         elif ftype == frames.TOKEN and self.client:
             request = self._token_request
             if request is not None and not request.ready():

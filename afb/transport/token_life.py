@@ -3,10 +3,9 @@
 Mixed into :class:`~afb.transport.session.Session`, whose attributes it uses:
 ``_token_request`` (client: the AsyncResult of a REFRESH in flight),
 ``_last_refresh`` and ``_expiry_timer`` (server), ``on_refresh``, ``label``,
-``_queue_control`` and ``close``.  The session's reader spawns
-``self._answer_refresh`` in a task greenlet for every REFRESH frame; that
-name is a property here, which applies the per-tunnel rate limit *before*
-a greenlet exists (see :attr:`TokenLife._answer_refresh`).
+``_queue_control``, ``tasks`` and ``close``.  The session's reader hands
+every REFRESH frame to :meth:`TokenLife._on_refresh_frame`, which applies
+the per-tunnel rate limit before it spawns the greenlet that answers.
 """
 
 import logging
@@ -41,23 +40,22 @@ class TokenLife:
             raise AuthError("token refresh refused: %s" % error)
         return token
 
-    @property
-    def _answer_refresh(self):
-        """Server: the task the reader spawns for a REFRESH frame, once the rate check passed.
+    def _on_refresh_frame(self):
+        """Server: a REFRESH arrived; answer it in a task greenlet, if it is not too soon.
 
         One 1 MiB message holds 100,000 REFRESH frames, and as many greenlets
         cost about 110 MiB and 0.6 s of CPU (measured), each then queueing an
-        answer.  So the check runs here, when the reader looks the task up,
-        before any greenlet exists: a REFRESH within MIN_REFRESH_INTERVAL of
-        the previous one closes the tunnel (ProtocolError).  An afb client
-        never sends one: it waits for the answer, then 2 s or more.
+        answer.  So the check runs before any greenlet exists: a REFRESH
+        within MIN_REFRESH_INTERVAL of the previous one closes the tunnel
+        (ProtocolError).  An afb client never sends one: it waits for the
+        answer, then 2 s or more.
         """
         now = time.monotonic()
         if now - self._last_refresh < MIN_REFRESH_INTERVAL:
             raise ProtocolError("REFRESH again within %.0f s of the previous one"
                                 % MIN_REFRESH_INTERVAL)
         self._last_refresh = now
-        return self._refresh
+        self.tasks.spawn(self._refresh)
 
     def _refresh(self):
         """Server: answer a REFRESH with a TOKEN frame (the new token, or why not)."""
