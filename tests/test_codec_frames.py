@@ -54,6 +54,27 @@ def test_hello_round_trip_and_version_mismatch():
         frames.parse_hello(b"GET / HTTP/1.1\r\n\r\n" + b"x" * 20, PROTOCOL_VERSION)
 
 
+@pytest.mark.parametrize("message, reason", [
+    (b"", "empty first message, expected HELLO"),
+    (frames.frame(frames.PING, 0, b"x" * 8), "first frame is PING, not HELLO"),
+    (frames.frame(0x7F, 0), "first frame is 0x7f, not HELLO"),
+    (b"\x00\x00\x00", "truncated frame header"),
+])
+def test_a_first_message_that_is_not_a_hello_is_a_protocol_error(message, reason):
+    with pytest.raises(ProtocolError, match=reason):
+        frames.parse_hello_message(message, PROTOCOL_VERSION)
+    hello = frames.frame(frames.HELLO, 0, frames.hello_payload(PROTOCOL_VERSION, 65536, 1 << 20))
+    assert frames.parse_hello_message(hello + message, PROTOCOL_VERSION)[1] == 65536
+
+
+@given(st.binary(max_size=200))
+def test_fuzz_first_message_parses_or_raises_afb_errors_only(data):
+    try:
+        frames.parse_hello_message(data, PROTOCOL_VERSION)
+    except AfbError:
+        pass
+
+
 def test_window_ping_goaway_reasons():
     assert frames.parse_window(frames.window_payload(12345)) == 12345
     with pytest.raises(ProtocolError):

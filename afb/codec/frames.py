@@ -144,6 +144,21 @@ def parse_hello(payload, expected_version):
     return version, window, max_message, bytes(session_id)
 
 
+def parse_hello_message(message, expected_version):
+    """The HELLO that opens a tunnel, from the peer's first message (its first frame).
+
+    ``(version, window, max_message, session_id)`` as :func:`parse_hello`;
+    ProtocolError for an empty message or one that starts with another frame.
+    """
+    first = next(iter_frames(message), None)
+    if first is None:
+        raise ProtocolError("empty first message, expected HELLO")
+    ftype, _flags, _sid, payload = first
+    if ftype != HELLO:
+        raise ProtocolError("first frame is %s, not HELLO" % frame_name(ftype))
+    return parse_hello(payload, expected_version)
+
+
 # --- stream frames ----------------------------------------------------------
 
 def open_payload(command, host, port, early=b""):

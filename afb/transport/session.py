@@ -121,11 +121,9 @@ class Session(FrameReader, FrameWriter, TokenLife):
             if message is None:
                 raise ProtocolError("peer closed during the handshake (%s)" % (
                     getattr(self.ws, "peer_close_reason", "") or "no reason"))
-            ftype, _flags, _sid, payload = next(frames.iter_frames(message), (None,) * 4)
-            if ftype != frames.HELLO:
-                raise ProtocolError("first frame is %s, not HELLO" % frames.frame_name(ftype))
             try:
-                _v, window, max_message, _sid = frames.parse_hello(payload, PROTOCOL_VERSION)
+                _v, window, max_message, _sid = frames.parse_hello_message(message,
+                                                                           PROTOCOL_VERSION)
             except VersionMismatch as exc:
                 if not self.client:
                     self.ws.send_message([hello])
