@@ -218,6 +218,37 @@ def _limit_descriptors(count):
     resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
+# --- a session without a network -----------------------------------------------
+
+class RecordingWs:
+    """The WsConnection interface, recording each message sent (for unit tests of
+    the session, its streams and relays: everything above the WebSocket is real)."""
+
+    client = True
+    closed = False
+    peer_close_code = None
+    peer_close_reason = ""
+    pacer = None
+
+    def __init__(self):
+        self.sent = []
+
+    def send_message(self, parts):
+        self.sent.append(b"".join(bytes(p) for p in parts))
+
+    def recv_message(self):
+        gevent.sleep(60)
+
+    def close(self, code=None, reason=""):
+        self.closed = True
+
+    def frames(self):
+        """``(type, stream id, payload)`` of every frame sent so far."""
+        from afb.codec.frames import iter_frames
+
+        return [(t, sid, bytes(p)) for m in self.sent for t, _f, sid, p in iter_frames(m)]
+
+
 # --- targets -----------------------------------------------------------------
 
 class EchoTarget:

@@ -14,27 +14,7 @@ from afb.codec import websocket as wsc
 from afb.transport.dialer import Dialer
 from afb.transport.resolver import Resolver
 from afb.transport.session import Session
-
-
-class RecordingWs:
-    """The WsConnection interface, recording each message sent."""
-
-    client = True
-    closed = False
-    peer_close_code = None
-    peer_close_reason = ""
-
-    def __init__(self):
-        self.sent = []
-
-    def send_message(self, parts):
-        self.sent.append(b"".join(bytes(p) for p in parts))
-
-    def recv_message(self):
-        gevent.sleep(60)
-
-    def close(self, code=None, reason=""):
-        self.closed = True
+from tests.support import RecordingWs
 
 
 def _types(message):
