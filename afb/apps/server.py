@@ -28,6 +28,7 @@ from afb.transport.relay import SocketRelay, close_socket
 from afb.transport.resolver import Resolver
 from afb.transport.secure_channel import server_accept
 from afb.transport.session import Session
+from afb.transport.store_thread import StoreThread
 from afb.transport.users import UserRegistry
 from afb.transport.wsserver import front_door_options, make_server
 
@@ -52,7 +53,7 @@ class TunnelServer:
             check_secret_file(server["key"], "TLS private key")
         # Key ring (or single key) + revocations from the state store (answers
         # cached 2 s); refuses group/world-readable JWT private keys / secrets.
-        self.state = open_store(cfg, timeout=5.0)
+        self.state = StoreThread(open_store(cfg, timeout=5.0))
         self.revocations = RevocationCache(self.state)
         self.verifier = make_verifier(cfg, revocations=self.revocations)
         # Signs refreshed tokens: the ring's newest key (or the single jwt_private_key).
