@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import os
+import random
 import socket
 import struct
 import subprocess
@@ -39,11 +40,34 @@ def forge(header, claims, key=b""):
     return signing_input + "." + b64(sig)
 
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            low, high = (int(n) for n in handle.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+#: Ports free_port picks from: below the kernel's ephemeral range, so that no
+#: outgoing connection (the tests make thousands) can be given the port
+#: between free_port's check and the daemon's bind, as a port 0 bind could.
+_PORTS = (20000, min(32767, _ephemeral_range()[0] - 1))
+_random = random.SystemRandom()      # hypothesis seeds the module's generator in its tests
+
+
 def free_port(host="127.0.0.1"):
+    """A port nothing listens on now, outside the ephemeral range (see _PORTS)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    for _ in range(200):
+        port = _random.randint(*_PORTS)
+        with socket.socket(family) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port in %d-%d" % _PORTS)
 
 
 def wait_port(port, host="127.0.0.1", timeout=20.0):

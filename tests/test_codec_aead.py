@@ -559,6 +559,7 @@ def _rate(func, size, seconds=0.4):
             return count * size / elapsed / 1e6
 
 
+@pytest.mark.bench
 @pytest.mark.parametrize("cipher", CIPHERS, ids=["chacha20-poly1305", "aes-256-gcm"])
 def test_seal_open_speed(cipher, capsys):
     size = 256 * 1024

@@ -317,6 +317,15 @@ def _exchange(end_a, end_b, total, chunk):
 
 @pytest.mark.parametrize("cipher", [None] + CIPHERS,
                          ids=["plain", "chacha20-poly1305", "aes-256-gcm"])
+def test_both_ways_at_once_in_order_and_intact(wspair, cipher):
+    ws_a, ws_b = wspair
+    end_a, end_b = (ws_a, ws_b) if cipher is None else secure_pair(ws_a, ws_b, cipher)
+    _exchange(end_a, end_b, 4 << 20, 256 << 10)
+
+
+@pytest.mark.bench
+@pytest.mark.parametrize("cipher", [None] + CIPHERS,
+                         ids=["plain", "chacha20-poly1305", "aes-256-gcm"])
 def test_throughput_32_mib_both_ways(wspair, cipher, capsys):
     ws_a, ws_b = wspair
     total, chunk = 32 << 20, 256 << 10

@@ -8,7 +8,6 @@ import hashlib
 import logging
 import os
 import socket
-import struct
 import time
 import tracemalloc
 
@@ -570,6 +569,7 @@ def test_upgraded_connection_has_no_timeout(serve):
 
 # --- throughput (printed, not asserted) ----------------------------------------
 
+@pytest.mark.bench
 def test_throughput_ws_echo(serve, capsys):
     total = 256 << 20
     chunk = 256 << 10
@@ -599,4 +599,3 @@ def test_throughput_ws_echo(serve, capsys):
 
 def test_small_constants_sane():
     assert wsconn.SMALL_PAYLOAD < wsconn.RECV_BUFFER
-    assert struct.calcsize("!Q") == 8
