@@ -537,9 +537,39 @@ class AfbPair:
             stop_process(proc, timeout)
 
 
-def _afb(args, cwd=None, timeout=60):
-    res = subprocess.run([VENV_AFB] + args, capture_output=True, text=True, cwd=cwd,
-                         timeout=timeout, env=clean_env())
+def afb_command(checkout=None):
+    """``(argv prefix, env)`` that runs ``afb``: this checkout's, or ``checkout``'s (a
+    directory holding another revision, see :func:`base_checkout`) with this venv."""
+    if checkout is None:
+        return [VENV_AFB], clean_env()
+    return [VENV_PYTHON, "-m", "afb"], clean_env(PYTHONPATH=checkout)
+
+
+def base_checkout(rev, directory):
+    """A copy of afb at git revision ``rev`` in ``directory`` (made once), with this
+    checkout's C masker when its source is the same (else built), so that two
+    revisions run side by side on one venv."""
+    target = os.path.join(directory, "afb-" + rev.replace("/", "_"))
+    if not os.path.isdir(os.path.join(target, "afb")):
+        os.makedirs(target, exist_ok=True)
+        archive = subprocess.run(["git", "-C", REPO, "archive", rev, "afb", "setup.py",
+                                  "README.rst"], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", target], input=archive, check=True)
+        import glob
+        built = glob.glob(os.path.join(REPO, "afb", "_xormask*.so"))
+        same = subprocess.run(["git", "-C", REPO, "diff", "--quiet", rev, "--", "afb/_xormask.c"])
+        if built and same.returncode == 0:
+            shutil.copy(built[0], os.path.join(target, "afb"))
+        else:
+            subprocess.run([VENV_PYTHON, "setup.py", "-q", "build_ext", "--inplace"], cwd=target,
+                           capture_output=True)
+    return target
+
+
+def _afb(args, cwd=None, timeout=60, checkout=None):
+    argv, env = afb_command(checkout)
+    res = subprocess.run(argv + args, capture_output=True, text=True, cwd=cwd,
+                         timeout=timeout, env=env)
     if res.returncode != 0:
         raise RuntimeError("afb %s failed (exit %d): %s%s" % (
             " ".join(args), res.returncode, res.stdout, res.stderr))
@@ -548,7 +578,7 @@ def _afb(args, cwd=None, timeout=60):
 
 def start_afb_pair(directory, tls, procs=None, host=LOOPBACK, allow=(), path="/t",
                    log_level="warning", server_tunnel=None, client_tunnel=None,
-                   probe_port=None, timeout=30.0, e2e=True):
+                   probe_port=None, timeout=30.0, e2e=True, checkout=None):
     """Keys, token, configs, then ``afb server`` and ``afb client`` in ``directory``.
 
     ``tls`` picks wss:// (pinned self-signed certificate) or ws://.  ``e2e``
@@ -561,21 +591,22 @@ def start_afb_pair(directory, tls, procs=None, host=LOOPBACK, allow=(), path="/t
     pair is ready only once a small download goes through the tunnel.
 
     Processes are registered in ``procs`` when given (so a failure here still
-    leaves them to the caller's cleanup).  Returns an :class:`AfbPair`.
+    leaves them to the caller's cleanup).  ``checkout``: run another revision's afb
+    (:func:`base_checkout`).  Returns an :class:`AfbPair`.
     """
     directory = os.path.abspath(directory)
     keys = os.path.join(directory, "keys")
     os.makedirs(directory, exist_ok=True)
     pin = e2e_key = None
     if not os.path.exists(os.path.join(keys, "server.crt")):
-        out = _afb(["keygen", "--dir", keys])
+        out = _afb(["keygen", "--dir", keys], checkout=checkout)
         printed = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
         pin, e2e_key = printed.get("pin"), printed.get("e2e public key")
     pin = pin or spki_pin(os.path.join(keys, "server.crt"))
     if e2e and not e2e_key:
         e2e_key = e2e_public_key(os.path.join(keys, "e2e.key"))
     _afb(["token", "issue", "--key", os.path.join(keys, "jwt.key"), "--sub", "bench",
-          "--ttl", "1d", "--out", os.path.join(keys, "client.token")])
+          "--ttl", "1d", "--out", os.path.join(keys, "client.token")], checkout=checkout)
     server_port = free_port(host)
     proxy_port = free_port(host)
     while proxy_port == server_port:
@@ -598,13 +629,14 @@ def start_afb_pair(directory, tls, procs=None, host=LOOPBACK, allow=(), path="/t
         handle.write(CLIENT_CONF.format(**fmt))
 
     local = Processes() if procs is None else procs
-    server = local.spawn([VENV_AFB, "server", "-c", server_conf],
-                         os.path.join(directory, "server.log"), cwd=directory)
+    argv, env = afb_command(checkout)
+    server = local.spawn(argv + ["server", "-c", server_conf],
+                         os.path.join(directory, "server.log"), cwd=directory, env=env)
     client = None
     try:
         wait_port(server_port, host, timeout=timeout, proc=server)
-        client = local.spawn([VENV_AFB, "client", "-c", client_conf],
-                             os.path.join(directory, "client.log"), cwd=directory)
+        client = local.spawn(argv + ["client", "-c", client_conf],
+                             os.path.join(directory, "client.log"), cwd=directory, env=env)
         wait_port(proxy_port, host, timeout=timeout, proc=client)
         pair = AfbPair(directory, tls, host, server_port, proxy_port, server, client, pin,
                        e2e=e2e)

@@ -524,14 +524,21 @@ class Trojan(Peer):
         return (LOOPBACK, cport)
 
 
+#: ``bench/compare --base REV`` sets this: the checkout the ``afb-*@base`` peers run.
+BASE_CHECKOUT = None
+
+
 class Afb(Peer):
-    def __init__(self, tls, e2e=True):
+    def __init__(self, tls, e2e=True, base=False):
         super().__init__()
         self.tls = tls
         self.e2e = e2e
-        self.name = ("afb-wss" if tls else "afb-ws") + ("" if e2e else "-noe2e")
-        self.note = "afb %s, E2E %s (bench/common.start_afb_pair)" % (
-            "wss" if tls else "ws", "on" if e2e else "off")
+        self.checkout = BASE_CHECKOUT if base else None
+        self.name = ("afb-wss" if tls else "afb-ws") + ("" if e2e else "-noe2e") + \
+            ("@base" if base else "")
+        self.note = "afb %s, E2E %s (bench/common.start_afb_pair)%s" % (
+            "wss" if tls else "ws", "on" if e2e else "off",
+            ", at --base" if base else "")
         self.pair = None
 
     def missing(self):
@@ -540,7 +547,8 @@ class Afb(Peer):
     def _start(self, targets):
         allow = ["%s:%d" % (LOOPBACK, p) for p in sorted(set(targets.values()))]
         self.pair = common.start_afb_pair(self.dir, self.tls, procs=self.procs, allow=allow,
-                                          probe_port=targets["blob"], timeout=20, e2e=self.e2e)
+                                          probe_port=targets["blob"], timeout=20, e2e=self.e2e,
+                                          checkout=self.checkout)
         return (LOOPBACK, self.pair.proxy_port)
 
     def stop(self):
@@ -556,6 +564,7 @@ def make_peer(name):
         "trojan": Trojan, "afb-ws": lambda: Afb(False), "afb-wss": lambda: Afb(True),
         "afb-wss-noe2e": lambda: Afb(True, e2e=False), "py-floor": PyFloor,
         "py-tunnel-floor": PyTunnelFloor,
+        "afb-ws@base": lambda: Afb(False, base=True), "afb-wss@base": lambda: Afb(True, base=True),
     }
     if name not in table:
         raise KeyError("unknown peer %r (known: %s)" % (name, ", ".join(table)))
@@ -564,8 +573,8 @@ def make_peer(name):
 
 ALL_PEERS = ["direct", "microsocks", "socat", "v2ray-ws", "v2ray-wss", "ss-ws", "ss-wss",
              "trojan", "afb-ws", "afb-wss", "afb-wss-noe2e"]
-#: Opt-in peers (not in the default list): --peers py-floor,...
-EXTRA_PEERS = ["py-floor", "py-tunnel-floor"]
+#: Opt-in peers (not in the default list): --peers py-floor,...; the @base ones need --base.
+EXTRA_PEERS = ["py-floor", "py-tunnel-floor", "afb-ws@base", "afb-wss@base"]
 
 
 # --- targets: echo and close-timing (gevent, own process) ------------------------------------
