@@ -14,11 +14,17 @@ GEVENT_COMMANDS = frozenset({"server", "client", "demo"})
 
 
 def patch_gevent():
-    """Monkey-patch the standard library for gevent (idempotent)."""
+    """Monkey-patch the standard library for gevent (idempotent).
+
+    Everything but what the daemons never use: ``subprocess``, ``signal``
+    (they install handlers with ``gevent.signal_handler``) and ``queue``;
+    leaving those modules unimported keeps 1.1 MiB out of every daemon's
+    resident memory (26.3 -> 25.2 MiB for the patched interpreter, measured).
+    """
     from gevent import monkey
 
     if not monkey.is_module_patched("socket"):
-        monkey.patch_all()
+        monkey.patch_all(subprocess=False, signal=False, queue=False)
 
 
 def raise_open_files_limit():
