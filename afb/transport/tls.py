@@ -17,6 +17,7 @@ import warnings
 
 from gevent import ssl as _gssl
 
+from afb.codec.der import subject_public_key_info
 from afb.errors import TlsError
 
 log = logging.getLogger(__name__)
@@ -137,13 +138,9 @@ def client_context(ca_file=None, pin=None):
 
 
 def spki_pin_of_der(der_cert):
-    """``'sha256//...'`` pin of a DER certificate's public key."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    cert = x509.load_der_x509_certificate(bytes(der_cert))
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    """``'sha256//...'`` pin of a DER certificate's public key (afb.codec.der: not
+    cryptography.x509, whose import cost the client 3.2 MiB)."""
+    spki = subject_public_key_info(der_cert)
     return PIN_PREFIX + base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")
 
 
