@@ -35,28 +35,40 @@ def _load(path, role):
         return None
 
 
-def cmd_server(args):
-    cfg = _load(args.config, "server")
+def _run_daemon(role, path):
+    """Load the config, then run the daemon; a listener it cannot have ends in one line.
+
+    ``bind``/``listen`` are the only calls on the daemons' way up that raise
+    OSError out of ``run_server``/``run_client`` (every other start-up
+    failure is reported there, or by the config checks before).
+    """
+    cfg = _load(path, role)
     if cfg is None:
         return EXIT_CONFIG
     from afb import logsetup
 
-    logsetup.configure(cfg["server"]["log_level"])
-    from afb.apps.server import run_server
+    logsetup.configure(cfg[role]["log_level"])
+    if role == "server":
+        from afb.apps.server import run_server as run
+    else:
+        from afb.apps.client import run_client as run
+    try:
+        return run(cfg)
+    except OSError as exc:
+        from afb.config_values import parse_hostport
+        from afb.errors import listen_failure
 
-    return run_server(cfg)
+        _err("afb %s: %s" % (role, listen_failure(role, *parse_hostport(cfg[role]["listen"]),
+                                                   exc)))
+        return EXIT_FAILURE
+
+
+def cmd_server(args):
+    return _run_daemon("server", args.config)
 
 
 def cmd_client(args):
-    cfg = _load(args.config, "client")
-    if cfg is None:
-        return EXIT_CONFIG
-    from afb import logsetup
-
-    logsetup.configure(cfg["client"]["log_level"])
-    from afb.apps.client import run_client
-
-    return run_client(cfg)
+    return _run_daemon("client", args.config)
 
 
 def cmd_demo(args):
@@ -281,6 +293,29 @@ def cmd_config_check(args):
     return EXIT_OK
 
 
+def _days(text):
+    """argparse type of ``--days``: what a certificate can hold (datetime ends in 9999)."""
+    if not text.isdigit() or not 1 <= int(text) <= 36500:
+        raise argparse.ArgumentTypeError("a whole number of days from 1 to 36500, not %r" % text)
+    return int(text)
+
+
+def _cert_name(text):
+    """argparse type of ``--name``: an IP address, a host name or a ``*.`` wildcard name."""
+    import ipaddress
+    import re
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    name = text[2:] if text.startswith("*.") else text
+    if not re.match(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$",
+                    name) or len(name) > 253:
+        raise argparse.ArgumentTypeError("%r is neither a host name nor an IP address" % text)
+    return text
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="afb", description="Anti-Filter Bridge: SOCKS5/HTTP CONNECT over a WebSocket tunnel.")
@@ -304,10 +339,10 @@ def build_parser():
     p = sub.add_parser("keygen", help="create the server's TLS key, certificate, JWT keys and "
                                       "E2E key")
     p.add_argument("--dir", default=DEFAULT_KEY_DIR, help="output directory (default %(default)s)")
-    p.add_argument("--name", dest="names", action="append", metavar="NAME",
+    p.add_argument("--name", dest="names", action="append", metavar="NAME", type=_cert_name,
                    help="host name or IP address for the certificate (repeatable; "
                         "default localhost, 127.0.0.1, ::1)")
-    p.add_argument("--days", type=int, default=365, help="certificate lifetime (default 365)")
+    p.add_argument("--days", type=_days, default=365, help="certificate lifetime (default 365)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
     p.add_argument("--algorithm", choices=("EdDSA", "ES256", "HS256"),
                    help="JWT key type (default EdDSA; with --rotate: that of the current key)")
@@ -371,9 +406,16 @@ def main(argv=None):
     if not getattr(args, "func", None):
         return _usage(parser)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()      # here, where a closed pipe is still ours to report
+        return status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `afb keygen --rotate | head -1`: the reader has gone; nothing is wrong with afb.
+        # Point stdout at /dev/null so that the interpreter's last flush fails no more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":  # pragma: no cover

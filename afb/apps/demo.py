@@ -20,6 +20,7 @@ from afb.codec import aead
 from afb.apps.client import ProxyClient
 from afb.apps.server import TunnelServer
 from afb.config import load_config
+from afb.errors import AfbError, listen_failure
 from afb.policy.auth import issue_token
 
 log = logging.getLogger(__name__)
@@ -124,19 +125,26 @@ the log lines below show every tunnel and refused stream.
 
 def run_demo(directory=None):
     directory = os.path.abspath(directory or DEFAULT_DIR)
-    paths, pin = prepare(directory)
+    try:
+        paths, pin = prepare(directory)
+    except (OSError, ValueError, AfbError) as exc:
+        log.error("cannot prepare the demo in %s: %s; choose another folder with --dir",
+                  directory, exc)
+        return 1
     print("afb demo: keys, token and configs in %s" % directory, flush=True)
     server = TunnelServer(load_config(paths["server"], "server"))
     client = ProxyClient(load_config(paths["client"], "client"))
     stop = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
-    try:
-        server.start()
-        client.start()
-    except OSError as exc:
-        log.error("cannot start the demo: %s (is another afb demo running?)", exc)
-        return 1
+    for role, daemon, port in (("server", server, SERVER_PORT), ("client", client, PROXY_PORT)):
+        try:
+            daemon.start()
+        except OSError as exc:
+            log.error("cannot start the demo: %s", listen_failure(
+                role, "127.0.0.1", port, exc, fix="the demo's ports are fixed: stop what holds "
+                                                  "it (another afb demo?)"))
+            return 1
     print(banner(directory, paths, pin), flush=True)
     stop.wait()
     log.info("stopping the demo")

@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import signal
+import sqlite3
 import time
 
 import gevent
@@ -372,6 +373,9 @@ def run_server(cfg):
         server = TunnelServer(cfg)
     except (OSError, AfbError, ValueError) as exc:
         log.error("cannot start the server: %s", exc)
+        return 1
+    except sqlite3.Error as exc:      # a state store that is not one, locked, ...
+        log.error("cannot start the server: state store in %s: %s", cfg["server"]["state_dir"], exc)
         return 1
     server.serve_until_signal()
     return 0
