@@ -141,6 +141,8 @@ def _read(path, configspec=None):
 
 
 def _cross_checks(cfg, role, report):
+    if role == "server":
+        _acl_migration(cfg["acl"], report)
     if role == "client":
         c = cfg["client"]
         if bool(c["token"]) == bool(c["token_file"]):
@@ -152,6 +154,27 @@ def _cross_checks(cfg, role, report):
         if t["reconnect_min"] > t["reconnect_max"]:
             report.add(["tunnel"], "reconnect_min", "must not exceed reconnect_max (%s)"
                        % t["reconnect_max"])
+
+
+def _acl_migration(acl, report):
+    """``[acl] allow`` entries written when allow meant "also these private destinations".
+
+    allow now lists the only destinations users may reach and never opens a
+    private one, so such an entry would silently refuse everything: refuse
+    the config and name the key it belongs in.
+    """
+    from afb.policy.acl import private_only
+    from afb.policy.acl_rules import parse_rule
+
+    if acl["allow_private"]:
+        return
+    for entry in acl["allow"]:
+        reason = private_only(parse_rule(entry))
+        if reason:
+            report.add(["acl"], "allow", "%s only names %s addresses, which allow never opens: "
+                       "allow now lists the only destinations users may reach; move it to "
+                       "allow_private_to (and empty allow unless users should reach nothing "
+                       "else)" % (entry, reason))
 
 
 def _resolve_paths(cfg, role, base):

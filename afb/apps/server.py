@@ -102,10 +102,11 @@ class TunnelServer:
 
     def _make_acl(self, port):
         """The destination ACL; the host's own addresses are refused on ``port`` always
-        (no loops), on other ports unless allowed."""
+        (no loops), on other ports unless ``allow_private_to`` names them."""
         acl = self.cfg["acl"]
         return DestinationAcl(allow=acl["allow"], deny=acl["deny"],
                               allow_private=acl["allow_private"],
+                              allow_private_to=acl["allow_private_to"],
                               own_addresses=self.own_watch.current, own_port=port)
 
     def _own_addresses_changed(self, _addresses):
