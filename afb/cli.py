@@ -24,12 +24,16 @@ def _err(*lines):
         print(line, file=sys.stderr)
 
 
-def _load(path, role):
-    """The validated config, or None after printing every error line."""
-    from afb.config import load_config
+def _load(path, role, start=False):
+    """The validated config, or None after printing every error line.
+
+    ``start``: also every check the daemon makes before it starts (the files
+    it names), as ``afb config check`` does.
+    """
+    from afb.config import load_config, load_for_start
 
     try:
-        return load_config(path, role)
+        return (load_for_start if start else load_config)(path, role)
     except ConfigError as exc:
         _err(*(exc.errors or [str(exc)]))
         return None
@@ -42,7 +46,7 @@ def _run_daemon(role, path):
     OSError out of ``run_server``/``run_client`` (every other start-up
     failure is reported there, or by the config checks before).
     """
-    cfg = _load(path, role)
+    cfg = _load(path, role, start=True)
     if cfg is None:
         return EXIT_CONFIG
     from afb import logsetup
@@ -283,14 +287,31 @@ def cmd_token_list(args):
 
 
 def cmd_config_check(args):
+    """Every problem the daemon would refuse to start with; no FILE: the daemons' defaults."""
     from afb.config import check_config
 
-    errors = check_config(args.file, args.role)
-    if errors:
-        print("\n".join(errors))
-        return EXIT_FAILURE
-    print("%s: OK" % args.file)
-    return EXIT_OK
+    if args.file:
+        files = [(args.file, args.role)]
+    else:
+        wanted = [(path, role) for path, role in ((DEFAULT_SERVER_CONF, "server"),
+                                                  (DEFAULT_CLIENT_CONF, "client"))
+                  if args.role in (None, role)]
+        files = [(path, role) for path, role in wanted if os.path.exists(path)]
+        if not files:
+            missing = [path for path, _role in wanted]
+            _err("afb config check: %s; name the file to check: afb config check FILE" % (
+                "neither %s nor %s exists" % tuple(missing) if len(missing) == 2
+                else "%s does not exist" % missing[0]))
+            return EXIT_CONFIG
+    status = EXIT_OK
+    for path, role in files:
+        errors = check_config(path, role)
+        if errors:
+            print("\n".join(errors))
+            status = EXIT_FAILURE
+        else:
+            print("%s: OK" % path)
+    return status
 
 
 def _days(text):
@@ -387,8 +408,11 @@ def build_parser():
     p = sub.add_parser("config", help="configuration files")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     p.set_defaults(func=lambda args, parser=p: _usage(parser))
-    c = csub.add_parser("check", help="validate a config file and print every error")
-    c.add_argument("file")
+    c = csub.add_parser("check", help="print every problem the daemon would refuse to start "
+                                      "with: the file's and those of the files it names")
+    c.add_argument("file", nargs="?",
+                   help="config file (default: %s and %s, those that exist)"
+                        % (DEFAULT_SERVER_CONF, DEFAULT_CLIENT_CONF))
     c.add_argument("--role", choices=("server", "client"),
                    help="file kind (default: guessed from its [server]/[client] section)")
     c.set_defaults(func=cmd_config_check)

@@ -238,20 +238,39 @@ def guess_role(path):
     return found[0]
 
 
+def _startup_lines(path, cfg, role):
+    from afb.file_checks import startup_problems
+
+    report = _Report(path)
+    for section, key, problem in startup_problems(cfg, role):
+        report.add([section], key, problem)
+    return report.lines()
+
+
+def load_for_start(path, role):
+    """:func:`load_config`, then every check the daemon makes before it starts.
+
+    ConfigError lists every problem, the file's and those of the files it
+    names (:func:`afb.file_checks.startup_problems`), each with the line of
+    its key where the file has one.
+    """
+    cfg = load_config(path, role)
+    lines = _startup_lines(path, cfg, role)
+    if lines:
+        raise ConfigError("%s: %d problem(s) that stop afb %s" % (path, len(lines), role),
+                          errors=lines)
+    return cfg
+
+
 def check_config(path, role=None):
     """Every problem of the config file ``path`` as a list of lines (empty if OK).
 
-    Beyond the file itself: the key, token and password files it names that
-    the daemon would refuse (:func:`afb.file_checks.file_problems`).
+    The lines ``afb ROLE -c PATH`` would refuse to start with
+    (:func:`load_for_start`); ``role`` is guessed from the file's sections
+    when None.
     """
-    from afb.file_checks import file_problems
-
     try:
-        role = role or guess_role(path)
-        cfg = load_config(path, role)
+        load_for_start(path, role or guess_role(path))
     except ConfigError as exc:
         return exc.errors or [str(exc)]
-    report = _Report(path)
-    for section, key, problem in file_problems(cfg, role):
-        report.add([section], key, problem)
-    return report.lines()
+    return []

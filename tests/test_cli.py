@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from afb.policy.auth import TokenVerifier
+from tests.support import Setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,8 +85,8 @@ def test_token_issue_errors(keydir, tmp_path):
 
 
 def test_config_check(tmp_path):
-    for name in ("afb-server.conf", "afb-client.conf"):
-        path = os.path.join("conf", name)
+    setup = Setup(tmp_path / "ok")
+    for path in (setup.server_conf, setup.client_conf):
         result = afb("config", "check", path, cwd=ROOT)
         assert result.returncode == 0 and result.stdout.strip() == "%s: OK" % path
     conf = tmp_path / "client.conf"

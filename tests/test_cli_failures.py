@@ -121,6 +121,7 @@ def test_a_state_store_that_is_not_one(setup):
     os.makedirs(os.path.join(setup.dir, "state"))
     with open(os.path.join(setup.dir, "state", "afb.sqlite3"), "w") as handle:
         handle.write("not a database\n")
-    result = afb("server", "-c", setup.server_conf)
-    line = one_line(result, result.returncode if result.returncode in (1, 2) else 1)
-    assert os.path.join(setup.dir, "state") in line and "not a database" in line
+    line = one_line(afb("server", "-c", setup.server_conf), 2)     # found by the start checks
+    assert line == ("%s:7: [server] state_dir: state store %s is not an SQLite database; fix: "
+                    "move it away (afb makes a new, empty one)"
+                    % (setup.server_conf, os.path.join(setup.dir, "state", "afb.sqlite3")))

@@ -35,12 +35,33 @@ def errors_of(path, role):
 
 
 @pytest.mark.parametrize("name,role", [("afb-server.conf", "server"), ("afb-client.conf", "client")])
-def test_shipped_conf_files_pass(name, role):
-    path = os.path.join(ROOT, "conf", name)
-    assert check_config(path) == []
-    assert check_config(path, role) == []
-    cfg = load_config(path, role)
+def test_shipped_conf_files_are_valid(name, role):
+    cfg = load_config(os.path.join(ROOT, "conf", name), role)
     assert cfg.defaults == []  # every key is present in the shipped file
+
+
+def test_shipped_conf_files_left_unedited_do_not_pass_the_check(tmp_path):
+    """The examples name /etc/afb files (made missing here) and a placeholder server URL."""
+    etc = str(tmp_path / "etc-afb")
+    copies = {}
+    for name in ("afb-server.conf", "afb-client.conf"):
+        with open(os.path.join(ROOT, "conf", name)) as handle:
+            copies[name] = write(tmp_path, handle.read().replace("/etc/afb", etc), name)
+    server = copies["afb-server.conf"]
+    lines = check_config(server)
+    assert check_config(server, "server") == lines
+    assert [line.split(": ")[1] for line in lines] == [
+        "[server] cert", "[server] key", "[auth] jwt_public_key", "[e2e] key"]
+    assert all("does not exist; make it with afb keygen --dir %s, or fix the path" % etc in line
+               for line in lines)
+    client = copies["afb-client.conf"]
+    assert check_config(client) == [
+        "%s:14: [client] server: wss://your.server.example/ is the example's placeholder: set "
+        "the URL of your afb server, wss://HOST[:PORT]/PATH with the PATH of its [server] path"
+        % client,
+        "%s:24: [client] token_file: %s/client.token does not exist; put the user's token "
+        "there: on the server, afb token issue --sub NAME --out NAME.token; here, install -m 600 "
+        "NAME.token %s/client.token" % (client, etc, etc)]
 
 
 def test_shipped_files_list_every_spec_key():
@@ -235,7 +256,8 @@ def test_role_guess(tmp_path):
     path = write(tmp_path, "[tunnel]\nmax_message = 20000\n", "x.conf")
     [error] = check_config(path)
     assert "cannot tell" in error and "--role" in error
-    assert check_config(path, "server") == []
+    lines = check_config(path, "server")        # valid; its key files are missing
+    assert lines and all("/etc/afb/" in line for line in lines)
 
 
 @pytest.mark.parametrize("text,expected", [
