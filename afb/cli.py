@@ -91,6 +91,8 @@ def _utc(ts):
 def cmd_keygen(args):
     from afb.keys import DEFAULT_NAMES, generate_server_keys
 
+    if args.show:
+        return _keygen_show(args)
     if args.rotate:
         return _keygen_rotate(args)
     if args.grace is not None:
@@ -111,6 +113,30 @@ def cmd_keygen(args):
     print("names: %s" % ", ".join(names))
     print("pin: %s" % result["pin"])
     print("e2e public key: %s" % result["e2e_public_key"])
+    return EXIT_OK
+
+
+def _keygen_show(args):
+    """The pin and the E2E public key of the keys in --dir again (clients need them)."""
+    from afb.keys import show_public
+
+    extra = [name for name, value in (("--rotate", args.rotate), ("--force", args.force),
+                                      ("--name", args.names), ("--grace", args.grace),
+                                      ("--algorithm", args.algorithm)) if value]
+    if extra:
+        _err("afb keygen --show: only reads the keys in --dir; %s does not apply"
+             % ", ".join(extra))
+        return EXIT_FAILURE
+    try:
+        shown = show_public(args.dir)
+    except (OSError, ValueError, ConfigError) as exc:
+        _err("afb keygen --show: %s" % exc)
+        return EXIT_FAILURE
+    print("cert: %s" % shown["cert"])
+    print("names: %s" % ", ".join(shown["names"]))
+    print("expires: %s" % _utc(shown["not_after"].timestamp()))
+    print("pin: %s" % shown["pin"])
+    print("e2e public key: %s" % shown["e2e_public_key"])
     return EXIT_OK
 
 
@@ -370,6 +396,9 @@ def build_parser():
     p.add_argument("--rotate", action="store_true",
                    help="only add a new JWT signing key to the key ring in --dir; the "
                         "previous one keeps verifying until its grace period ends")
+    p.add_argument("--show", action="store_true",
+                   help="print the pin and the E2E public key of the keys in --dir again "
+                        "(what clients need); changes nothing")
     p.add_argument("--grace", metavar="TIME",
                    help="with --rotate: how long the previous key stays valid, e.g. 0, 12h, "
                         "7d (default: the server's [auth] rotation_grace)")

@@ -47,6 +47,23 @@ def test_keygen_output_and_refusal(keydir):
     assert again.returncode == 1 and "refusing to overwrite" in again.stderr and "--force" in again.stderr
 
 
+def test_keygen_show_prints_the_pin_and_e2e_key_again(keydir, tmp_path):
+    path, out = keydir
+    made = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    result = afb("keygen", "--show", "--dir", path)
+    assert result.returncode == 0, result.stderr
+    shown = dict(line.split(": ", 1) for line in result.stdout.strip().splitlines())
+    assert {k: shown[k] for k in ("cert", "names", "pin", "e2e public key")} == {
+        k: made[k] for k in ("cert", "names", "pin", "e2e public key")}
+    assert shown["expires"].endswith(" UTC")
+    missing = afb("keygen", "--show", "--dir", str(tmp_path))
+    assert (missing.returncode, missing.stderr) == (
+        1, "afb keygen --show: no server.crt in %s (afb keygen --dir %s makes it)\n"
+        % (tmp_path, tmp_path))
+    mixed = afb("keygen", "--show", "--rotate", "--dir", path)
+    assert mixed.returncode == 1 and "--rotate does not apply" in mixed.stderr
+
+
 def test_token_issue_with_key(keydir, tmp_path):
     path, _ = keydir
     result = afb("token", "issue", "--sub", "alice", "--ttl", "1h", "--key", os.path.join(path, "jwt.key"))
