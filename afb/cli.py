@@ -16,6 +16,8 @@ from afb.errors import ConfigError
 DEFAULT_SERVER_CONF = "/etc/afb/server.conf"
 DEFAULT_CLIENT_CONF = "/etc/afb/client.conf"
 DEFAULT_KEY_DIR = "/etc/afb"
+#: Where ``afb demo`` keeps its keys and configs without --dir.
+DEFAULT_DEMO_DIR = os.path.join("~", ".local", "share", "afb", "demo")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -232,7 +234,8 @@ def build_parser():
     p.set_defaults(func=cmd_client)
 
     p = sub.add_parser("demo", help="server + client on loopback with generated keys")
-    p.add_argument("--dir", default=None, help="working directory (default: a temporary one)")
+    p.add_argument("--dir", default=None, help="folder for its keys, token and configs, reused "
+                                               "on the next run (default %s)" % DEFAULT_DEMO_DIR)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("keygen", help="create the server's TLS key, certificate, JWT keys and "
