@@ -291,7 +291,7 @@ class TunnelServer:
         scheme = "wss" if self.ssl_context else "ws"
         host, port = self.address
         log.info("listening on %s://%s:%d%s", scheme, "[%s]" % host if ":" in host else host,
-                 port, self.cfg["server"]["path"])
+                 port, masked_path(self.cfg["server"]["path"]))
         self._housekeeper = gevent.spawn(self._housekeeping)
 
     def _housekeeping(self, interval=HOUSEKEEPING_INTERVAL):
@@ -361,6 +361,15 @@ class TunnelServer:
         stop.wait()
         log.info("signal received: draining (up to %.0f s)", self.cfg["server"]["drain_timeout"])
         self.stop()
+
+
+def masked_path(path):
+    """The tunnel path as the log shows it: its first 4 characters, then an ellipsis.
+
+    The path is a secret (every other path gets the decoy), and logs travel
+    further than the config: journald, support requests, screenshots.
+    """
+    return path if len(path) <= 4 else path[:4] + "\u2026"
 
 
 def _e2e_failure(exc):
