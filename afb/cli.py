@@ -106,7 +106,7 @@ def cmd_keygen(args):
         result = generate_server_keys(args.dir, names=names, days=args.days, force=args.force,
                                       algorithm=args.algorithm or "EdDSA")
     except (OSError, ValueError) as exc:
-        _err("afb keygen: %s" % exc)
+        _err("afb keygen: %s" % _cannot_write(args.dir, exc))
         return EXIT_FAILURE
     for what in ("cert", "key", "jwt_private_key", "jwt_public_key", "jwt_secret", "keyring",
                  "e2e_key"):
@@ -117,6 +117,14 @@ def cmd_keygen(args):
     print("pin: %s" % result["pin"])
     print("e2e public key: %s" % result["e2e_public_key"])
     return EXIT_OK
+
+
+def _cannot_write(directory, exc):
+    """``cannot write the keys in DIR: read-only file system`` for an OSError of the
+    system (not the temporary file's name); afb's own messages as they are."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return "cannot write the keys in %s: %s" % (directory, exc.strerror.lower())
+    return str(exc)
 
 
 def _keygen_show(args):
@@ -154,7 +162,7 @@ def _keygen_rotate(args):
         grace = None if args.grace is None else parse_ttl(args.grace, allow_zero=True)
         result = rotate_jwt_keys(args.dir, algorithm=args.algorithm, grace=grace)
     except (OSError, ValueError) as exc:
-        _err("afb keygen --rotate: %s" % exc)
+        _err("afb keygen --rotate: %s" % _cannot_write(args.dir, exc))
         return EXIT_FAILURE
     print("new signing key: %s (%s)" % (result["kid"], result["alg"]))
     for path in result["files"]:

@@ -130,7 +130,12 @@ def _read(path, configspec=None):
         return ConfigObj(path, configspec=configspec, file_error=True,
                          interpolation=False, encoding="utf-8")
     except OSError as exc:
-        reason = exc.strerror or ("file not found" if not os.path.exists(path) else str(exc))
+        if os.path.isdir(path):
+            reason = "it is a folder; name the config file in it"
+        elif os.path.exists(path) and not os.path.isfile(path):
+            reason = "not a regular file"
+        else:
+            reason = exc.strerror or ("file not found" if not os.path.exists(path) else str(exc))
         raise ConfigError("cannot read %s: %s" % (path, reason),
                           errors=["%s: cannot read: %s" % (path, reason)]) from None
     except ConfigObjError as exc:

@@ -125,3 +125,13 @@ def test_a_state_store_that_is_not_one(setup):
     assert line == ("%s:7: [server] state_dir: state store %s is not an SQLite database; fix: "
                     "move it away (afb makes a new, empty one)"
                     % (setup.server_conf, os.path.join(setup.dir, "state", "afb.sqlite3")))
+
+
+def test_keys_that_cannot_be_written_and_a_config_that_is_a_folder(tmp_path):
+    (tmp_path / "file").write_text("")
+    line = one_line(afb("keygen", "--dir", str(tmp_path / "file" / "keys")))
+    assert line == "afb keygen: cannot write the keys in %s: not a directory" % (
+        tmp_path / "file" / "keys")
+    check = afb("config", "check", str(tmp_path))
+    assert check.returncode == 1 and check.stdout == (
+        "%s: cannot read: it is a folder; name the config file in it\n" % tmp_path)
