@@ -15,7 +15,7 @@ created, started or bound.
   state folder (writable, or creatable; an existing store is SQLite), what
   verifies tokens (the JWT key ring and the files it names, or the single
   public key or HS256 secret), the E2E key (0600, an X25519 key), the
-  decoy folder;
+  decoy folder, ``[acl] allow`` entries naming one of the host's addresses;
 * client: the server URL (not the example's placeholder), the token file
   (0600, not empty, a JWT) or a config holding the token inline (0600),
   the users file and the CA file (trusted, readable, well formed).
@@ -172,6 +172,26 @@ def check_site_dir(path):
                       "[decoy] dir empty for the built-in site" % path)
 
 
+def check_allow_names_no_own_address(entries):
+    """An ``[acl] allow`` entry naming one of this host's addresses (how its other ports
+    were opened before allow meant "only these"): now it would refuse everything."""
+    from afb.host_addresses import interface_addresses
+    from afb.policy.acl import classify_address
+    from afb.policy.acl_rules import parse_rule
+
+    own = interface_addresses()
+    for entry in entries:
+        rule = parse_rule(entry)
+        if rule.kind != "net" or rule.value.num_addresses != 1:
+            continue
+        address = rule.value.network_address
+        # loopback follows allow_private, as in the ACL (and a private one is refused anyway)
+        if str(address) in own and classify_address(address) not in ("loopback", "unspecified"):
+            raise _refuse("%s is an address of this host, which allow never opens: allow now "
+                          "lists the only destinations users may reach; to let users reach "
+                          "this host's other ports, move it to allow_private_to" % entry)
+
+
 def client_file_checks(cfg):
     """The ``(section, key, path, check)`` rows of a client config."""
     client = cfg["client"]
@@ -213,6 +233,9 @@ def server_file_checks(cfg):
         rows.append(("e2e", "key", e2e["key"], check_e2e_key))
     if cfg["decoy"]["dir"]:
         rows.append(("decoy", "dir", None, lambda _path: check_site_dir(cfg["decoy"]["dir"])))
+    if cfg["acl"]["allow"]:
+        rows.append(("acl", "allow", None,
+                     lambda _path: check_allow_names_no_own_address(cfg["acl"]["allow"])))
     return rows
 
 

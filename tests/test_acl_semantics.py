@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from tests.netns import namespace_or_skip
 from tests.support import ROOT, EchoTarget, Setup, running, socks_open
 
 
@@ -64,3 +65,25 @@ def test_an_allow_that_only_names_private_addresses_is_refused_with_the_key_to_u
     assert line.startswith("%s:%d: [acl] allow: 127.0.0.1:8080 only names loopback addresses"
                            % (setup.server_conf, number))
     assert "move it to allow_private_to" in line
+
+
+@pytest.fixture(scope="module")
+def ns():
+    """A namespace whose interface has a public address (nothing is routed out of it)."""
+    yield from namespace_or_skip("127.0.0.1 localhost\n", prefix="afb-own-", commands=[
+        ["ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1"],
+        ["ip", "addr", "add", "11.0.0.1/32", "dev", "v0"], ["ip", "link", "set", "v0", "up"]])
+
+
+def test_an_allow_that_names_this_hosts_address_is_refused_with_the_key_to_use(ns, tmp_path):
+    """allow used to open the host's own address on other ports; now it would refuse all."""
+    setup = Setup(tmp_path, allow_private=False, server_extra="allow = 11.0.0.1:8080\n")
+    for argv in (["config", "check", setup.server_conf], ["server", "-c", setup.server_conf]):
+        result = ns.run([sys.executable, "-m", "afb", *argv], cwd=ROOT, text=True, timeout=60)
+        assert result.returncode in (1, 2) and "Traceback" not in result.stderr
+        [line] = (result.stdout + result.stderr).strip().splitlines()
+        number = open(setup.server_conf).read().splitlines().index("allow = 11.0.0.1:8080") + 1
+        assert line == ("%s:%d: [acl] allow: 11.0.0.1:8080 is an address of this host, which allow "
+                        "never opens: allow now lists the only destinations users may reach; to "
+                        "let users reach this host's other ports, move it to allow_private_to"
+                        % (setup.server_conf, number))
