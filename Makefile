@@ -6,7 +6,10 @@ PY := $(VENV)/bin/python
 # nginx as a TLS-terminating reverse proxy in front of afb server).
 APT_PACKAGES ?= curl ca-certificates nginx iproute2
 DEMO_DIR ?= demo
+# `make test` runs pytest with PYTEST_ARGS on TESTS: the whole tests/ folder,
+# unless PYTEST_ARGS names tests itself (make test PYTEST_ARGS=tests/test_cli.py).
 PYTEST_ARGS ?=
+TESTS ?= $(if $(filter tests tests/% ./tests ./tests/%,$(PYTEST_ARGS)),,tests)
 
 .PHONY: demo test bench bench-throughput venv apt-deps clean
 
@@ -33,8 +36,9 @@ demo: venv
 	$(VENV)/bin/afb demo --dir $(DEMO_DIR)
 
 # A test that hangs fails after 300 s (pytest-timeout) instead of holding up CI.
+# As root: some tests make network namespaces (ip netns) and mount namespaces.
 test: venv apt-deps
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=300 $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=300 $(PYTEST_ARGS) $(TESTS)
 
 # Side by side with rival tunnels (installs them from Debian; ~25 min):
 # JSON and markdown land in bench/results/.  BENCH_ARGS e.g. --size 256M --repeat 1

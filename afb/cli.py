@@ -1,7 +1,8 @@
 """The ``afb`` command line: argument parsing and the small administrative commands.
 
 :mod:`afb.entry` patches gevent first for ``server``, ``client`` and ``demo``;
-this module never imports gevent and loads the daemons lazily.
+this module never imports gevent and loads the daemons lazily, and the
+``token`` commands from :mod:`afb.cli_tokens`.
 """
 
 import argparse
@@ -15,6 +16,8 @@ from afb.errors import ConfigError
 DEFAULT_SERVER_CONF = "/etc/afb/server.conf"
 DEFAULT_CLIENT_CONF = "/etc/afb/client.conf"
 DEFAULT_KEY_DIR = "/etc/afb"
+#: Where ``afb demo`` keeps its keys and configs without --dir.
+DEFAULT_DEMO_DIR = os.path.join("~", ".local", "share", "afb", "demo")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -24,39 +27,55 @@ def _err(*lines):
         print(line, file=sys.stderr)
 
 
-def _load(path, role):
-    """The validated config, or None after printing every error line."""
-    from afb.config import load_config
+def _load(path, role, start=False):
+    """The validated config, or None after printing every error line.
+
+    ``start``: also every check the daemon makes before it starts (the files
+    it names), as ``afb config check`` does.
+    """
+    from afb.config import load_config, load_for_start
 
     try:
-        return load_config(path, role)
+        return (load_for_start if start else load_config)(path, role)
     except ConfigError as exc:
         _err(*(exc.errors or [str(exc)]))
         return None
 
 
-def cmd_server(args):
-    cfg = _load(args.config, "server")
+def _run_daemon(role, path):
+    """Load the config, then run the daemon; a listener it cannot have ends in one line.
+
+    ``bind``/``listen`` are the only calls on the daemons' way up that raise
+    OSError out of ``run_server``/``run_client`` (every other start-up
+    failure is reported there, or by the config checks before).
+    """
+    cfg = _load(path, role, start=True)
     if cfg is None:
         return EXIT_CONFIG
     from afb import logsetup
 
-    logsetup.configure(cfg["server"]["log_level"])
-    from afb.apps.server import run_server
+    logsetup.configure(cfg[role]["log_level"])
+    if role == "server":
+        from afb.apps.server import run_server as run
+    else:
+        from afb.apps.client import run_client as run
+    try:
+        return run(cfg)
+    except OSError as exc:
+        from afb.config_values import parse_hostport
+        from afb.errors import listen_failure
 
-    return run_server(cfg)
+        _err("afb %s: %s" % (role, listen_failure(role, *parse_hostport(cfg[role]["listen"]),
+                                                   exc)))
+        return EXIT_FAILURE
+
+
+def cmd_server(args):
+    return _run_daemon("server", args.config)
 
 
 def cmd_client(args):
-    cfg = _load(args.config, "client")
-    if cfg is None:
-        return EXIT_CONFIG
-    from afb import logsetup
-
-    logsetup.configure(cfg["client"]["log_level"])
-    from afb.apps.client import run_client
-
-    return run_client(cfg)
+    return _run_daemon("client", args.config)
 
 
 def cmd_demo(args):
@@ -75,6 +94,8 @@ def _utc(ts):
 def cmd_keygen(args):
     from afb.keys import DEFAULT_NAMES, generate_server_keys
 
+    if args.show:
+        return _keygen_show(args)
     if args.rotate:
         return _keygen_rotate(args)
     if args.grace is not None:
@@ -85,7 +106,7 @@ def cmd_keygen(args):
         result = generate_server_keys(args.dir, names=names, days=args.days, force=args.force,
                                       algorithm=args.algorithm or "EdDSA")
     except (OSError, ValueError) as exc:
-        _err("afb keygen: %s" % exc)
+        _err("afb keygen: %s" % _cannot_write(args.dir, exc))
         return EXIT_FAILURE
     for what in ("cert", "key", "jwt_private_key", "jwt_public_key", "jwt_secret", "keyring",
                  "e2e_key"):
@@ -95,6 +116,38 @@ def cmd_keygen(args):
     print("names: %s" % ", ".join(names))
     print("pin: %s" % result["pin"])
     print("e2e public key: %s" % result["e2e_public_key"])
+    return EXIT_OK
+
+
+def _cannot_write(directory, exc):
+    """``cannot write the keys in DIR: read-only file system`` for an OSError of the
+    system (not the temporary file's name); afb's own messages as they are."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return "cannot write the keys in %s: %s" % (directory, exc.strerror.lower())
+    return str(exc)
+
+
+def _keygen_show(args):
+    """The pin and the E2E public key of the keys in --dir again (clients need them)."""
+    from afb.keys import show_public
+
+    extra = [name for name, value in (("--rotate", args.rotate), ("--force", args.force),
+                                      ("--name", args.names), ("--grace", args.grace),
+                                      ("--algorithm", args.algorithm)) if value]
+    if extra:
+        _err("afb keygen --show: only reads the keys in --dir; %s does not apply"
+             % ", ".join(extra))
+        return EXIT_FAILURE
+    try:
+        shown = show_public(args.dir)
+    except (OSError, ValueError, ConfigError) as exc:
+        _err("afb keygen --show: %s" % exc)
+        return EXIT_FAILURE
+    print("cert: %s" % shown["cert"])
+    print("names: %s" % ", ".join(shown["names"]))
+    print("expires: %s" % _utc(shown["not_after"].timestamp()))
+    print("pin: %s" % shown["pin"])
+    print("e2e public key: %s" % shown["e2e_public_key"])
     return EXIT_OK
 
 
@@ -109,7 +162,7 @@ def _keygen_rotate(args):
         grace = None if args.grace is None else parse_ttl(args.grace, allow_zero=True)
         result = rotate_jwt_keys(args.dir, algorithm=args.algorithm, grace=grace)
     except (OSError, ValueError) as exc:
-        _err("afb keygen --rotate: %s" % exc)
+        _err("afb keygen --rotate: %s" % _cannot_write(args.dir, exc))
         return EXIT_FAILURE
     print("new signing key: %s (%s)" % (result["kid"], result["alg"]))
     for path in result["files"]:
@@ -121,164 +174,55 @@ def _keygen_rotate(args):
     return EXIT_OK
 
 
-def _store(cfg, create):
-    """The server's state store, or None (after a message) if it cannot be opened."""
-    import sqlite3
-
-    from afb.state import open_store
-
-    try:
-        return open_store(cfg, create=create)
-    except (OSError, sqlite3.Error) as exc:
-        _err("state store in %s: %s" % (cfg["server"]["state_dir"], exc))
-        return None
-
-
-def _record(cfg, claims, kid):
-    """Record an issued token in the state store; False (after a message) if that failed."""
-    store = _store(cfg, create=True)
-    if store is None:
-        return False
-    try:
-        store.record_issued(claims, kid=kid)
-        store.purge_expired()
-        return True
-    except Exception as exc:      # sqlite3 errors, a locked database...
-        _err("state store: %s" % exc)
-        return False
-    finally:
-        store.close()
-
-
-def cmd_token_issue(args):
-    from afb.keys import write_secret
-    from afb.policy.auth import ALGORITHM, parse_ttl
-    from afb.policy.keyring import SingleKeySigner, make_signer
-
-    try:
-        ttl = parse_ttl(args.ttl)
-    except ValueError as exc:
-        _err("afb token issue: %s" % exc)
-        return EXIT_FAILURE
-    audience, issuer, cfg = "afb", "afb", None
-    try:
-        if args.key is not None:
-            signer = SingleKeySigner(args.key, args.algorithm or ALGORITHM)
-        else:
-            cfg = _load(args.config or DEFAULT_SERVER_CONF, "server")
-            if cfg is None:
-                return EXIT_CONFIG
-            if args.algorithm and args.algorithm != cfg["auth"]["algorithm"]:
-                _err("afb token issue: --algorithm %s differs from [auth] algorithm = %s"
-                     % (args.algorithm, cfg["auth"]["algorithm"]))
-                return EXIT_FAILURE
-            signer = make_signer(cfg)
-            audience, issuer = cfg["auth"]["audience"], cfg["auth"]["issuer"]
-        audience = args.audience or audience
-        issuer = args.issuer or issuer
-        token, claims, kid = signer.issue(args.sub, ttl, audience=audience, issuer=issuer)
-        if args.out:
-            write_secret(args.out, token + "\n")
-    except (OSError, ValueError, TypeError, ConfigError) as exc:
-        _err("afb token issue: %s" % exc)
-        return EXIT_FAILURE
-    if cfg is not None and not _record(cfg, claims, kid):
-        _err("note: this token is not in the list of `afb token list`")
-    expires = _utc(claims["exp"])
-    if args.out:
-        print("token for %s written to %s (expires %s)" % (args.sub, args.out, expires))
-    else:
-        print(token)
-        _err("token for %s expires %s" % (args.sub, expires))
-    return EXIT_OK
-
-
-def cmd_token_revoke(args):
-    cfg = _load(args.config or DEFAULT_SERVER_CONF, "server")
-    if cfg is None:
-        return EXIT_CONFIG
-    store = _store(cfg, create=True)
-    if store is None:
-        return EXIT_FAILURE
-    try:
-        if args.jti:
-            revoked = store.revoke_jti(args.jti, reason=args.reason)
-            family = revoked["family"]
-            also = "" if family == args.jti else " and its family %s" % family
-            if revoked["sub"]:
-                expires = " (the newest expires %s)" % _utc(revoked["exp"]) if revoked["exp"] \
-                    else ""
-                print("revoked token %s of %s%s, with every token refreshed from the same "
-                      "first token%s" % (args.jti, revoked["sub"], also, expires))
-            else:
-                print("revoked token %s%s, and every token refreshed from it" % (args.jti, also))
-                _err("note: %s is not in the issued-token list; it is refused anyway" % args.jti)
-        else:
-            before = store.revoke_subject(args.sub, reason=args.reason)
-            print("revoked every token of %s issued before %s; tokens issued later work"
-                  % (args.sub, _utc(before)))
-        store.purge_expired()
-    except Exception as exc:      # sqlite3 errors, locked database...
-        _err("afb token revoke: %s" % exc)
-        return EXIT_FAILURE
-    finally:
-        store.close()
-    _err("a running server refuses it at once and closes the live tunnels it reaches within "
-         "%g seconds ([auth] revocation_poll + 1)" % (cfg["auth"]["revocation_poll"] + 1))
-    return EXIT_OK
-
-
-def cmd_token_list(args):
-    cfg = _load(args.config or DEFAULT_SERVER_CONF, "server")
-    if cfg is None:
-        return EXIT_CONFIG
-    if not os.path.isdir(cfg["server"]["state_dir"]):
-        print("no tokens recorded (no state directory %s)" % cfg["server"]["state_dir"])
-        return EXIT_OK
-    store = _store(cfg, create=True)
-    if store is None:
-        return EXIT_FAILURE
-    try:
-        tokens, revocations = store.list_tokens(), store.list_revocations()
-    except Exception as exc:      # sqlite3 errors, a locked database...
-        _err("afb token list: %s" % exc)
-        return EXIT_FAILURE
-    finally:
-        store.close()
-    now = time.time()
-    newest = {tok["fam"]: tok["refreshes"] for tok in tokens}    # rows come oldest first
-    print("%-41s  %-16s  %-23s  %-23s  %s" % ("JTI", "SUB", "ISSUED", "EXPIRES", "STATUS"))
-    for tok in tokens:
-        status = tok["revoked"] or ("expired" if tok["exp"] < now else "valid")
-        if tok["refreshes"]:
-            status += "; refresh %d of family %s, its newest" % (tok["refreshes"], tok["fam"])
-        elif newest[tok["fam"]]:
-            status += "; refreshed since (newest below)"
-        print("%-41s  %-16s  %-23s  %-23s  %s" % (tok["jti"], tok["sub"], _utc(tok["iat"]),
-                                                 _utc(tok["exp"]), status))
-    if any(newest.values()):
-        print()
-        print("A refreshed token's JTI starts with its family's: the JTI of the first token. "
-              "Revoking any JTI of a family revokes all of it.")
-    subjects = [r for r in revocations if r["kind"] == "sub"]
-    if subjects:
-        print()
-        print("revoked subjects (tokens issued before the time are refused):")
-        for rev in subjects:
-            print("  %s before %s%s" % (rev["value"], _utc(rev["before"]),
-                                        " (%s)" % rev["reason"] if rev["reason"] else ""))
-    return EXIT_OK
-
-
 def cmd_config_check(args):
+    """Every problem the daemon would refuse to start with; no FILE: the daemons' defaults."""
     from afb.config import check_config
 
-    errors = check_config(args.file, args.role)
-    if errors:
-        print("\n".join(errors))
-        return EXIT_FAILURE
-    print("%s: OK" % args.file)
-    return EXIT_OK
+    if args.file:
+        files = [(args.file, args.role)]
+    else:
+        wanted = [(path, role) for path, role in ((DEFAULT_SERVER_CONF, "server"),
+                                                  (DEFAULT_CLIENT_CONF, "client"))
+                  if args.role in (None, role)]
+        files = [(path, role) for path, role in wanted if os.path.exists(path)]
+        if not files:
+            missing = [path for path, _role in wanted]
+            _err("afb config check: %s; name the file to check: afb config check FILE" % (
+                "neither %s nor %s exists" % tuple(missing) if len(missing) == 2
+                else "%s does not exist" % missing[0]))
+            return EXIT_CONFIG
+    status = EXIT_OK
+    for path, role in files:
+        errors = check_config(path, role)
+        if errors:
+            print("\n".join(errors))
+            status = EXIT_FAILURE
+        else:
+            print("%s: OK" % path)
+    return status
+
+
+def _days(text):
+    """argparse type of ``--days``: what a certificate can hold (datetime ends in 9999)."""
+    if not text.isdigit() or not 1 <= int(text) <= 36500:
+        raise argparse.ArgumentTypeError("a whole number of days from 1 to 36500, not %r" % text)
+    return int(text)
+
+
+def _cert_name(text):
+    """argparse type of ``--name``: an IP address, a host name or a ``*.`` wildcard name."""
+    import ipaddress
+    import re
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    name = text[2:] if text.startswith("*.") else text
+    if not re.match(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$",
+                    name) or len(name) > 253:
+        raise argparse.ArgumentTypeError("%r is neither a host name nor an IP address" % text)
+    return text
 
 
 def build_parser():
@@ -298,22 +242,26 @@ def build_parser():
     p.set_defaults(func=cmd_client)
 
     p = sub.add_parser("demo", help="server + client on loopback with generated keys")
-    p.add_argument("--dir", default=None, help="working directory (default: a temporary one)")
+    p.add_argument("--dir", default=None, help="folder for its keys, token and configs, reused "
+                                               "on the next run (default %s)" % DEFAULT_DEMO_DIR)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("keygen", help="create the server's TLS key, certificate, JWT keys and "
                                       "E2E key")
     p.add_argument("--dir", default=DEFAULT_KEY_DIR, help="output directory (default %(default)s)")
-    p.add_argument("--name", dest="names", action="append", metavar="NAME",
+    p.add_argument("--name", dest="names", action="append", metavar="NAME", type=_cert_name,
                    help="host name or IP address for the certificate (repeatable; "
                         "default localhost, 127.0.0.1, ::1)")
-    p.add_argument("--days", type=int, default=365, help="certificate lifetime (default 365)")
+    p.add_argument("--days", type=_days, default=365, help="certificate lifetime (default 365)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
     p.add_argument("--algorithm", choices=("EdDSA", "ES256", "HS256"),
                    help="JWT key type (default EdDSA; with --rotate: that of the current key)")
     p.add_argument("--rotate", action="store_true",
                    help="only add a new JWT signing key to the key ring in --dir; the "
                         "previous one keeps verifying until its grace period ends")
+    p.add_argument("--show", action="store_true",
+                   help="print the pin and the E2E public key of the keys in --dir again "
+                        "(what clients need); changes nothing")
     p.add_argument("--grace", metavar="TIME",
                    help="with --rotate: how long the previous key stays valid, e.g. 0, 12h, "
                         "7d (default: the server's [auth] rotation_grace)")
@@ -335,7 +283,7 @@ def build_parser():
     t.add_argument("--audience", help="override the audience (default from config, or afb)")
     t.add_argument("--issuer", help="override the issuer (default from config, or afb)")
     t.add_argument("--out", help="write the token to this file (mode 0600) instead of stdout")
-    t.set_defaults(func=cmd_token_issue)
+    t.set_defaults(func=_tokens("cmd_token_issue"))
     t = tsub.add_parser("revoke", help="revoke one token with its refreshes (--jti) or every "
                                        "token of a user (--sub)")
     what = t.add_mutually_exclusive_group(required=True)
@@ -344,20 +292,32 @@ def build_parser():
     what.add_argument("--sub", help="user: refuse every token issued to it until now")
     t.add_argument("-c", "--config", help="server config (default %s)" % DEFAULT_SERVER_CONF)
     t.add_argument("--reason", default="", help="short note kept with the revocation")
-    t.set_defaults(func=cmd_token_revoke)
+    t.set_defaults(func=_tokens("cmd_token_revoke"))
     t = tsub.add_parser("list", help="list issued tokens and revocations")
     t.add_argument("-c", "--config", help="server config (default %s)" % DEFAULT_SERVER_CONF)
-    t.set_defaults(func=cmd_token_list)
+    t.set_defaults(func=_tokens("cmd_token_list"))
 
     p = sub.add_parser("config", help="configuration files")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     p.set_defaults(func=lambda args, parser=p: _usage(parser))
-    c = csub.add_parser("check", help="validate a config file and print every error")
-    c.add_argument("file")
+    c = csub.add_parser("check", help="print every problem the daemon would refuse to start "
+                                      "with: the file's and those of the files it names")
+    c.add_argument("file", nargs="?",
+                   help="config file (default: %s and %s, those that exist)"
+                        % (DEFAULT_SERVER_CONF, DEFAULT_CLIENT_CONF))
     c.add_argument("--role", choices=("server", "client"),
                    help="file kind (default: guessed from its [server]/[client] section)")
     c.set_defaults(func=cmd_config_check)
     return parser
+
+
+def _tokens(name):
+    """The token command ``name`` of :mod:`afb.cli_tokens`, imported when it runs."""
+    def command(args):
+        from afb import cli_tokens
+
+        return getattr(cli_tokens, name)(args)
+    return command
 
 
 def _usage(parser):
@@ -371,9 +331,16 @@ def main(argv=None):
     if not getattr(args, "func", None):
         return _usage(parser)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()      # here, where a closed pipe is still ours to report
+        return status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `afb keygen --rotate | head -1`: the reader has gone; nothing is wrong with afb.
+        # Point stdout at /dev/null so that the interpreter's last flush fails no more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":  # pragma: no cover

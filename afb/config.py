@@ -130,7 +130,12 @@ def _read(path, configspec=None):
         return ConfigObj(path, configspec=configspec, file_error=True,
                          interpolation=False, encoding="utf-8")
     except OSError as exc:
-        reason = exc.strerror or ("file not found" if not os.path.exists(path) else str(exc))
+        if os.path.isdir(path):
+            reason = "it is a folder; name the config file in it"
+        elif os.path.exists(path) and not os.path.isfile(path):
+            reason = "not a regular file"
+        else:
+            reason = exc.strerror or ("file not found" if not os.path.exists(path) else str(exc))
         raise ConfigError("cannot read %s: %s" % (path, reason),
                           errors=["%s: cannot read: %s" % (path, reason)]) from None
     except ConfigObjError as exc:
@@ -141,6 +146,8 @@ def _read(path, configspec=None):
 
 
 def _cross_checks(cfg, role, report):
+    if role == "server":
+        _acl_migration(cfg["acl"], report)
     if role == "client":
         c = cfg["client"]
         if bool(c["token"]) == bool(c["token_file"]):
@@ -152,6 +159,27 @@ def _cross_checks(cfg, role, report):
         if t["reconnect_min"] > t["reconnect_max"]:
             report.add(["tunnel"], "reconnect_min", "must not exceed reconnect_max (%s)"
                        % t["reconnect_max"])
+
+
+def _acl_migration(acl, report):
+    """``[acl] allow`` entries written when allow meant "also these private destinations".
+
+    allow now lists the only destinations users may reach and never opens a
+    private one, so such an entry would silently refuse everything: refuse
+    the config and name the key it belongs in.
+    """
+    from afb.policy.acl import private_only
+    from afb.policy.acl_rules import parse_rule
+
+    if acl["allow_private"]:
+        return
+    for entry in acl["allow"]:
+        reason = private_only(parse_rule(entry))
+        if reason:
+            report.add(["acl"], "allow", "%s only names %s addresses, which allow never opens: "
+                       "allow now lists the only destinations users may reach; move it to "
+                       "allow_private_to (and empty allow unless users should reach nothing "
+                       "else)" % (entry, reason))
 
 
 def _resolve_paths(cfg, role, base):
@@ -215,20 +243,39 @@ def guess_role(path):
     return found[0]
 
 
+def _startup_lines(path, cfg, role):
+    from afb.file_checks import startup_problems
+
+    report = _Report(path)
+    for section, key, problem in startup_problems(cfg, role):
+        report.add([section], key, problem)
+    return report.lines()
+
+
+def load_for_start(path, role):
+    """:func:`load_config`, then every check the daemon makes before it starts.
+
+    ConfigError lists every problem, the file's and those of the files it
+    names (:func:`afb.file_checks.startup_problems`), each with the line of
+    its key where the file has one.
+    """
+    cfg = load_config(path, role)
+    lines = _startup_lines(path, cfg, role)
+    if lines:
+        raise ConfigError("%s: %d problem(s) that stop afb %s" % (path, len(lines), role),
+                          errors=lines)
+    return cfg
+
+
 def check_config(path, role=None):
     """Every problem of the config file ``path`` as a list of lines (empty if OK).
 
-    Beyond the file itself: the key, token and password files it names that
-    the daemon would refuse (:func:`afb.file_checks.file_problems`).
+    The lines ``afb ROLE -c PATH`` would refuse to start with
+    (:func:`load_for_start`); ``role`` is guessed from the file's sections
+    when None.
     """
-    from afb.file_checks import file_problems
-
     try:
-        role = role or guess_role(path)
-        cfg = load_config(path, role)
+        load_for_start(path, role or guess_role(path))
     except ConfigError as exc:
         return exc.errors or [str(exc)]
-    report = _Report(path)
-    for section, key, problem in file_problems(cfg, role):
-        report.add([section], key, problem)
-    return report.lines()
+    return []

@@ -2,7 +2,7 @@
 
 :func:`make_validator` gives configobj's validator the custom types the
 ``afb/configspec/*.spec`` files use (``hostport``, ``ws_url``, ``duration``,
-``byte_size``, ``cidr_list``...). A failed check raises :class:`InvalidValue`, whose message
+``byte_size``, ``cidr_list``, ``acl_list``...). A failed check raises :class:`InvalidValue`, whose message
 is the reason :mod:`afb.config` shows beside the file, line and key.
 """
 
@@ -146,6 +146,19 @@ def _check_cidr_list(value, *args, **kwargs):
     return value
 
 
+def _check_acl_list(value, *args, **kwargs):
+    """A string_list of destination ACL entries (10.0.0.0/8, example.com:443, *.example.com)."""
+    from afb.policy.acl_rules import parse_rule
+
+    value = _check_string_list(value, *args, **kwargs)
+    for entry in value:
+        try:
+            parse_rule(entry)
+        except ValueError as exc:
+            raise InvalidValue(str(exc)) from None
+    return value
+
+
 _COOKIE_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}$")
 
 
@@ -233,6 +246,7 @@ def make_validator():
         "duration": _check_duration,
         "byte_size": _check_byte_size,
         "cidr_list": _check_cidr_list,
+        "acl_list": _check_acl_list,
         "cookie_name": _check_cookie_name,
         "e2e_public_key": _check_e2e_public_key,
         "cipher_list": _check_cipher_list,

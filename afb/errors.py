@@ -6,6 +6,8 @@ code (``close_code``).  Code that catches :class:`AfbError` answers with the
 field that fits its protocol and logs ``str(exc)`` in one line.
 """
 
+import errno
+
 # SOCKS5 reply codes (RFC 1928, section 6).
 REP_SUCCEEDED = 0x00
 REP_GENERAL_FAILURE = 0x01
@@ -52,6 +54,45 @@ class ConfigError(AfbError):
     def __init__(self, message, errors=()):
         super().__init__(message)
         self.errors = list(errors)
+
+
+#: Why a listening socket could not be had: errno -> (what, hint, fix).
+_LISTEN_FAILURES = {
+    errno.EADDRINUSE: ("address already in use", "another afb %(role)s or a web server?",
+                       "stop it or change %(key)s"),
+    errno.EADDRNOTAVAIL: ("%(host)s is not an address of this host", "",
+                          "change %(key)s to one of its addresses (0.0.0.0 or [::]: all)"),
+    errno.EAFNOSUPPORT: ("this host has no IPv6", "", "change %(key)s to an IPv4 address"),
+}
+_LOW_PORT = ("permission denied", "ports below 1024 need root or the CAP_NET_BIND_SERVICE "
+             "capability", "run afb as root, give it the capability (systemd: "
+             "AmbientCapabilities=CAP_NET_BIND_SERVICE), or change %(key)s to a port above 1023")
+
+
+def listen_failure(role, host, port, exc, fix=None):
+    """The one line that says why ``role`` (``"server"``...) could not listen and what to do.
+
+    ``exc`` is the OSError of ``bind``/``listen`` (or of the name lookup
+    before them); ``fix``, if given, replaces the advice, which otherwise
+    names the setting to change, ``[ROLE] listen``:
+
+    >>> listen_failure("client", "::1", 1080, OSError(errno.EADDRINUSE, "in use"))[:71]
+    'cannot listen on [::1]:1080: address already in use (another afb client'
+    """
+    import socket      # here: the offline commands import this module, not the network
+
+    where = "[%s]:%s" % (host, port) if ":" in str(host) else "%s:%s" % (host, port)
+    names = {"role": role, "host": host, "key": "[%s] listen" % role}
+    if isinstance(exc, socket.gaierror):
+        what, hint, advice = ("cannot resolve %(host)s", exc.strerror or str(exc),
+                              "change %(key)s to an IP address")
+    elif exc.errno == errno.EACCES and int(port) < 1024:
+        what, hint, advice = _LOW_PORT
+    else:
+        what, hint, advice = _LISTEN_FAILURES.get(
+            exc.errno, ((exc.strerror or str(exc)).lower(), "", "check %(key)s"))
+    hint = " (%s)" % (hint % names) if hint else ""
+    return "cannot listen on %s: %s%s; %s" % (where, what % names, hint, fix or advice % names)
 
 
 # --- local proxy protocols (SOCKS5, HTTP CONNECT) ---------------------------

@@ -261,6 +261,38 @@ def generate_server_keys(directory, names=DEFAULT_NAMES, days=365, force=False,
     return dict(paths, pin=spki_pin(cert_pem), kid=kid, e2e_public_key=e2e_public)
 
 
+def show_public(directory):
+    """What clients need of the keys in ``directory``, as ``afb keygen`` printed it.
+
+    Returns ``{'cert', 'names', 'not_after', 'pin', 'e2e_key', 'e2e_public_key'}``
+    (``not_after``: a UTC datetime).  Raises FileNotFoundError naming the
+    file that is missing and ValueError for one that is not a certificate or
+    an E2E key.  Reads public data only (the E2E public key is derived from
+    the private key file, which therefore must be readable).
+    """
+    from afb.codec.aead import load_static_key, public_key_b64  # aead imports this module
+
+    paths = {"cert": os.path.join(directory, FILES["cert"]),
+             "e2e_key": os.path.join(directory, E2E_KEY_FILE)}
+    for path in paths.values():
+        if not os.path.exists(path):
+            raise FileNotFoundError("no %s in %s (afb keygen --dir %s makes it)"
+                                    % (os.path.basename(path), directory, directory))
+    with open(paths["cert"], "rb") as handle:
+        data = handle.read()
+    try:
+        cert = x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise ValueError("%s is not a PEM certificate" % paths["cert"]) from None
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(n.value) for n in san]
+    except x509.ExtensionNotFound:
+        names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return dict(paths, names=names, not_after=cert.not_valid_after_utc, pin=spki_pin(data),
+                e2e_public_key=public_key_b64(load_static_key(paths["e2e_key"])))
+
+
 # --- the JWT key ring ----------------------------------------------------------
 
 def _number_or_none(value, what, kid):

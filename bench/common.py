@@ -443,7 +443,7 @@ mode = {e2e_mode}
 [acl]
 # loopback destinations are the whole point of a benchmark
 allow_private = true
-allow = {allow}
+allow_private_to = {allow}
 """
 
 CLIENT_CONF = """\
@@ -584,7 +584,7 @@ def start_afb_pair(directory, tls, procs=None, host=LOOPBACK, allow=(), path="/t
     ``tls`` picks wss:// (pinned self-signed certificate) or ws://.  ``e2e``
     (on by default, as ``afb keygen`` users run it): the client pins the
     server's E2E key and the server requires it; off: ``[e2e] mode = off``.  ``allow``
-    lists extra destinations for the server's [acl] allow (an allow rule beats
+    lists extra destinations for the server's [acl] allow_private_to (which beats
     the server's refusal of its own address, e.g. ``127.0.0.1:PORT`` for a
     local benchmark server).  ``server_tunnel`` / ``client_tunnel`` are dicts
     of extra [tunnel] settings.  With ``probe_port`` (a blob server port), the

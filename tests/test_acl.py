@@ -3,7 +3,7 @@
 import pytest
 
 from afb.errors import REP_NOT_ALLOWED, NotAllowed
-from afb.policy.acl import DestinationAcl, classify_address, format_destination
+from afb.policy.acl import DestinationAcl, classify_address, format_destination, private_only
 from afb.policy.acl_rules import parse_rule
 
 REFUSED_BY_DEFAULT = [
@@ -94,15 +94,15 @@ def test_message_format():
     ("fd00::5", 443, True),
     ("fd00::5", 80, False),
 ])
-def test_allow_rules_with_ports(ip, port, ok):
-    acl = DestinationAcl(allow=["127.0.0.1/32:8000-8100", "[::1]:8080", "10.1.0.0/16",
-                                "[fd00::/8]:443"])
+def test_allow_private_to_rules_with_ports(ip, port, ok):
+    acl = DestinationAcl(allow_private_to=["127.0.0.1/32:8000-8100", "[::1]:8080", "10.1.0.0/16",
+                                           "[fd00::/8]:443"])
     assert acl.is_allowed(ip, port) is ok
 
 
-def test_deny_overrides_allow_and_allow_private():
-    acl = DestinationAcl(allow=["10.0.0.0/8", "example.com"], deny=["10.9.0.0/16", "0.0.0.0/0:25",
-                                                                   "[::/0]:25", "example.com:22"],
+def test_deny_overrides_allow_private_to_and_allow_private():
+    acl = DestinationAcl(allow_private_to=["10.0.0.0/8", "example.com"],
+                         deny=["10.9.0.0/16", "0.0.0.0/0:25", "[::/0]:25", "example.com:22"],
                          allow_private=True)
     assert acl.is_allowed("10.1.1.1", 80)
     assert not acl.is_allowed("10.9.1.1", 80)
@@ -134,21 +134,25 @@ def test_own_address_refused_unless_explicitly_allowed():
     with pytest.raises(NotAllowed, match=r"server's own address"):
         acl.check_address("2001:4860::7", 443)
     assert acl.is_allowed("203.0.114.8", 443)
-    acl = DestinationAcl(own_addresses=["203.0.114.7"], allow=["203.0.114.7:443"])
+    acl = DestinationAcl(own_addresses=["203.0.114.7"], allow_private_to=["203.0.114.7:443"])
     assert acl.is_allowed("203.0.114.7", 443)
     assert not acl.is_allowed("203.0.114.7", 22)
+    # allow alone restricts, it never opens an own address
+    acl = DestinationAcl(own_addresses=["203.0.114.7"], allow=["203.0.114.7:443"])
+    with pytest.raises(NotAllowed, match=r"server's own address"):
+        acl.check_address("203.0.114.7", 443)
 
 
 def test_own_endpoint_refused_even_when_allowed():
     """Step 0: an own address on the listening port, whatever allow and allow_private say."""
     own = ["127.0.0.0/8", "::1", "0.0.0.0", "::", "198.18.0.1", "2001:db8::5"]
     acl = DestinationAcl(own_addresses=own, own_port=443, allow_private=True,
-                         allow=["198.18.0.1/32", "0.0.0.0/0", "::/0"])
+                         allow_private_to=["198.18.0.1/32", "0.0.0.0/0", "::/0"])
     for ip in ("198.18.0.1", "::ffff:198.18.0.1", "2001:db8::5", "127.0.0.9", "::1", "0.0.0.0",
                "64:ff9b::c612:1"):             # the last one: NAT64 of 198.18.0.1
         with pytest.raises(NotAllowed, match=r"\(the server's own endpoint\)"):
             acl.check_address(ip, 443)
-    assert acl.is_allowed("198.18.0.1", 22)          # other ports: the allow rule opens them
+    assert acl.is_allowed("198.18.0.1", 22)          # other ports: allow_private_to opens them
     assert acl.is_allowed("198.18.0.2", 443)         # not ours
 
 
@@ -169,7 +173,7 @@ def test_own_loopback_follows_allow_private_on_other_ports():
 
 
 def test_names_and_wildcards():
-    acl = DestinationAcl(allow=["internal.corp:443", "*.svc.local"],
+    acl = DestinationAcl(allow_private_to=["internal.corp:443", "*.svc.local"],
                          deny=["*.evil.com", "bad.example", "mail.example.org:25"])
     # check_name: deny rules before resolution
     for host in ("x.evil.com", "a.b.EVIL.com", "bad.example", "bad.example."):
@@ -182,7 +186,7 @@ def test_names_and_wildcards():
         acl.check_name("mail.example.org", 25)
     assert acl.check_name("127.0.0.1", 22) is None  # literals are judged by check_address
 
-    # explicit allow by name lets a private address through, port permitting
+    # allow_private_to by name lets a private address through, port permitting
     assert acl.is_allowed("10.0.0.5", 443, host="internal.corp")
     assert not acl.is_allowed("10.0.0.5", 80, host="internal.corp")
     assert acl.is_allowed("10.0.0.6", 80, host="db.svc.local")
@@ -226,6 +230,8 @@ def test_bad_rule_raises_value_error(entry):
     assert repr(entry) in str(info.value)
     with pytest.raises(ValueError):
         DestinationAcl(deny=[entry])
+    with pytest.raises(ValueError):
+        DestinationAcl(allow_private_to=[entry])
 
 
 def test_bad_own_address():
@@ -234,13 +240,13 @@ def test_bad_own_address():
 
 
 def test_single_string_rule_list():
-    acl = DestinationAcl(allow="127.0.0.1:80")
-    assert acl.is_allowed("127.0.0.1", 80)
-    assert not acl.is_allowed("127.0.0.1", 81)
+    acl = DestinationAcl(allow="1.1.1.1:80", allow_private_to="127.0.0.1:80")
+    assert acl.is_allowed("1.1.1.1", 80) and acl.is_allowed("127.0.0.1", 80)
+    assert not acl.is_allowed("1.1.1.1", 81) and not acl.is_allowed("127.0.0.1", 81)
 
 
 def test_remembered_verdicts_never_widen_what_is_allowed():
-    acl = DestinationAcl(allow=["203.0.113.7:443"], deny=["8.8.8.8"])
+    acl = DestinationAcl(allow_private_to=["203.0.113.7:443"], deny=["8.8.8.8"])
     for _ in range(3):                       # the second and third answers come from memory
         assert acl.is_allowed("203.0.113.7", 443)
         assert not acl.is_allowed("8.8.8.8", 443)
@@ -256,3 +262,43 @@ def test_remembered_verdicts_never_widen_what_is_allowed():
     for port in range(1, 5000):
         wide.check_address("93.184.216.34", port)
     assert wide._allowed.cache_info().currsize <= 4096
+
+
+def test_a_non_empty_allow_is_the_only_way_out():
+    """``allow`` lists the only destinations; private ones it names stay refused."""
+    acl = DestinationAcl(allow=["93.184.216.0/24:443", "*.example.org", "10.0.0.5"],
+                         allow_private_to=["10.0.0.6:8080"], deny=["93.184.216.9"])
+    assert acl.is_allowed("93.184.216.34", 443)
+    assert acl.is_allowed("1.1.1.1", 80, host="www.example.org")       # the name is listed
+    for ip, port, host in [("93.184.216.34", 80, None), ("1.1.1.1", 443, None),
+                           ("1.1.1.1", 443, "example.org"), ("2606:4700::1111", 443, None)]:
+        with pytest.raises(NotAllowed, match=r"\(not in \[acl\] allow\)$"):
+            acl.check_address(ip, port, host)
+    with pytest.raises(NotAllowed, match=r"\(private\)$"):       # listed, still private
+        acl.check_address("10.0.0.5", 80)
+    with pytest.raises(NotAllowed, match=r"\(loopback\)$"):      # a listed name resolving to it
+        acl.check_address("127.0.0.1", 80, host="evil.example.org")
+    assert acl.is_allowed("10.0.0.6", 8080)                       # the exception, not in allow
+    assert not acl.is_allowed("10.0.0.6", 8081)
+    with pytest.raises(NotAllowed, match=r"denied by rule 93\.184\.216\.9"):
+        acl.check_address("93.184.216.9", 443)
+    # allow_private lifts the class block; allow still restricts
+    lan = DestinationAcl(allow=["10.0.0.0/8"], allow_private=True)
+    assert lan.is_allowed("10.1.2.3", 22) and not lan.is_allowed("192.168.1.1", 22)
+    assert not lan.is_allowed("1.1.1.1", 443)
+
+
+def test_an_empty_allow_leaves_every_public_destination_open():
+    acl = DestinationAcl(allow_private_to=["10.0.0.6:8080"])
+    assert acl.is_allowed("1.1.1.1", 443) and acl.is_allowed("10.0.0.6", 8080)
+    assert not acl.is_allowed("10.0.0.7", 8080)
+
+
+@pytest.mark.parametrize("entry,reason", [
+    ("10.0.0.5:8080", "private"), ("127.0.0.1/32:80", "loopback"), ("[::1]:22", "loopback"),
+    ("192.168.0.0/16", "private"), ("169.254.169.254", "cloud metadata"),
+    ("[fd00::/8]:443", "unique local"), ("1.1.1.1", None), ("0.0.0.0/0", None),
+    ("example.com", None), ("*.corp.example", None),
+])
+def test_private_only(entry, reason):
+    assert private_only(parse_rule(entry)) == reason

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from afb.policy.auth import TokenVerifier
+from tests.support import Setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,6 +45,23 @@ def test_keygen_output_and_refusal(keydir):
     assert len(base64.b64decode(lines["e2e public key"], validate=True)) == 32
     again = afb("keygen", "--dir", path)
     assert again.returncode == 1 and "refusing to overwrite" in again.stderr and "--force" in again.stderr
+
+
+def test_keygen_show_prints_the_pin_and_e2e_key_again(keydir, tmp_path):
+    path, out = keydir
+    made = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    result = afb("keygen", "--show", "--dir", path)
+    assert result.returncode == 0, result.stderr
+    shown = dict(line.split(": ", 1) for line in result.stdout.strip().splitlines())
+    assert {k: shown[k] for k in ("cert", "names", "pin", "e2e public key")} == {
+        k: made[k] for k in ("cert", "names", "pin", "e2e public key")}
+    assert shown["expires"].endswith(" UTC")
+    missing = afb("keygen", "--show", "--dir", str(tmp_path))
+    assert (missing.returncode, missing.stderr) == (
+        1, "afb keygen --show: no server.crt in %s (afb keygen --dir %s makes it)\n"
+        % (tmp_path, tmp_path))
+    mixed = afb("keygen", "--show", "--rotate", "--dir", path)
+    assert mixed.returncode == 1 and "--rotate does not apply" in mixed.stderr
 
 
 def test_token_issue_with_key(keydir, tmp_path):
@@ -84,8 +102,8 @@ def test_token_issue_errors(keydir, tmp_path):
 
 
 def test_config_check(tmp_path):
-    for name in ("afb-server.conf", "afb-client.conf"):
-        path = os.path.join("conf", name)
+    setup = Setup(tmp_path / "ok")
+    for path in (setup.server_conf, setup.client_conf):
         result = afb("config", "check", path, cwd=ROOT)
         assert result.returncode == 0 and result.stdout.strip() == "%s: OK" % path
     conf = tmp_path / "client.conf"

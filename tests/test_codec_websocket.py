@@ -182,11 +182,28 @@ def test_close_reason_truncated_at_char_boundary():
     payload = wsc.encode_close(1000, reason)
     assert len(payload) <= 125
     code, got = wsc.decode_close(payload)
-    assert code == 1000 and got == "\u20ac" * 41  # 123 // 3
+    assert code == 1000 and got == "\u20ac" * 40 + "\u2026"  # 120 // 3, and the ellipsis
     ascii_reason = "x" * 200
     assert len(wsc.encode_close(1000, ascii_reason)) == 125
     mixed = "a" + "\u20ac" * 50  # 1 + 150 bytes: cut inside a character
-    assert wsc.decode_close(wsc.encode_close(1001, mixed))[1] == "a" + "\u20ac" * 40
+    assert wsc.decode_close(wsc.encode_close(1001, mixed))[1] == "a" + "\u20ac" * 39 + "\u2026"
+
+
+def test_a_long_close_reason_ends_after_a_whole_word():
+    reason = ("E2E handshake failed: server key does not match the pinned key (or the channel "
+              "binding differs, or the handshake was tampered with)")       # 131 bytes
+    got = wsc.decode_close(wsc.encode_close(4002, reason))[1]
+    assert got == reason[:reason.index(" tampered")] + "\u2026"
+    assert len(got.encode()) <= 123
+    assert wsc.decode_close(wsc.encode_close(1000, "short one"))[1] == "short one"
+
+
+@pytest.mark.parametrize("code,reason,text", [
+    (1000, "client stopping", "1000 client stopping"), (1001, "", "1001"),
+    (None, "", "no reason given"), (wsc.CLOSE_NO_STATUS, "", "no reason given"),
+    (4002, "E2E failed", "4002 E2E failed")])
+def test_describe_close(code, reason, text):
+    assert wsc.describe_close(code, reason) == text
 
 
 @pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 2000, 2999, 5000, 65535])

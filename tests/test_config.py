@@ -35,12 +35,33 @@ def errors_of(path, role):
 
 
 @pytest.mark.parametrize("name,role", [("afb-server.conf", "server"), ("afb-client.conf", "client")])
-def test_shipped_conf_files_pass(name, role):
-    path = os.path.join(ROOT, "conf", name)
-    assert check_config(path) == []
-    assert check_config(path, role) == []
-    cfg = load_config(path, role)
+def test_shipped_conf_files_are_valid(name, role):
+    cfg = load_config(os.path.join(ROOT, "conf", name), role)
     assert cfg.defaults == []  # every key is present in the shipped file
+
+
+def test_shipped_conf_files_left_unedited_do_not_pass_the_check(tmp_path):
+    """The examples name /etc/afb files (made missing here) and a placeholder server URL."""
+    etc = str(tmp_path / "etc-afb")
+    copies = {}
+    for name in ("afb-server.conf", "afb-client.conf"):
+        with open(os.path.join(ROOT, "conf", name)) as handle:
+            copies[name] = write(tmp_path, handle.read().replace("/etc/afb", etc), name)
+    server = copies["afb-server.conf"]
+    lines = check_config(server)
+    assert check_config(server, "server") == lines
+    assert [line.split(": ")[1] for line in lines] == [
+        "[server] cert", "[server] key", "[auth] jwt_public_key", "[e2e] key"]
+    assert all("does not exist; make it with afb keygen --dir %s, or fix the path" % etc in line
+               for line in lines)
+    client = copies["afb-client.conf"]
+    assert check_config(client) == [
+        "%s:14: [client] server: wss://your.server.example/ is the example's placeholder: set "
+        "the URL of your afb server, wss://HOST[:PORT]/PATH with the PATH of its [server] path"
+        % client,
+        "%s:24: [client] token_file: %s/client.token does not exist; put the user's token "
+        "there: on the server, afb token issue --sub NAME --out NAME.token; here, install -m 600 "
+        "NAME.token %s/client.token" % (client, etc, etc)]
 
 
 def test_shipped_files_list_every_spec_key():
@@ -197,10 +218,37 @@ def test_relative_paths_resolved(tmp_path):
 
 
 def test_acl_single_value_is_a_list(tmp_path):
-    path = write(tmp_path, "[acl]\nallow = 10.0.0.0/8\ndeny = a.example, b.example\n")
+    path = write(tmp_path, "[acl]\nallow = 93.184.216.0/24\ndeny = a.example, b.example\n"
+                           "allow_private_to = 10.0.0.5:80\n")
     cfg = load_config(path, "server")
-    assert cfg["acl"]["allow"] == ["10.0.0.0/8"]
+    assert cfg["acl"]["allow"] == ["93.184.216.0/24"]
     assert cfg["acl"]["deny"] == ["a.example", "b.example"]
+    assert cfg["acl"]["allow_private_to"] == ["10.0.0.5:80"]
+
+
+@pytest.mark.parametrize("entry,reason", [
+    ("10.0.0.2/33", "bad network in ACL entry '10.0.0.2/33'"),
+    ("300.1.1.1", "bad network in ACL entry '300.1.1.1'"),
+    ("example.com:99999", "port out of range 1-65535 in ACL entry 'example.com:99999'"),
+    ("ex ample.com", "bad host name in ACL entry 'ex ample.com'"),
+])
+@pytest.mark.parametrize("key", ["allow", "deny", "allow_private_to"])
+def test_bad_acl_entries_have_their_line(tmp_path, key, entry, reason):
+    path = write(tmp_path, "[server]\n[acl]\n\n%s = 1.1.1.1, %s\n" % (key, entry))
+    [error] = errors_of(path, "server")
+    assert error.startswith("%s:4: [acl] %s: %s" % (path, key, reason))
+
+
+def test_allow_entries_of_private_addresses_name_the_key_they_belong_in(tmp_path):
+    """allow used to mean "also these private destinations"; such a config is refused."""
+    path = write(tmp_path, "[acl]\nallow = example.com, 127.0.0.1:8080, [fd00::5]:443\n")
+    assert errors_of(path, "server") == [
+        "%s:2: [acl] allow: %s only names %s addresses, which allow never opens: allow now lists "
+        "the only destinations users may reach; move it to allow_private_to (and empty allow "
+        "unless users should reach nothing else)" % (path, entry, reason)
+        for entry, reason in [("127.0.0.1:8080", "loopback"), ("[fd00::5]:443", "unique local")]]
+    path = write(tmp_path, "[acl]\nallow = 10.0.0.0/8\nallow_private = yes\n", "lan.conf")
+    assert load_config(path, "server")["acl"]["allow"] == ["10.0.0.0/8"]   # only the LAN
 
 
 def test_role_guess(tmp_path):
@@ -208,7 +256,8 @@ def test_role_guess(tmp_path):
     path = write(tmp_path, "[tunnel]\nmax_message = 20000\n", "x.conf")
     [error] = check_config(path)
     assert "cannot tell" in error and "--role" in error
-    assert check_config(path, "server") == []
+    lines = check_config(path, "server")        # valid; its key files are missing
+    assert lines and all("/etc/afb/" in line for line in lines)
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -36,7 +36,11 @@ def test_daemon_commands_patch_before_loading_the_code_without_warnings():
 
 
 def test_offline_commands_never_load_gevent(tmp_path):
-    conf = ROOT / "conf" / "afb-server.conf"
+    keys = tmp_path / "keys"
+    _run("from afb.keys import generate_server_keys; generate_server_keys(%r)" % str(keys))
+    conf = tmp_path / "server.conf"         # every start-up check runs: TLS pair, keys, state
+    conf.write_text("[server]\nstate_dir = state\ncert = keys/server.crt\nkey = keys/server.key\n"
+                    "[auth]\njwt_public_key = keys/jwt.pub\n[e2e]\nkey = keys/e2e.key\n")
     out = _run("import sys; from afb.entry import main; rc = main(['config', 'check', %r]); "
                "print(rc, 'gevent' in sys.modules, 'asyncio' in sys.modules)" % str(conf))
     assert out.splitlines()[-1] == "0 False False"

@@ -100,7 +100,7 @@ def test_ring_entries_name_plain_files_in_the_key_folder(tmp_path):
                                    "key folder (no '/', no '..')" % (index, entry["kid"], bad))
     write_keyring(index, [dict(entry, public="/tmp/x.pub")])
     result = afb("server", "-c", setup.server_conf, timeout=30)
-    assert result.returncode == 1
+    assert result.returncode == 2           # refused by the start-up checks of its config
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert len(lines) == 1 and "must be a plain file name" in lines[0] and entry["kid"] in lines[0]
     [error] = check_config(setup.server_conf)
@@ -123,7 +123,7 @@ def test_server_and_config_check_refuse_writable_trust_anchors(tmp_path, name, m
     os.chmod(os.path.join(setup.dir, name), mode)
     result = afb("server", "-c", setup.server_conf, timeout=30)
     output = (result.stdout + result.stderr).strip()
-    assert result.returncode == 1 and len(output.splitlines()) == 1, output
+    assert result.returncode == 2 and len(output.splitlines()) == 1, output
     assert what in output and problem in output and "Traceback" not in output
     [error] = check_config(setup.server_conf)
     assert what in error and problem in error
@@ -211,7 +211,7 @@ def test_a_failed_reload_logs_once_per_change(tmp_path, caplog):
 def _client_refusal(setup):
     result = afb("client", "-c", setup.client_conf, timeout=30)
     output = (result.stdout + result.stderr).strip()
-    assert result.returncode == 1 and len(output.splitlines()) == 1 and "Traceback" not in output
+    assert result.returncode == 2 and len(output.splitlines()) == 1 and "Traceback" not in output
     return output
 
 

@@ -133,7 +133,7 @@ def test_own_addresses_refused_on_the_listening_port_and_unless_allowed_elsewher
 
 
 def test_an_allow_rule_opens_other_ports_of_an_own_address_never_the_listening_one(ns, tmp_path):
-    with Site(ns, tmp_path, allow_private=False, acl="allow = %s/32" % OWN) as site:
+    with Site(ns, tmp_path, allow_private=False, acl="allow_private_to = %s/32" % OWN) as site:
         server = site.setup.server_port
         replies = site.probe([
             ["own address, other port, allowed", 1, OWN, site.echo_port],

@@ -213,7 +213,7 @@ def closed_port():
 
 def test_real_connect_allowed_by_rule(listener):
     port = listener.getsockname()[1]
-    dialer = Dialer(Resolver(), DestinationAcl(allow=["127.0.0.1/32:%d" % port]), connect_timeout=2)
+    dialer = Dialer(Resolver(), DestinationAcl(allow_private_to=["127.0.0.1/32:%d" % port]), connect_timeout=2)
     conn = dialer.dial("127.0.0.1", port)
     try:
         assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
@@ -232,7 +232,7 @@ def test_real_connect_falls_back_to_next_address(listener):
     # 127.0.0.1 accepts.
     port = listener.getsockname()[1]
     dns = FakeDns({"svc.test": ["::1", "127.0.0.1"]})
-    dialer = Dialer(Resolver(resolve_fn=dns), DestinationAcl(allow=["svc.test"]), connect_timeout=2)
+    dialer = Dialer(Resolver(resolve_fn=dns), DestinationAcl(allow_private_to=["svc.test"]), connect_timeout=2)
     conn = dialer.dial("svc.test", port)
     try:
         assert conn.getpeername()[:2] == ("127.0.0.1", port)
@@ -243,7 +243,7 @@ def test_real_connect_falls_back_to_next_address(listener):
 
 def test_refused_port():
     port = closed_port()
-    dialer = Dialer(Resolver(), DestinationAcl(allow=["127.0.0.1"]), connect_timeout=2)
+    dialer = Dialer(Resolver(), DestinationAcl(allow_private_to=["127.0.0.1"]), connect_timeout=2)
     with pytest.raises(ConnectionRefused) as info:
         dialer.dial("127.0.0.1", port)
     assert info.value.reply == REP_CONNECTION_REFUSED
@@ -277,7 +277,7 @@ def test_refused_addresses_are_skipped():
     sentinel = object()
     connect = RecordingConnect({"127.0.0.9": sentinel})
     dns = FakeDns({"mixed.test": ["10.0.0.1", "127.0.0.9"]})
-    dialer = Dialer(Resolver(resolve_fn=dns), DestinationAcl(allow=["127.0.0.9"]), connect_fn=connect)
+    dialer = Dialer(Resolver(resolve_fn=dns), DestinationAcl(allow_private_to=["127.0.0.9"]), connect_fn=connect)
     assert dialer.dial("mixed.test", 443) is sentinel
     assert [c[0] for c in connect.calls] == ["127.0.0.9"]
     assert dialer.dial_stats["skipped"] == 1
@@ -315,7 +315,7 @@ def test_unresolvable_name():
 ])
 def test_connect_error_mapping(exc, cls, reply, text):
     connect = RecordingConnect(default=exc)
-    dialer = Dialer(Resolver(), DestinationAcl(allow=["127.0.0.7"]), connect_timeout=3, connect_fn=connect)
+    dialer = Dialer(Resolver(), DestinationAcl(allow_private_to=["127.0.0.7"]), connect_timeout=3, connect_fn=connect)
     with pytest.raises(DestinationError) as info:
         dialer.dial("127.0.0.7", 8443)
     assert type(info.value) is cls
@@ -348,7 +348,7 @@ def test_real_connect_timeout_on_full_backlog():
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(0)
     port = lsock.getsockname()[1]
-    dialer = Dialer(Resolver(), DestinationAcl(allow=["127.0.0.1"]), connect_timeout=0.2)
+    dialer = Dialer(Resolver(), DestinationAcl(allow_private_to=["127.0.0.1"]), connect_timeout=0.2)
     opened = []
     try:
         for _ in range(4):

@@ -122,10 +122,11 @@ def test_ssrf_destinations_are_refused_inside_a_sealed_namespace(ns, tmp_path):
     assert logs.count("not allowed") >= len(cases), logs
 
 
-def test_an_explicit_allow_rule_opens_one_loopback_port_only(ns, tmp_path):
+def test_an_allow_private_to_rule_opens_one_loopback_port_only(ns, tmp_path):
     setup, echo_port = _setup(tmp_path)
     # The own endpoint is listed too: it stays refused even when allowed.
-    setup.server_extra = "allow = 127.0.0.1/32:%d, 127.0.0.1/32:%d\n" % (echo_port, setup.server_port)
+    setup.server_extra = "allow_private_to = 127.0.0.1/32:%d, 127.0.0.1/32:%d\n" % (
+        echo_port, setup.server_port)
     setup.write()
     cases = [["127.0.0.1:echo", 1, "127.0.0.1", echo_port],
              ["evil.test:echo (resolves to the allowed address)", 3, "evil.test", echo_port],

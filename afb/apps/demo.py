@@ -5,10 +5,12 @@ Fixed defaults people and scripts can rely on: the server on
 ``127.0.0.1:1080``.  Keys, the token and both config files go into one folder,
 reused on the next run and usable with ``afb server -c`` / ``afb client -c``.
 Only this demo configuration allows loopback and private destinations.
+Ctrl-C or SIGTERM stops it at once, open connections included.
 """
 
 import logging
 import os
+import shutil
 import signal
 import sys
 
@@ -19,12 +21,14 @@ from afb import keys
 from afb.codec import aead
 from afb.apps.client import ProxyClient
 from afb.apps.server import TunnelServer
+from afb.cli import DEFAULT_DEMO_DIR
 from afb.config import load_config
+from afb.errors import AfbError, listen_failure
 from afb.policy.auth import issue_token
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DIR = os.path.join(os.path.expanduser("~"), ".local", "share", "afb", "demo")
+DEFAULT_DIR = os.path.expanduser(DEFAULT_DEMO_DIR)
 SERVER_PORT = 8443
 PROXY_PORT = 1080
 TUNNEL_PATH = "/"
@@ -96,7 +100,33 @@ def prepare(directory):
     return paths, pin
 
 
+def afb_command(search_path=None):
+    """How to type the ``afb`` that runs this demo: ``(command, note)``.
+
+    ``make demo`` runs ``.venv/bin/afb``, which is not on the PATH, so a
+    plain ``afb server -c ...`` in the banner failed.  The program's own path
+    is shown then, with a note on how to put it on the PATH; plain ``afb``
+    only when the PATH (``search_path``, default ``$PATH``) leads to it.
+    """
+    bindir = os.path.dirname(sys.executable)
+    own = os.path.join(bindir, "afb")
+    if not os.path.exists(own):
+        return "%s -m afb" % sys.executable, ""
+    found = shutil.which("afb", path=search_path)
+    if found and os.path.realpath(found) == os.path.realpath(own):
+        return "afb", ""
+    activate = os.path.join(bindir, "activate")
+    if os.path.exists(activate):
+        return own, "(or first `. %s`, then plain afb)" % activate
+    return own, ""
+
+
 def banner(directory, paths, pin):
+    afb, note = afb_command()
+    reuse = "\n".join(["reuse them:  %s server -c %s" % (afb, paths["server"]),
+                       "             %s client -c %s" % (afb, paths["client"])]
+                      + (["             " + note] if note else []))
+    reuse = reuse.replace("\n", "\n           ")
     return f"""
 afb demo is running (Ctrl-C or SIGTERM stops it).
 
@@ -104,8 +134,7 @@ afb demo is running (Ctrl-C or SIGTERM stops it).
            end-to-end encryption (E2E) on inside the WebSocket
   proxy    127.0.0.1:{PROXY_PORT}   SOCKS5 and HTTP CONNECT
   files    {directory}
-           reuse them:  afb server -c {paths['server']}
-                        afb client -c {paths['client']}
+           {reuse}
 
   NOTE: this demo configuration allows loopback and private destinations
   (allow_private = true) so that you can try local servers; a real server
@@ -124,23 +153,32 @@ the log lines below show every tunnel and refused stream.
 
 def run_demo(directory=None):
     directory = os.path.abspath(directory or DEFAULT_DIR)
-    paths, pin = prepare(directory)
+    try:
+        paths, pin = prepare(directory)
+    except (OSError, ValueError, AfbError) as exc:
+        log.error("cannot prepare the demo in %s: %s; choose another folder with --dir",
+                  directory, exc)
+        return 1
     print("afb demo: keys, token and configs in %s" % directory, flush=True)
     server = TunnelServer(load_config(paths["server"], "server"))
     client = ProxyClient(load_config(paths["client"], "client"))
     stop = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
-    try:
-        server.start()
-        client.start()
-    except OSError as exc:
-        log.error("cannot start the demo: %s (is another afb demo running?)", exc)
-        return 1
+    for role, daemon, port in (("server", server, SERVER_PORT), ("client", client, PROXY_PORT)):
+        try:
+            daemon.start()
+        except OSError as exc:
+            log.error("cannot start the demo: %s", listen_failure(
+                role, "127.0.0.1", port, exc, fix="the demo's ports are fixed: stop what holds "
+                                                  "it (another afb demo?)"))
+            return 1
     print(banner(directory, paths, pin), flush=True)
     stop.wait()
     log.info("stopping the demo")
-    client.stop(timeout=2)
-    server.stop(timeout=2)
+    # At once: a demo has no restart to drain streams for, and the connections
+    # a browser keeps open never end by themselves (each stop waited 2 s).
+    client.stop(timeout=0)
+    server.stop(timeout=0)
     sys.stdout.flush()
     return 0

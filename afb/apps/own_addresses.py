@@ -8,9 +8,9 @@ from the internet.  The destination ACL refuses both
 addresses, which this module provides:
 
 * every address of every interface, from ``getifaddrs(3)`` through
-  ``psutil.net_if_addrs()`` (about 35 us here; psutil is packaged by Debian
-  as python3-psutil and will also give the monitoring its RSS, descriptor
-  and CPU figures);
+  ``psutil.net_if_addrs()`` (:mod:`afb.host_addresses`; psutil is packaged
+  by Debian as python3-psutil and will also give the monitoring its RSS,
+  descriptor and CPU figures);
 * 127.0.0.0/8, ::1, 0.0.0.0 and ::, which reach the host whatever the
   interfaces say;
 * the addresses the host's name resolves to (once, at start), which may
@@ -30,8 +30,7 @@ import ipaddress
 import logging
 import socket
 
-import psutil
-
+from afb.host_addresses import interface_addresses
 from afb.transport.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -40,16 +39,6 @@ log = logging.getLogger(__name__)
 ALWAYS_OWN = ("127.0.0.0/8", "::1/128", "0.0.0.0/32", "::/128")
 #: Default seconds between two looks at the interfaces.
 REFRESH_INTERVAL = 5.0
-
-
-def interface_addresses():
-    """Every IPv4 and IPv6 address of this host's interfaces, as strings (no scope)."""
-    found = set()
-    for addresses in psutil.net_if_addrs().values():
-        for entry in addresses:
-            if entry.family in (socket.AF_INET, socket.AF_INET6):
-                found.add(entry.address.split("%", 1)[0])
-    return found
 
 
 def hostname_addresses():

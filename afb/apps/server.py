@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import signal
+import sqlite3
 import time
 
 import gevent
@@ -102,10 +103,11 @@ class TunnelServer:
 
     def _make_acl(self, port):
         """The destination ACL; the host's own addresses are refused on ``port`` always
-        (no loops), on other ports unless allowed."""
+        (no loops), on other ports unless ``allow_private_to`` names them."""
         acl = self.cfg["acl"]
         return DestinationAcl(allow=acl["allow"], deny=acl["deny"],
                               allow_private=acl["allow_private"],
+                              allow_private_to=acl["allow_private_to"],
                               own_addresses=self.own_watch.current, own_port=port)
 
     def _own_addresses_changed(self, _addresses):
@@ -290,7 +292,7 @@ class TunnelServer:
         scheme = "wss" if self.ssl_context else "ws"
         host, port = self.address
         log.info("listening on %s://%s:%d%s", scheme, "[%s]" % host if ":" in host else host,
-                 port, self.cfg["server"]["path"])
+                 port, masked_path(self.cfg["server"]["path"]))
         self._housekeeper = gevent.spawn(self._housekeeping)
 
     def _housekeeping(self, interval=HOUSEKEEPING_INTERVAL):
@@ -362,6 +364,15 @@ class TunnelServer:
         self.stop()
 
 
+def masked_path(path):
+    """The tunnel path as the log shows it: its first 4 characters, then an ellipsis.
+
+    The path is a secret (every other path gets the decoy), and logs travel
+    further than the config: journald, support requests, screenshots.
+    """
+    return path if len(path) <= 4 else path[:4] + "\u2026"
+
+
 def _e2e_failure(exc):
     text = str(exc) or type(exc).__name__
     return text if text.startswith("E2E ") else "E2E handshake failed: " + text
@@ -373,6 +384,9 @@ def run_server(cfg):
         server = TunnelServer(cfg)
     except (OSError, AfbError, ValueError) as exc:
         log.error("cannot start the server: %s", exc)
+        return 1
+    except sqlite3.Error as exc:      # a state store that is not one, locked, ...
+        log.error("cannot start the server: state store in %s: %s", cfg["server"]["state_dir"], exc)
         return 1
     server.serve_until_signal()
     return 0

@@ -197,12 +197,32 @@ def valid_close_code(code):
     return (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999)
 
 
+_ELLIPSIS = "\u2026"
+
+
 def truncate_reason(reason, limit=MAX_CLOSE_REASON):
-    """UTF-8 bytes of *reason*, cut to *limit* bytes at a character boundary."""
+    """UTF-8 bytes of *reason*, at most *limit*: a longer one ends in an ellipsis.
+
+    It is cut after its last whole word that fits (or at a character
+    boundary), so that the peer's log shows that something was left out,
+    not a word cut off ("... the handshake was tamper)").
+    """
     raw = reason.encode("utf-8")
     if len(raw) <= limit:
         return raw
-    return raw[:limit].decode("utf-8", "ignore").encode("utf-8")
+    room = limit - len(_ELLIPSIS.encode("utf-8"))
+    text = raw[:room].decode("utf-8", "ignore")
+    if raw[room:room + 1] != b" " and " " in text[room // 2:]:
+        text = text[:text.rindex(" ")]
+    return (text.rstrip(" ,;:(") + _ELLIPSIS).encode("utf-8")
+
+
+def describe_close(code, reason):
+    """A peer's close for a log line: ``1000 client stopping``, ``1001``, or
+    ``no reason given`` (no close frame, or one without a code and reason)."""
+    text = " ".join(str(part) for part in (None if code == CLOSE_NO_STATUS else code, reason)
+                    if part)
+    return text or "no reason given"
 
 
 def encode_close(code=None, reason=""):

@@ -12,34 +12,47 @@ the kernel reports them, with 127.0.0.0/8, ::1, 0.0.0.0 and ::) and its
 listening port (``own_port``) are data: the server builds a new ACL when
 they change (:mod:`afb.apps.own_addresses`).
 
+Three lists and a switch (``[acl]``): ``allow`` -- when not empty, the only
+destinations users may reach; ``deny`` -- never; ``allow_private`` -- lift
+the refusal of private, loopback and other special classes; and
+``allow_private_to`` -- the private, loopback or own destinations that are
+reachable although ``allow_private`` is off (and although ``allow`` does not
+list them).  ``allow`` used to be only that last list: exceptions to the
+private block, while every public destination stayed open, which the config
+read as a restriction it was not.  :func:`private_only` finds the entries of
+a config written for that meaning (an ``allow`` entry that only names
+private addresses can never be reached now).
+
 Decision order in :meth:`check_address`:
 
 0. one of the server's own addresses on its listening port -> refused, even
-   with an allow rule or ``allow_private`` (a stream into the server itself,
+   when listed or with ``allow_private`` (a stream into the server itself,
    e.g. a tunnel nested through itself);
-1. an explicit deny rule matching the address (or an IPv4 address embedded in
-   it by 6to4 / NAT64), the host name, and the port -> refused;
-2. an explicit allow rule matching the address or the host name, and the
-   port -> allowed (this is how an operator opens e.g. one internal service;
-   allowing a *name* trusts whatever that name resolves to);
-3. one of the server's own addresses, on any port -> refused (even with
-   ``allow_private``), except loopback and unspecified ones, which step 4
+1. a deny rule matching the address (or an IPv4 address embedded in it by
+   6to4 / NAT64), the host name, and the port -> refused;
+2. an ``allow_private_to`` rule matching the address or the host name, and
+   the port -> allowed (this is how an operator opens e.g. one internal
+   service; a *name* trusts whatever that name resolves to);
+3. ``allow`` not empty and no rule of it matching the address or the host
+   name and the port -> refused;
+4. one of the server's own addresses, on any port -> refused (even with
+   ``allow_private``), except loopback and unspecified ones, which step 5
    judges (``allow_private`` opens them, as the demo needs);
-4. unless ``allow_private``: loopback, private, CGNAT, link-local, cloud
+5. unless ``allow_private``: loopback, private, CGNAT, link-local, cloud
    metadata, unspecified, multicast, broadcast, reserved and documentation
    ranges (IPv4 and IPv6; IPv4-mapped IPv6 addresses are judged by the IPv4
    address they carry, 6to4 and NAT64 addresses by the IPv4 address they
-   embed too) -> refused;
-5. anything else -> allowed.
+   embed too) -> refused, even when ``allow`` lists them;
+6. anything else -> allowed.
 """
 
 import functools
 import ipaddress
 
 from afb.errors import NotAllowed
-from afb.policy.acl_rules import normalize_name, parse_rules
+from afb.policy.acl_rules import normalize_name, parse_rule, parse_rules
 
-__all__ = ["DestinationAcl", "classify_address", "format_destination"]
+__all__ = ["DestinationAcl", "classify_address", "format_destination", "private_only"]
 
 
 # Address classes refused by default: (network, reason word), first match wins,
@@ -154,13 +167,34 @@ def classify_address(ip):
     return None
 
 
+def private_only(rule):
+    """The class word if the net ``rule`` lies wholly in one default-refused class, else None.
+
+    Such an ``allow`` entry opens nothing unless ``allow_private`` is on:
+
+    >>> private_only(parse_rule("10.0.0.5:8080"))
+    'private'
+    >>> private_only(parse_rule("example.com")) is None
+    True
+    """
+    if rule.kind != "net":
+        return None
+    table = _V4_CLASSES if rule.value.version == 4 else _V6_CLASSES
+    for net, reason in table:
+        if rule.value.subnet_of(net):
+            return reason
+    return None
+
+
 class DestinationAcl:
     """Decide whether the server may connect to a destination (see module doc)."""
 
-    def __init__(self, allow=(), deny=(), allow_private=False, own_addresses=(), own_port=None):
+    def __init__(self, allow=(), deny=(), allow_private=False, own_addresses=(), own_port=None,
+                 allow_private_to=()):
         self.allow = parse_rules(allow)
         self.deny = parse_rules(deny)
         self.allow_private = bool(allow_private)
+        self.allow_private_to = parse_rules(allow_private_to)
         own = []
         if isinstance(own_addresses, str):
             own_addresses = [own_addresses]
@@ -181,13 +215,10 @@ class DestinationAcl:
         self._allowed = functools.lru_cache(maxsize=ALLOWED_CACHE)(self._check_address)
 
     def __repr__(self):
-        return "DestinationAcl(allow=%r, deny=%r, allow_private=%r, own=%r, own_port=%r)" % (
-            [r.text for r in self.allow],
-            [r.text for r in self.deny],
-            self.allow_private,
-            [str(n) for n in self.own_networks],
-            self.own_port,
-        )
+        lists = ("allow", "deny", "allow_private_to")
+        return "DestinationAcl(%s, allow_private=%r, own=%r, own_port=%r)" % (
+            ", ".join("%s=%r" % (name, [r.text for r in getattr(self, name)]) for name in lists),
+            self.allow_private, [str(n) for n in self.own_networks], self.own_port)
 
     def _is_own(self, addr):
         return addr in self._own_hosts or any(addr in net for net in self._own_ranges)
@@ -241,16 +272,19 @@ class DestinationAcl:
             ):
                 raise self._refuse(where, "denied by rule %s" % rule.text)
 
-        # 2. explicit allow
-        for rule in self.allow:
-            if rule.matches_address(addr, port) or (name is not None and rule.matches_name(name, port)):
-                return None
+        # 2. an exception to the private block
+        if _any_match(self.allow_private_to, addr, name, port):
+            return None
 
-        # 3. the server's own addresses (loopback and unspecified: step 4)
+        # 3. only what allow lists, when it lists anything
+        if self.allow and not _any_match(self.allow, addr, name, port):
+            raise self._refuse(where, "not in [acl] allow")
+
+        # 4. the server's own addresses (loopback and unspecified: step 5)
         if own and _class_of(addr) not in ("loopback", "unspecified"):
             raise self._refuse(where, "server's own address")
 
-        # 4. default-refused classes
+        # 5. default-refused classes
         if not self.allow_private:
             reason = classify_address(addr)
             if reason is not None:
@@ -270,3 +304,9 @@ class DestinationAcl:
         exc = NotAllowed("destination %s is not allowed (%s)" % (where, reason))
         exc.reason = reason
         return exc
+
+
+def _any_match(rules, addr, name, port):
+    """Whether one of ``rules`` matches the address, or the host name asked for, and the port."""
+    return any(rule.matches_address(addr, port)
+               or (name is not None and rule.matches_name(name, port)) for rule in rules)

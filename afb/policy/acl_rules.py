@@ -3,8 +3,8 @@
 Pure code. :func:`parse_rule` turns one entry into a :class:`Rule`;
 :class:`afb.policy.acl.DestinationAcl` decides with them.
 
-Rule entries (``allow`` / ``deny``), each optionally followed by ``:PORT`` or
-``:LOW-HIGH``:
+Rule entries (``allow``, ``deny``, ``allow_private_to``), each optionally
+followed by ``:PORT`` or ``:LOW-HIGH``:
 
 * a network or single address: ``10.0.0.0/8``, ``192.0.2.7``, ``::1/128``,
   ``2001:db8::1``; an IPv6 entry with a port must be bracketed:

@@ -23,6 +23,7 @@ import gevent
 from gevent.event import Event
 
 from afb.codec import frames
+from afb.codec.websocket import describe_close
 from afb.errors import REP_GENERAL_FAILURE, AfbError, ProtocolError
 from afb.ratelog import LogLimiter
 from afb.transport.pacer import MESSAGE_UNITS
@@ -51,9 +52,9 @@ class FrameReader:
             while True:
                 message = self.ws.recv_message()
                 if message is None:
-                    self.close_reason = self.close_reason or ("closed by peer (%s %s)" % (
-                        getattr(self.ws, "peer_close_code", None) or "",
-                        getattr(self.ws, "peer_close_reason", "") or "")).replace(" )", ")")
+                    self.close_reason = self.close_reason or "closed by peer (%s)" % describe_close(
+                        getattr(self.ws, "peer_close_code", None),
+                        getattr(self.ws, "peer_close_reason", ""))
                     break
                 self.last_received = time.monotonic()
                 count = 0
