@@ -9,13 +9,14 @@ here ends by itself after ``lifetime`` seconds at the latest.
   as fast as the kernel takes it (a download that never ends).
 * :class:`StuckSink` -- a process that accepts connections, shrinks their
   receive buffers and never reads (an upload that never drains).
-* :func:`rss` -- a process's resident memory, :func:`tcp_memory` the kernel's
-  TCP buffers, from /proc.
+* :func:`rss` -- a process's resident memory (from /proc), :func:`socket_memory`
+  what the kernel queues for its TCP sockets (from ``ss``).
 * :func:`flood_process` -- ``tests/flood_client.py`` in a process of its own.
 """
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -99,14 +100,16 @@ def rss(pid):
     raise AssertionError("no VmRSS for %d" % pid)
 
 
-def tcp_memory():
-    """Bytes the kernel holds in TCP socket buffers, the whole machine (/proc/net/sockstat)."""
-    with open("/proc/net/sockstat") as handle:
-        for line in handle:
-            if line.startswith("TCP:"):
-                fields = line.split()
-                return int(fields[fields.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE")
-    raise AssertionError("no TCP line in /proc/net/sockstat")
+def socket_memory(pid):
+    """Bytes the kernel queues for the TCP sockets of process ``pid`` (receive plus
+    send queues, from ``ss -tm``): only that process's, whatever else runs."""
+    out = subprocess.run(["ss", "-tmnpH"], capture_output=True, text=True).stdout
+    total = 0
+    for line, mem in re.findall(r"^(\S.*)\n\s+skmem:\((.*?)\)", out, re.M):
+        if "pid=%d," % pid in line:
+            fields = dict(re.findall(r"([a-z]+)(\d+)", mem))
+            total += int(fields.get("r", 0)) + int(fields.get("w", 0))
+    return total
 
 
 def cpu_seconds(pid):

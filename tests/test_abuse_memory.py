@@ -16,7 +16,7 @@ import pytest
 
 from afb.codec import frames
 from afb.errors import CLOSE_PROTOCOL_ERROR
-from tests.abuse import FastSource, RawTunnel, StuckSink, rss, tcp_memory
+from tests.abuse import FastSource, RawTunnel, StuckSink, rss, socket_memory
 from tests.support import Setup, running
 
 MiB = 1 << 20
@@ -31,9 +31,10 @@ def server(tmp_path):
 
 def _growth_while(daemon, seconds, limit, kernel=False):
     """Largest RSS growth of ``daemon`` seen within ``seconds`` (stops early past
-    ``limit``); with ``kernel``, plus the growth of the kernel's TCP buffers."""
+    ``limit``); with ``kernel``, plus the growth of its sockets' kernel queues."""
     def used():
-        return rss(daemon.proc.pid) + (tcp_memory() if kernel else 0)
+        pid = daemon.proc.pid
+        return rss(pid) + (socket_memory(pid) if kernel else 0)
 
     base = used()
     worst = 0
@@ -81,8 +82,8 @@ def test_data_for_destinations_that_never_read_is_not_buffered_without_bound(ser
     credit the server grants.  The server's kernel takes 46 KiB per socket
     (TCP_NOTSENT_LOWAT), afb holds its budget, then stops reading the tunnel:
     not a window per stream in afb (100 MiB), not ~3.8 MiB per socket in the
-    kernel (1.5 GiB).  Measured: the server's RSS plus the machine's TCP
-    buffers (the tunnel's own socket buffers included)."""
+    kernel (1.5 GiB).  Measured: the server's RSS plus its sockets' kernel
+    queues (the tunnel's own included)."""
     setup, daemon = server
     sink = StuckSink(lifetime=40)
     try:

@@ -59,6 +59,17 @@ def tls_exchange(port, request, source="127.0.0.1"):
         sock.close()
 
 
+#: Header values that are opaque tokens: hex or base64 digits may spell "afb" by chance
+#: (an ETag is hex(mtime)-hex(size); Sec-WebSocket-Accept a random base64 hash).
+OPAQUE = ("etag:", "sec-websocket-accept:")
+
+
+def readable(lines):
+    """Header lines a person reads: names, and values that are not opaque tokens."""
+    return [line.partition(":")[0] + ":" if line.lower().startswith(OPAQUE) else line
+            for line in lines]
+
+
 def comparable(response):
     status, headers, body = response
     return status, [h for h in headers if not h.lower().startswith("date:")], body
@@ -232,7 +243,7 @@ def test_probe_gets_the_decoy_byte_for_byte(site, probe, method, version):
         status, lines, body = answer
         assert any(h.lower().startswith("date: ") for h in lines)
         assert "Server: nginx" in lines
-        for line in [status] + lines:
+        for line in [status] + readable(lines):
             assert "afb" not in line.lower() and "websocket" not in line.lower(), line
         assert not any(h.lower().startswith("sec-websocket") for h in lines)
 
@@ -245,7 +256,8 @@ def test_baselines_look_like_a_web_site(site):
         assert (head_status, head_lines, head_body) == (status, lines, b"")
         status, lines, body = site.baseline("GET", "/missing.html", version)
         assert status.split()[1] == "404" and b"<center>nginx</center>" in body
-    blob = repr(site.baselines).lower()
+    blob = repr([(status, readable(lines), body)
+                 for status, lines, body in site.baselines.values()]).lower()
     for word in ("afb", "tunnel client", "proxy", "gevent", "python", "websocket"):
         assert word not in blob
 
@@ -255,6 +267,6 @@ def test_the_valid_request_still_upgrades_with_its_token_in_place(site):
                     port=site.port)
     status, lines, _ = tls_exchange(site.port, request)
     assert status == "HTTP/1.1 101 Switching Protocols"
-    for line in lines:
+    for line in readable(lines):
         assert "afb" not in line.lower()
     assert not any(h.lower().startswith("sec-websocket-protocol") for h in lines)

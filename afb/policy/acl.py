@@ -50,7 +50,7 @@ import functools
 import ipaddress
 
 from afb.errors import NotAllowed
-from afb.policy.acl_rules import normalize_name, parse_rule, parse_rules
+from afb.policy.acl_rules import normalize_name, parse_rules
 
 __all__ = ["DestinationAcl", "classify_address", "format_destination", "private_only"]
 
