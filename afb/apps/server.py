@@ -15,7 +15,8 @@ from afb.config_values import parse_hostport
 from afb.errors import (CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported,
                         DestinationError)
 from afb.keys import check_secret_file, spki_pin
-from afb.policy.access import AuthThrottle, SourceAcl, client_ip, parse_networks
+from afb.policy.access import (AuthThrottle, SourceAcl, client_ip, failure_weight,
+                               parse_networks)
 from afb.policy.acl import DestinationAcl
 from afb.policy.auth import token_from_headers
 from afb.policy.keyring import make_signer, make_verifier
@@ -121,7 +122,9 @@ class TunnelServer:
         """Claims of an upgrade request allowed in; AuthError (-> decoy, one log line) if not.
 
         Order: source lists, then a ban in force, then the token; a missing or
-        bad token counts towards a ban of the client address.
+        bad token counts towards a ban of the client address, a token this
+        server signed but refuses now (expired, revoked) a tenth as much
+        (:func:`~afb.policy.access.failure_weight`).
         """
         if self.stopping:
             raise AuthError("server is shutting down")
@@ -141,7 +144,7 @@ class TunnelServer:
                 raise AuthError("no token")
             claims = self.verifier.verify(token)
         except AuthError as exc:
-            if self.throttle.failed(ip):
+            if self.throttle.failed(ip, failure_weight(exc)):
                 raise AuthError("%s; client %s banned for %.0f s after %d failures" % (
                     exc, ip, self.throttle.ban_time, self.throttle.max_failures)) from None
             raise
