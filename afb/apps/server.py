@@ -89,7 +89,7 @@ class TunnelServer:
         self.wsgi = make_server(
             self.listen, self._on_tunnel, authorize=self._authorize, path=server["path"],
             ssl_context=self.ssl_context, max_message=tunnel["max_message"],
-            **front_door_options(cfg))
+            reuse_port=server["reuse_port"], **front_door_options(cfg))
 
     def _load_e2e(self, e2e):
         """The E2E static key and ciphers ([e2e]); a 0600 key file unless mode = off."""
@@ -124,10 +124,10 @@ class TunnelServer:
         Order: source lists, then a ban in force, then the token; a missing or
         bad token counts towards a ban of the client address, a token this
         server signed but refuses now (expired, revoked) a tenth as much
-        (:func:`~afb.policy.access.failure_weight`).
+        (:func:`~afb.policy.access.failure_weight`).  A stopping server lets a
+        valid token through: :meth:`_on_tunnel` then closes the tunnel with
+        1001, which the client takes for a restart, not for a refusal.
         """
-        if self.stopping:
-            raise AuthError("server is shutting down")
         ip = client_ip(environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR"),
                        self.trusted_proxies)
         environ["afb.client_ip"] = ip
@@ -154,6 +154,9 @@ class TunnelServer:
     def _on_tunnel(self, ws, claims, environ):
         peer = environ.get("afb.client_ip") or environ.get("REMOTE_ADDR", "?")
         label = "tunnel %s@%s" % (claims.get("sub", "?"), peer)
+        if self.stopping:       # accepted just before the listener closed
+            ws.close(CLOSE_GOING_AWAY, "server is restarting")
+            return
         try:
             user = self.users.enter(claims["sub"])
         except AfbError as exc:
