@@ -133,6 +133,14 @@ class SignedTokenRefused(AuthError):
     of the address (:mod:`afb.policy.access`)."""
 
 
+class UpgradeRefused(AuthError):
+    """The server answered the client's WebSocket upgrade with ``status``, not 101."""
+
+    def __init__(self, message, status):
+        super().__init__(message)
+        self.status = status
+
+
 class TlsError(AfbError):
     """TLS set-up failed, e.g. the server's SPKI pin did not match."""
 
