@@ -83,10 +83,11 @@ def test_an_expired_token_is_not_even_dialled_and_a_new_one_is_picked_up(setup, 
         sock.close()
 
 
-def test_an_empty_token_file_says_so(setup, caplog):
+def test_a_token_file_emptied_while_running_says_so(setup, caplog):
+    run = Running(setup, with_client=True)      # (the start checks refuse an empty one)
     _token_file(setup, "")
     caplog.set_level(logging.INFO)
-    with Running(setup, with_client=True) as run:
+    with run:
         error = _wait_error(run.client, "is empty")
         assert error.startswith("the token in %s is empty: get a new token"
                                 % os.path.join(setup.dir, "client.token"))
