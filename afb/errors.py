@@ -167,6 +167,21 @@ class AuthError(AfbError):
     close_code = CLOSE_POLICY_VIOLATION
 
 
+class SignedTokenRefused(AuthError):
+    """A token whose signature verified, refused for its claims or a
+    revocation (expired, not yet valid, revoked, wrong audience): a user's
+    stale token, not a forgery or a guess, so it weighs little towards a ban
+    of the address (:mod:`afb.policy.access`)."""
+
+
+class UpgradeRefused(AuthError):
+    """The server answered the client's WebSocket upgrade with ``status``, not 101."""
+
+    def __init__(self, message, status):
+        super().__init__(message)
+        self.status = status
+
+
 class TlsError(AfbError):
     """TLS set-up failed, e.g. the server's SPKI pin did not match."""
 

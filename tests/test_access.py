@@ -260,3 +260,22 @@ def test_access_config_keys_defaults_and_errors(tmp_path):
     assert check_config(str(client), "client") == [
         "%s:4: [client] allow_sources: 'lan' is not an IP address or network "
         "(e.g. 10.0.0.0/8, ::1)" % client]
+
+
+def test_throttle_weights_add_up_within_the_window():
+    """A stale signed token weighs 0.1 (issue 10, item 4): 20 in 20 s ban nobody."""
+    clock = [1000.0]
+    throttle = AuthThrottle(max_failures=5, window=60, ban_time=600, clock=lambda: clock[0])
+    for _ in range(20):                          # 20 stale tokens in 20 s: 2.0 of 5
+        assert not throttle.failed("192.0.2.1", 0.1)
+        clock[0] += 1
+    assert not throttle.is_banned("192.0.2.1")
+    for number in range(5):                       # guesses still ban after 5
+        banned = throttle.failed("192.0.2.2")
+        assert banned == (number == 4)
+    assert throttle.is_banned("192.0.2.2")
+    clock[0] += 61                                # old weights leave the window
+    for _ in range(49):
+        throttle.failed("192.0.2.1", 0.1)
+    assert not throttle.is_banned("192.0.2.1")
+    assert throttle.failed("192.0.2.1", 0.1)      # the 50th within a minute bans

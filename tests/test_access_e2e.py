@@ -206,7 +206,7 @@ def test_a_banned_client_cannot_open_its_tunnel(setup, monkeypatch):
         client = ProxyClient(setup.client_cfg())
         client.start()
         try:
-            with pytest.raises(TunnelUnavailable, match="refused the WebSocket upgrade"):
+            with pytest.raises(TunnelUnavailable, match=r"refused the tunnel \(HTTP 404\)"):
                 client.tunnel.get_session(1.5)
         finally:
             client.stop(timeout=0)
@@ -255,7 +255,7 @@ def test_token_in_a_cookie_end_to_end(setup, echo):
 
 def test_client_and_server_token_places_must_match(setup):
     with Running(setup, server={("auth", "token_place"): "cookie"}, with_client=True) as run:
-        with pytest.raises(TunnelUnavailable, match="refused the WebSocket upgrade"):
+        with pytest.raises(TunnelUnavailable, match=r"refused the tunnel \(HTTP 404\)"):
             run.client.tunnel.get_session(1.5)
 
 

@@ -211,7 +211,7 @@ def test_client_with_a_bad_token_answers_socks_failure_after_open_timeout(tmp_pa
         assert recv_exact(sock, 2) == b"\x05\x00"
         assert recv_exact(sock, 2) == b"\x05\x01"      # general failure: no tunnel
         sock.close()
-        assert "refused the WebSocket upgrade" in client.tunnel.last_error
+        assert "is not a JWT" in client.tunnel.last_error
     finally:
         client.stop(0)
         server.stop(0)

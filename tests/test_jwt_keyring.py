@@ -13,7 +13,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from afb.errors import AuthError, ConfigError
+from afb.errors import AuthError, ConfigError, SignedTokenRefused
 from afb.keys import (KEYRING_FILE, check_secret_file, generate_server_keys, key_id,
                       make_jwt_keys, read_keyring, rotate_jwt_keys, write_keyring)
 from afb.policy.auth import (REQUIRED_CLAIMS, TokenVerifier, issue_token, load_signing_key,
@@ -157,6 +157,20 @@ def test_refused(env, name, make, reason):
         env.verifier.verify(token)
     assert str(info.value) == reason
     assert info.value.http_status == 401
+
+
+#: Refusals after the signature verified: a stale token of a user, not a guess
+#: (they weigh a tenth towards a ban, afb.policy.access).
+SIGNED = {"wrong aud", "wrong iss", "expired", "nbf beyond leeway", "iat beyond leeway",
+          "revoked jti", "revoked subject", "empty sub"} | {
+              "missing %s" % c for c in REQUIRED_CLAIMS}
+
+
+@pytest.mark.parametrize("name,make,reason", FORGED, ids=[f[0] for f in FORGED])
+def test_refusals_after_the_signature_are_signed_token_refused(env, name, make, reason):
+    with pytest.raises(AuthError) as info:
+        env.verifier.verify(make(env))
+    assert isinstance(info.value, SignedTokenRefused) == (name in SIGNED)
 
 
 ACCEPTED = [

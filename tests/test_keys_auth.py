@@ -6,6 +6,7 @@ import ipaddress
 import io
 import logging
 import os
+import re
 import socket
 import ssl
 import stat
@@ -18,8 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from afb import logsetup
-from afb.errors import AuthError
+from afb.errors import AuthError, SignedTokenRefused
 from afb.keys import generate_server_keys, make_jwt_keys, spki_pin, write_secret
+from afb.policy.access import failure_weight
 from afb.policy.auth import TokenVerifier, issue_token, key_id, parse_ttl, token_from_headers
 from tests.support import forge
 
@@ -236,3 +238,40 @@ def test_logsetup_configures_once():
     finally:
         root.handlers[:] = before
         root.setLevel(level)
+
+
+def test_signed_but_refused_tokens_are_told_apart_from_guesses(keys):
+    """Past the signature, a refusal is a user's stale token: it weighs a tenth
+    towards a ban (issue 10, item 4); a guess or a forgery weighs a whole one."""
+    private, public = read(keys["jwt_private_key"]), read(keys["jwt_public_key"])
+
+    class Revoked:
+        @staticmethod
+        def is_revoked(claims):
+            return "token revoked (lost)" if claims["sub"] == "mallory" else None
+
+    verifier = TokenVerifier(public, revocations=Revoked(), leeway=0)
+    now = time.time()
+    stale = {
+        "expired": issue_token(private, "alice", 60, now=now - 3600),
+        "not yet valid": issue_token(private, "alice", 60, now=now + 3600),
+        "wrong audience": issue_token(private, "alice", 60, audience="other"),
+        "token revoked (lost)": issue_token(private, "mallory", 60),
+    }
+    for reason, token in stale.items():
+        with pytest.raises(SignedTokenRefused, match=re.escape(reason)):
+            verifier.verify(token)
+    good = issue_token(private, "alice", 60)
+    head, body, sig = good.split(".")
+    guesses = {
+        "malformed token": "not.a.token",
+        "bad signature": "%s.%s.%s" % (head, body, sig[:-4] + ("AAAA" if sig[-4:] != "AAAA"
+                                                                 else "BBBB")),
+        "algorithm not allowed": forge({"alg": "HS256"}, {"sub": "alice"}, b"k" * 32),
+    }
+    for reason, token in guesses.items():
+        with pytest.raises(AuthError, match=re.escape(reason)) as info:
+            verifier.verify(token)
+        assert not isinstance(info.value, SignedTokenRefused), reason
+        assert failure_weight(info.value) == 1.0
+    assert failure_weight(SignedTokenRefused("expired")) == pytest.approx(0.1)

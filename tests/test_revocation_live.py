@@ -83,7 +83,7 @@ def test_revocation_closes_the_live_tunnel_within_seconds(tmp_path, echo, caplog
         gevent.sleep(1.0)
         assert running.client.tunnel.connects == 1
         assert running.client.tunnel.live_session() is None
-        assert "refused the WebSocket upgrade" in running.client.tunnel.last_error
+        assert "refused the tunnel (HTTP 404)" in running.client.tunnel.last_error
         sock.close()
         other_sock.close()
         other.stop(timeout=0)

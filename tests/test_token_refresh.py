@@ -45,7 +45,7 @@ def test_without_refresh_the_server_closes_the_tunnel_when_the_token_expires(tmp
         assert session.close_reason == "token expired"
         tunnel = running.client.tunnel
         for _ in range(50):            # the client's reconnect with the expired token is refused
-            if "refused the WebSocket upgrade" in tunnel.last_error:
+            if "refused the tunnel (HTTP 404)" in tunnel.last_error:
                 break
             gevent.sleep(0.1)
-        assert "refused the WebSocket upgrade" in tunnel.last_error
+        assert "refused the tunnel (HTTP 404)" in tunnel.last_error

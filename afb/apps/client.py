@@ -1,4 +1,12 @@
-"""``afb client``: the local SOCKS5/HTTP proxy and its tunnel to the server."""
+"""``afb client``: the local SOCKS5/HTTP proxy and its tunnel to the server.
+
+Signals: SIGTERM and SIGINT stop it gracefully (open streams get
+``drain_timeout`` seconds).  SIGHUP reads the config file and the token file
+again (:mod:`afb.apps.client_reload`): a new server URL, pin, CA file, token
+or E2E key opens a new tunnel while the current one goes on serving (make
+before break), other settings apply in place, and a config that is now
+invalid changes nothing -- each case one log line.
+"""
 
 import logging
 import signal
@@ -6,13 +14,18 @@ import signal
 import gevent
 from gevent.event import Event
 
+from afb import logsetup
+from afb.apps.client_reload import (keep_running_values, reload_plan, tunnel_parameters,
+                                    tunnel_settings)
 from afb.apps.local_proxy import LocalProxy
+from afb.config import load_config
 from afb.config_values import parse_hostport
-from afb.errors import AfbError
+from afb.errors import AfbError, ConfigError
 from afb.file_checks import client_file_checks, run_file_checks
 from afb.policy.access import AuthThrottle, SourceAcl
 from afb.policy.client_token import ClientToken
 from afb.policy.proxy_users import ProxyUsers
+from afb.transport import tls
 from afb.transport.tunnel_client import TunnelClient
 
 log = logging.getLogger(__name__)
@@ -26,19 +39,9 @@ class ProxyClient:
         client, tunnel = cfg["client"], cfg["tunnel"]
         run_file_checks(client_file_checks(cfg))     # as `afb config check` does
         self.tunnel = TunnelClient(
-            client["server"], ClientToken(client["token"], client["token_file"]),
-            pin=client["pin"], ca_file=client["ca_file"],
-            proxy=client["upstream_proxy"], window=tunnel["stream_window"],
-            max_message=tunnel["max_message"], buffer_limit=tunnel["max_buffer"],
-            connect_timeout=tunnel["connect_timeout"],
-            ping_interval=tunnel["ping_interval"], ping_timeout=tunnel["ping_timeout"],
-            reconnect_min=tunnel["reconnect_min"], reconnect_max=tunnel["reconnect_max"],
-            token_place=client["token_place"], token_cookie=client["token_cookie"],
-            e2e_key=cfg["e2e"]["server_key"] or None,
-            e2e_cipher=None if cfg["e2e"]["cipher"] == "auto" else cfg["e2e"]["cipher"])
-        if not self.tunnel.e2e_key:
-            log.warning("E2E is off ([e2e] server_key is empty): whatever terminates TLS in "
-                        "front of the server sees the tunnel's destinations and data")
+            token_source=ClientToken(client["token"], client["token_file"]),
+            **tunnel_settings(cfg), **tunnel_parameters(cfg))
+        _warn_without_e2e(self.tunnel)
         users = ProxyUsers.from_file(client["users_file"]) if client["users_file"] else None
         self.proxy = LocalProxy(parse_hostport(client["listen"]), self.tunnel,
                                 fast_open=client["fast_open"], open_timeout=tunnel["open_timeout"],
@@ -59,14 +62,78 @@ class ProxyClient:
         self.tunnel.stop(drain_timeout=timeout)
         log.info("stopped")
 
+    def reload(self):
+        """SIGHUP: the config and token files again; -> the new tunnel's reasons, or None.
+
+        Nothing changes unless the whole new config is good (valid, its files
+        pass the checks of a start, the token file readable, the CA file
+        loadable).
+        """
+        path = self.cfg.filename
+        try:
+            cfg = load_config(path, "client")
+            run_file_checks(client_file_checks(cfg))
+            token = ClientToken(cfg["client"]["token"], cfg["client"]["token_file"])
+            settings = tunnel_settings(cfg)
+            if settings["url"].startswith("wss:"):
+                tls.client_context(ca_file=settings["ca_file"] or None, pin=settings["pin"])
+        except ConfigError as exc:
+            errors = exc.errors or [str(exc)]
+            log.error("SIGHUP: %s is not valid, nothing changed: %s%s", path, errors[0],
+                      " (and %d more: afb config check %s)" % (len(errors) - 1, path)
+                      if len(errors) > 1 else "")
+            return None
+        except (OSError, AfbError, ValueError) as exc:
+            log.error("SIGHUP: %s cannot be used, nothing changed: %s", path, exc)
+            return None
+        plan = reload_plan(self.cfg, cfg)
+        changed = list(plan.tunnel)
+        if token.last() != self.tunnel.token_source.last():
+            changed.append("the token")
+        self._apply(cfg, token)
+        if plan.restart:
+            log.warning("SIGHUP: %s changed: that takes a restart; running as before",
+                        ", ".join(plan.restart))
+        if changed:
+            self.tunnel.configure(**settings)
+            _warn_without_e2e(self.tunnel)
+            self.tunnel.renew()
+            log.info("SIGHUP: %s changed: opening a new tunnel; the current one serves until "
+                     "it is up, then drains", ", ".join(changed))
+        else:
+            log.info("SIGHUP: config and token read again; %s", "applied: " + ", ".join(
+                plan.applied) if plan.applied else "nothing changed")
+        self.cfg = keep_running_values(self.cfg, cfg)
+        return changed or None
+
+    def _apply(self, cfg, token):
+        """What applies in place: the token source, the tunnel's parameters, the proxy's."""
+        client = cfg["client"]
+        self.tunnel.token_source = token
+        for name, value in tunnel_parameters(cfg).items():
+            setattr(self.tunnel, name, value)
+        self.proxy.fast_open = client["fast_open"]
+        self.proxy.open_timeout = cfg["tunnel"]["open_timeout"]
+        self.proxy.handshake_timeout = client["handshake_timeout"]
+        self.proxy.sources = SourceAcl(allow=client["allow_sources"])
+        if client["log_level"] != self.cfg["client"]["log_level"]:
+            logsetup.configure(client["log_level"])
+
     def serve_until_signal(self):
         stop = Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, stop.set)
+        gevent.signal_handler(signal.SIGHUP, self.reload)
         self.start()
         stop.wait()
         log.info("signal received: letting open streams finish")
         self.stop()
+
+
+def _warn_without_e2e(tunnel):
+    if not tunnel.e2e_key:
+        log.warning("E2E is off ([e2e] server_key is empty): whatever terminates TLS in "
+                    "front of the server sees the tunnel's destinations and data")
 
 
 def run_client(cfg):

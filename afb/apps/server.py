@@ -16,7 +16,8 @@ from afb.config_values import parse_hostport
 from afb.errors import (CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported,
                         DestinationError)
 from afb.keys import check_secret_file, spki_pin
-from afb.policy.access import AuthThrottle, SourceAcl, client_ip, parse_networks
+from afb.policy.access import (AuthThrottle, SourceAcl, client_ip, failure_weight,
+                               parse_networks)
 from afb.policy.acl import DestinationAcl
 from afb.policy.auth import token_from_headers
 from afb.policy.keyring import make_signer, make_verifier
@@ -90,7 +91,7 @@ class TunnelServer:
         self.wsgi = make_server(
             self.listen, self._on_tunnel, authorize=self._authorize, path=server["path"],
             ssl_context=self.ssl_context, max_message=tunnel["max_message"],
-            **front_door_options(cfg))
+            reuse_port=server["reuse_port"], **front_door_options(cfg))
 
     def _load_e2e(self, e2e):
         """The E2E static key and ciphers ([e2e]); a 0600 key file unless mode = off."""
@@ -124,10 +125,12 @@ class TunnelServer:
         """Claims of an upgrade request allowed in; AuthError (-> decoy, one log line) if not.
 
         Order: source lists, then a ban in force, then the token; a missing or
-        bad token counts towards a ban of the client address.
+        bad token counts towards a ban of the client address, a token this
+        server signed but refuses now (expired, revoked) a tenth as much
+        (:func:`~afb.policy.access.failure_weight`).  A stopping server lets a
+        valid token through: :meth:`_on_tunnel` then closes the tunnel with
+        1001, which the client takes for a restart, not for a refusal.
         """
-        if self.stopping:
-            raise AuthError("server is shutting down")
         ip = client_ip(environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR"),
                        self.trusted_proxies)
         environ["afb.client_ip"] = ip
@@ -144,7 +147,7 @@ class TunnelServer:
                 raise AuthError("no token")
             claims = self.verifier.verify(token)
         except AuthError as exc:
-            if self.throttle.failed(ip):
+            if self.throttle.failed(ip, failure_weight(exc)):
                 raise AuthError("%s; client %s banned for %.0f s after %d failures" % (
                     exc, ip, self.throttle.ban_time, self.throttle.max_failures)) from None
             raise
@@ -154,6 +157,9 @@ class TunnelServer:
     def _on_tunnel(self, ws, claims, environ):
         peer = environ.get("afb.client_ip") or environ.get("REMOTE_ADDR", "?")
         label = "tunnel %s@%s" % (claims.get("sub", "?"), peer)
+        if self.stopping:       # accepted just before the listener closed
+            ws.close(CLOSE_GOING_AWAY, "server is restarting")
+            return
         try:
             user = self.users.enter(claims["sub"])
         except AfbError as exc:

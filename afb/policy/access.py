@@ -14,6 +14,13 @@ before a WebSocket upgrade and by the client's local proxy on accept.
   authentications within ``window`` seconds ban that address for ``ban_time``
   seconds.  IPv6 addresses are counted per /64 (one subscriber's prefix), so an
   attacker cannot walk its own prefix to escape the ban.  Bounded in memory.
+* :func:`failure_weight` -- how much one refusal counts: a guess or a forgery
+  a whole failure, a token that this server signed but refuses now (expired,
+  revoked; :class:`~afb.errors.SignedTokenRefused`) a tenth.  A user whose
+  token ran out retries with it (an afb client about twice a minute, one
+  restarted by hand more often) and must not be banned for 10 minutes when
+  the new token arrives; a stale token teaches a prober nothing new, and 50
+  of them within the window still ban.
 """
 
 import functools
@@ -21,7 +28,18 @@ import ipaddress
 import time
 from collections import OrderedDict, deque
 
-__all__ = ["parse_networks", "normalize_ip", "SourceAcl", "client_ip", "AuthThrottle"]
+from afb.errors import SignedTokenRefused
+
+__all__ = ["parse_networks", "normalize_ip", "SourceAcl", "client_ip", "AuthThrottle",
+           "failure_weight"]
+
+#: What a refused token this server signed counts towards a ban (a guess: 1).
+SIGNED_TOKEN_WEIGHT = 0.1
+
+
+def failure_weight(error):
+    """How much the refusal ``error`` (an AuthError) counts towards a ban."""
+    return SIGNED_TOKEN_WEIGHT if isinstance(error, SignedTokenRefused) else 1.0
 
 
 def normalize_ip(text):
@@ -158,7 +176,8 @@ class _Entry:
 class AuthThrottle:
     """Per-address failed-authentication counter with temporary bans.
 
-    ``failed(ip)`` records a failure and returns True when it started a ban;
+    ``failed(ip, weight=1.0)`` records a failure and returns True when it
+    started a ban (once the weights within ``window`` add up to ``max_failures``);
     ``succeeded(ip)`` forgets the address's failures; ``is_banned(ip)`` says
     whether it is banned now.  ``max_failures`` of 0 turns throttling off.
     At most ``max_entries`` addresses are remembered: when full, stale entries
@@ -204,8 +223,8 @@ class AuthThrottle:
             return 0.0
         return max(0.0, entry.banned_until - self.clock())
 
-    def failed(self, ip):
-        """Record a failure; True if this one got *ip* banned."""
+    def failed(self, ip, weight=1.0):
+        """Record a failure of ``weight``; True if this one got *ip* banned."""
         if self.max_failures <= 0:
             return False
         now = self.clock()
@@ -220,8 +239,8 @@ class AuthThrottle:
             return False
         entry.banned_until = None
         self._prune(entry, now)
-        entry.failures.append(now)
-        if len(entry.failures) >= self.max_failures:
+        entry.failures.append((now, weight))
+        if sum(w for _t, w in entry.failures) >= self.max_failures - 1e-9:
             entry.failures.clear()
             entry.banned_until = now + self.ban_time
             return True
@@ -236,7 +255,7 @@ class AuthThrottle:
 
     def _prune(self, entry, now):
         horizon = now - self.window
-        while entry.failures and entry.failures[0] <= horizon:
+        while entry.failures and entry.failures[0][0] <= horizon:
             entry.failures.popleft()
 
     def _stale(self, entry, now):

@@ -16,7 +16,13 @@ its grace, is refused.  With ``revocations`` (an object with
 revoked tokens and subjects are refused too.
 
 Every failure is an :class:`~afb.errors.AuthError` carrying a short reason
-for the log.
+for the log.  A refusal that comes after the signature verified (expired,
+not yet valid, wrong audience, revoked) is a
+:class:`~afb.errors.SignedTokenRefused`: the token was issued by this
+server's key, so it is a user's stale token rather than a guess or a
+forgery, and it weighs little towards a ban (:mod:`afb.policy.access`).
+PyJWT checks the claims only once the signature is good, so the class of
+its exception tells which side of the signature a failure is on.
 """
 
 import logging
@@ -28,7 +34,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from afb.errors import AuthError
+from afb.errors import AuthError, SignedTokenRefused
 from afb.keys import HMAC_SECRET_BYTES, JWT_ALGORITHMS, key_id
 from afb.policy.lineage import FAMILY_CLAIM, child_jti
 
@@ -44,18 +50,29 @@ REQUIRED_CLAIMS = ["exp", "nbf", "iat", "aud", "iss", "jti", "sub"]
 _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _TTL_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$", re.IGNORECASE)
 
-# PyJWT exception -> short reason (first match wins; subclasses before bases).
+# PyJWT exception -> (short reason, signature verified) (first match wins;
+# subclasses before bases).
 _REASONS = [
-    (jwt.ExpiredSignatureError, "expired"),
-    (jwt.ImmatureSignatureError, "not yet valid"),
-    (jwt.InvalidAudienceError, "wrong audience"),
-    (jwt.InvalidIssuerError, "wrong issuer"),
-    (jwt.InvalidSignatureError, "bad signature"),
-    (jwt.InvalidAlgorithmError, "algorithm not allowed"),
-    (jwt.InvalidKeyError, "algorithm not allowed"),
-    (jwt.InvalidIssuedAtError, "bad issued-at time"),
-    (jwt.DecodeError, "malformed token"),
+    (jwt.ExpiredSignatureError, "expired", True),
+    (jwt.ImmatureSignatureError, "not yet valid", True),
+    (jwt.InvalidAudienceError, "wrong audience", True),
+    (jwt.InvalidIssuerError, "wrong issuer", True),
+    (jwt.InvalidSignatureError, "bad signature", False),
+    (jwt.InvalidAlgorithmError, "algorithm not allowed", False),
+    (jwt.InvalidKeyError, "algorithm not allowed", False),
+    (jwt.InvalidIssuedAtError, "bad issued-at time", True),
+    (jwt.DecodeError, "malformed token", False),
 ]
+
+
+def _refusal(exc):
+    """The AuthError for a PyJWT exception: SignedTokenRefused past the signature."""
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return SignedTokenRefused("missing claim %s" % exc.claim)
+    for cls, reason, signed in _REASONS:
+        if isinstance(exc, cls):
+            return (SignedTokenRefused if signed else AuthError)(reason)
+    return AuthError("invalid token")
 
 
 def _check_algorithm(algorithm):
@@ -188,7 +205,7 @@ class TokenVerifier:
         if entry.alg != alg:
             raise AuthError("algorithm not allowed")
         if not self.keyring.usable(entry):
-            raise AuthError("key retired")
+            raise AuthError("key retired")      # not loaded: the signature is not checked
         return entry.verify_key
 
     def verify(self, token):
@@ -202,28 +219,23 @@ class TokenVerifier:
                 token, key, algorithms=[self.algorithm], audience=self.audience,
                 issuer=self.issuer, leeway=self.leeway,
                 options={"require": REQUIRED_CLAIMS, "verify_signature": True})
-        except jwt.MissingRequiredClaimError as exc:
-            raise AuthError("missing claim %s" % exc.claim) from None
         except jwt.InvalidTokenError as exc:
-            for cls, reason in _REASONS:
-                if isinstance(exc, cls):
-                    raise AuthError(reason) from None
-            raise AuthError("invalid token") from None
+            raise _refusal(exc) from None
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
-            raise AuthError("bad subject")
+            raise SignedTokenRefused("bad subject")
         if not isinstance(claims.get("jti"), str) or not claims["jti"]:
-            raise AuthError("bad token id")
+            raise SignedTokenRefused("bad token id")
         family = claims.get(FAMILY_CLAIM)
         if family is not None and (not isinstance(family, str) or not family):
-            raise AuthError("bad token family")
+            raise SignedTokenRefused("bad token family")
         if self.revocations is not None:
             try:
                 reason = self.revocations.is_revoked(claims)
             except Exception as exc:   # fail closed: a broken store lets nobody in
                 log.error("revocation check failed: %s", exc)
-                raise AuthError("revocation check failed") from None
+                raise SignedTokenRefused("revocation check failed") from None
             if reason:
-                raise AuthError(reason)
+                raise SignedTokenRefused(reason)
         return claims
 
 

@@ -5,12 +5,12 @@ at every (re)connect and rewritten (0600, atomically) when the server hands
 out a fresh token, so a restarted client starts with the newest one.
 """
 
-import base64
-import json
 import logging
+import os
 import time
 
 from afb.keys import write_secret
+from afb.policy.token_check import unverified_claims
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +23,10 @@ def token_times(token):
 
     The client only uses these to schedule a refresh; the server verifies.
     """
+    claims = unverified_claims(token)
+    if claims is None:
+        return None
     try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         exp = float(claims["exp"])
         iat = float(claims.get("iat", claims.get("nbf", exp - 3600)))
         return iat, exp
@@ -43,13 +44,32 @@ class ClientToken:
             raise ValueError("either a token or a token_file is needed")
         self.current()   # fail early on an unreadable file
 
+    @property
+    def where(self):
+        """Where the token comes from, for messages."""
+        return self.path or "[client] token"
+
     def current(self):
         if self.path:
-            with open(self.path, encoding="ascii") as handle:
+            with open(self.path, encoding="ascii", errors="replace") as handle:
                 self._token = handle.read().strip()
         return self._token
 
     __call__ = current
+
+    def last(self):
+        """The token last read or stored, without reading the file again."""
+        return self._token
+
+    def file_state(self):
+        """What changes when the token file is replaced or rewritten (None: no file)."""
+        if not self.path:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return ()
+        return st.st_ino, st.st_size, st.st_mtime_ns
 
     def store(self, token):
         self._token = token

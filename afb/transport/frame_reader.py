@@ -37,6 +37,9 @@ YIELD_AFTER = 64 * 1024
 MAX_FRAMES_PER_MESSAGE = 16384
 #: PONGs per second a flood of tunnel PINGs gets (and how many at once).
 PONGS_PER_SECOND = 10
+#: Seconds after our GOAWAY during which the peer's OPENs are still served: they
+#: crossed it on the wire (a client sends none once it has read GOAWAY).
+GOAWAY_GRACE = 5.0
 #: Refused streams, unknown frames and the like: a few log lines per tunnel a minute.
 _limited_log = LogLimiter(log, interval=60.0, burst=10)
 
@@ -151,8 +154,9 @@ class FrameReader:
             return
         stream = self._new_stream(stream_id, host, port)
         stream.reply_later = bool(flags & frames.FLAG_NO_WAIT)
-        if len(self.streams) > self.max_streams or self.draining:
-            reason = "server is shutting down" if self.draining else \
+        late = self.draining and time.monotonic() - self.goaway_sent > GOAWAY_GRACE
+        if len(self.streams) > self.max_streams or late:
+            reason = "server is shutting down" if late else \
                 "too many streams (limit %d)" % self.max_streams
             self.refuse(stream, AfbError(reason))
             _limited_log.warning(self.label, "refused stream", "%s: refused stream to %s: %s",

@@ -23,6 +23,9 @@ One :class:`FrontDoor` (a gevent ``StreamServer``) per listening port:
 
 Expected failures (a probe that disconnects during or right after TLS, a
 reset, a timeout) end in at most one debug line, never a traceback.
+
+The listening socket has SO_REUSEPORT (``reuse_port``, on by default):
+see :mod:`afb.transport.listen_socket`.
 """
 
 import errno
@@ -39,6 +42,7 @@ from afb.codec.http_head import ChunkedSkipper, HeadReader, body_length, normali
 from afb.errors import HttpRequestError
 from afb.transport import tls
 from afb.transport.decoy import PLAIN_HTTP_DETAIL, error_response
+from afb.transport.listen_socket import reuse_port_listener
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +66,10 @@ class FrontDoor(StreamServer):
     """Accepts connections and routes each to the tunnel upgrade or the decoy."""
 
     def __init__(self, listener, *, upgrade, decoy, limiter, admission, wrap_socket=None,
-                 upstream=None, header_timeout=60.0, keepalive_timeout=75.0, **kw):
+                 upstream=None, header_timeout=60.0, keepalive_timeout=75.0, reuse_port=True,
+                 **kw):
         super().__init__(listener, self._serve_connection, **kw)
+        self.reuse_port = reuse_port
         self.upgrade = upgrade
         self.decoy = decoy
         self.limiter = limiter
@@ -77,6 +83,12 @@ class FrontDoor(StreamServer):
         self._pending = {}      # greenlet -> accept time, oldest first
 
     # --- accepting -------------------------------------------------------------
+
+    def get_listener(self, address, backlog=None, family=None):
+        """gevent's listener, with SO_REUSEPORT unless ``reuse_port`` is off."""
+        if not self.reuse_port:
+            return super().get_listener(address, backlog, family)
+        return reuse_port_listener(address, backlog or self.backlog, family or socket.AF_INET)
 
     def start(self):
         self.admission.refresh()

@@ -81,6 +81,7 @@ class Session(FrameReader, FrameWriter, TokenLife):
         self.started_at = time.monotonic()
         self.last_received = self.started_at
         self.draining = False      # GOAWAY sent or received: no new streams
+        self.goaway_sent = 0.0     # when we sent GOAWAY (OPENs crossing it are served)
         self.closed = False
         self.close_reason = ""
         self.drained = Event()
@@ -235,6 +236,7 @@ class Session(FrameReader, FrameWriter, TokenLife):
         """Tell the peer to open no new streams here; existing ones go on."""
         if not self.draining and not self.closed:
             self.draining = True
+            self.goaway_sent = time.monotonic()
             self._queue_control(frames.frame(frames.GOAWAY, 0, frames.goaway_payload(
                 self._last_peer_id, 0, message)))
 

@@ -121,6 +121,7 @@ def client_context(ca_file=None, pin=None):
     (or the system store) and the host name is checked.
     """
     ctx = _new_context(_stdssl.PROTOCOL_TLS_CLIENT)
+    ctx.afb_ca_file = ca_file       # for untrusted()'s advice
     if pin:
         ctx.check_hostname = False
         ctx.verify_mode = _stdssl.CERT_NONE
@@ -135,6 +136,38 @@ def client_context(ca_file=None, pin=None):
         except (OSError, _stdssl.SSLError) as exc:
             raise TlsError("cannot load CA file %s: %s" % (ca_file, exc)) from exc
     return ctx
+
+
+#: OpenSSL verify codes (X509_V_ERR_*) of a certificate no trusted CA signed.
+_NOT_TRUSTED = {18: "self-signed", 19: "a self-signed CA in the chain",
+                20: "issuer not trusted", 21: "issuer not trusted"}
+_X509_CERT_HAS_EXPIRED = 10
+_X509_HOSTNAME_MISMATCH = 62
+
+
+def untrusted(exc, host, port, ctx=None):
+    """One line on a failed certificate verification (no pin): what it is, what to set.
+
+    Without a pin the client verifies the server like a browser; a server
+    made by ``afb keygen`` has a self-signed certificate, which only a pin
+    (or its certificate as ``ca_file``) makes acceptable.
+    """
+    code = getattr(exc, "verify_code", None)
+    ca_file = getattr(ctx, "afb_ca_file", None)
+    where = "the CAs in ca_file %s" % ca_file if ca_file else "the system's CAs"
+    if code in _NOT_TRUSTED:
+        return ("the server's certificate (%s:%s) is not trusted (%s; checked against %s): "
+                "set pin = sha256//... (afb keygen --show prints it) or ca_file in [client]"
+                % (host, port, _NOT_TRUSTED[code], where))
+    if code == _X509_HOSTNAME_MISMATCH:
+        return ("the server's certificate (%s:%s) is not made for the name %s: use a name it "
+                "holds in server = ..., or set pin = sha256//... (afb keygen --show prints "
+                "it) in [client]" % (host, port, host))
+    if code == _X509_CERT_HAS_EXPIRED:
+        return ("the server's certificate (%s:%s) has expired: renew it on the server, or set "
+                "pin = sha256//... (afb keygen --show prints it) in [client]" % (host, port))
+    return "the server's certificate (%s:%s) failed verification: %s" % (
+        host, port, getattr(exc, "verify_message", None) or exc)
 
 
 def spki_pin_of_der(der_cert):
@@ -164,8 +197,11 @@ def check_pin(ssl_sock, pin):
     for candidate in expected:
         if hmac.compare_digest(candidate.encode("ascii", "replace"), got.encode("ascii")):
             return got
-    raise TlsError("server certificate pin mismatch: expected %s, got %s"
-                   % (", ".join(expected) or "(none)", got))
+    raise TlsError("server certificate pin mismatch: expected %s, got %s: if the server's key "
+                   "was changed on purpose, set pin = <its pin> in [client] (afb keygen --show "
+                   "prints it); if not, something between here and the server answers in its "
+                   "place" % (", ".join(expected) or "(none)", got))
 
 
-__all__ = ["server_context", "client_context", "check_pin", "spki_pin_of_der", "PIN_PREFIX"]
+__all__ = ["server_context", "client_context", "check_pin", "spki_pin_of_der", "untrusted",
+           "PIN_PREFIX"]

@@ -6,16 +6,18 @@ websocket-client's handshake code, which reads the response one byte at a
 time, so no WebSocket bytes are ever swallowed with the HTTP headers.
 
 Errors: ``OSError`` for network failures (including proxy errors and
-timeouts), :class:`TlsError` for TLS and pin failures, :class:`AuthError` when
-the server answers the upgrade with anything but 101, :class:`ProtocolError`
-for a malformed 101 answer.
+timeouts), :class:`TlsError` for TLS and pin failures (an untrusted
+certificate says what to set: :func:`afb.transport.tls.untrusted`),
+:class:`UpgradeRefused` (an AuthError with the HTTP ``status``) when the
+server answers the upgrade with anything but 101, :class:`ProtocolError` for
+a malformed 101 answer.
 """
 
 import socket
 import ssl
 from urllib.parse import urlsplit
 
-from afb.errors import AuthError, ProtocolError, TlsError
+from afb.errors import ProtocolError, TlsError, UpgradeRefused
 from afb.transport import tls
 from afb.transport.wsconn import WsConnection
 
@@ -75,7 +77,8 @@ def _upgrade(sock, url, host, port, resource, headers):
         response = handshake(sock, url, host, port, resource,
                              header=dict(headers or {}), suppress_origin=True)
     except wsexc.WebSocketBadStatusException as exc:
-        raise AuthError("server refused the WebSocket upgrade: HTTP %s" % exc.status_code) from None
+        raise UpgradeRefused("server refused the WebSocket upgrade: HTTP %s" % exc.status_code,
+                             exc.status_code) from None
     except wsexc.WebSocketTimeoutException as exc:
         raise TimeoutError("WebSocket handshake timed out: %s" % exc) from None
     except wsexc.WebSocketConnectionClosedException as exc:
@@ -84,7 +87,8 @@ def _upgrade(sock, url, host, port, resource, headers):
     except wsexc.WebSocketException as exc:
         raise ProtocolError("bad WebSocket handshake answer: %s" % exc) from None
     if response.status != 101:
-        raise AuthError("server refused the WebSocket upgrade: HTTP %s" % response.status)
+        raise UpgradeRefused("server refused the WebSocket upgrade: HTTP %s" % response.status,
+                             response.status)
 
 
 def connect(url, *, headers=None, ssl_context=None, pin=None, proxy=None, timeout=10,
@@ -102,7 +106,9 @@ def connect(url, *, headers=None, ssl_context=None, pin=None, proxy=None, timeou
             ctx = ssl_context or tls.client_context(pin=pin)
             try:
                 sock = ctx.wrap_socket(sock, server_hostname=host)
-            except ssl.SSLError as exc:  # includes certificate verification errors
+            except ssl.SSLCertVerificationError as exc:
+                raise TlsError(tls.untrusted(exc, host, port, ctx)) from None
+            except ssl.SSLError as exc:
                 raise TlsError("TLS handshake with %s:%s failed: %s" % (host, port, exc)) from exc
             if pin:
                 tls.check_pin(sock, pin)

@@ -174,7 +174,8 @@ def make_server(listen, on_tunnel, *, authorize, path="/", ssl_context=None, dec
                 max_message=1 << 20, header_timeout=60.0, keepalive_timeout=75.0, upstream=None,
                 upstream_tls=True, upstream_proxy_protocol=False, max_pending_per_source=32,
                 max_pending_per_proxy=1024, trusted_proxies=(), descriptor_high_water=0.8,
-                log_interval=60.0, log_burst=5, fd_limit=None, handshake_timeout=None):
+                log_interval=60.0, log_burst=5, fd_limit=None, handshake_timeout=None,
+                reuse_port=True):
     """A (not yet started) :class:`FrontDoor` for the tunnel on *listen* = (host, port).
 
     *upstream*: ``"host:port"`` of a real web server that gets every
@@ -183,6 +184,8 @@ def make_server(listen, on_tunnel, *, authorize, path="/", ssl_context=None, dec
     source (*log_burst* lines per *log_interval* seconds, then a summary).
     *handshake_timeout* is the old name of *header_timeout* (the deadline for
     TLS and the request head), kept for callers that still pass it.
+    *reuse_port*: listen with SO_REUSEPORT (a new server may listen on the
+    port while this one drains).
     """
     if handshake_timeout is not None:
         header_timeout = handshake_timeout
@@ -200,7 +203,7 @@ def make_server(listen, on_tunnel, *, authorize, path="/", ssl_context=None, dec
         (listen[0], listen[1]), upgrade=upgrade, decoy=Decoy(decoy_dir), limiter=limiter,
         admission=admission, wrap_socket=ssl_context.wrap_socket if ssl_context else None,
         upstream=splice, header_timeout=header_timeout, keepalive_timeout=keepalive_timeout,
-        backlog=LISTEN_BACKLOG)
+        backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
     return server
 
 
