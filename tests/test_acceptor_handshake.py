@@ -10,7 +10,7 @@ from gevent.event import AsyncResult
 
 from afb.apps.socks_handshake import ProxyHandshake
 from afb.transport.acceptor import PAUSE_AFTER_ERROR, Acceptor
-from afb.transport.relay import PlainSocket
+from afb.transport.sockets import PlainSocket
 from tests.support import recv_all
 
 

@@ -17,7 +17,6 @@ passwords a second.  A banned source's connections are closed on accept.
 """
 
 import logging
-import socket
 
 import gevent
 import gevent.socket
@@ -31,7 +30,8 @@ from afb.errors import (REP_GENERAL_FAILURE, REP_SUCCEEDED, AfbError, Destinatio
 from afb.policy.proxy_users import parse_basic
 from afb.ratelog import LogLimiter
 from afb.transport.acceptor import Acceptor
-from afb.transport.relay import SocketRelay, close_socket
+from afb.transport.relay import SocketRelay
+from afb.transport.sockets import close_socket, set_nodelay
 from afb.transport.socket_writes import send_whole
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class LocalProxy:
             authenticate = lambda user, password: (   # noqa: E731
                 not throttle.is_banned(ip) and self.authenticate(user, password))
             on_auth_failure = lambda: self._auth_failed(ip, peer)   # noqa: E731
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_nodelay(sock)
         ProxyHandshake(sock, peer, authenticate=authenticate,
                        timeout=self.handshake_timeout, on_socks=self._socks_request,
                        on_http=self._http_start, on_auth_failure=on_auth_failure).start()

@@ -26,7 +26,8 @@ from afb.ratelog import LogLimiter
 from afb.state import RevocationCache, open_store
 from afb.transport import tls
 from afb.transport.dialer import Dialer
-from afb.transport.relay import SocketRelay, close_socket
+from afb.transport.relay import SocketRelay
+from afb.transport.sockets import close_socket
 from afb.transport.resolver import Resolver
 from afb.transport.secure_channel import server_accept
 from afb.transport.session import Session

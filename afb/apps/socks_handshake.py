@@ -22,7 +22,7 @@ import gevent
 
 from afb.codec import httpproxy, socks5
 from afb.errors import CommandNotSupported, ProxyAuthFailed, SocksError
-from afb.transport.relay import close_socket
+from afb.transport.sockets import close_socket
 
 log = logging.getLogger(__name__)
 

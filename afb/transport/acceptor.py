@@ -15,7 +15,7 @@ import time
 
 import gevent
 
-from afb.transport.relay import PlainSocket
+from afb.transport.sockets import PlainSocket
 
 log = logging.getLogger(__name__)
 

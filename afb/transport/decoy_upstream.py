@@ -34,6 +34,7 @@ import gevent
 from gevent import ssl as _gssl
 
 from afb.codec.proxy_protocol import proxy_v1_header
+from afb.transport.sockets import set_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class Upstream:
         """A connected (and, for TLS, handshaken) upstream socket, or None (logged)."""
         try:
             sock = socket.create_connection(self.address, timeout=CONNECT_TIMEOUT)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_nodelay(sock)
             if self.proxy_protocol:
                 sock.sendall(proxy_v1_header(peer, _local(client_sock)))
             if self.tls if tls is None else tls:

@@ -43,7 +43,7 @@ from afb.errors import (
     TimedOut,
 )
 from afb.policy.acl import DestinationAcl, format_destination
-from afb.transport.relay import PlainSocket
+from afb.transport.sockets import PlainSocket, set_nodelay
 
 __all__ = ["Dialer", "connect_error", "socket_error"]
 
@@ -149,13 +149,6 @@ def set_recv_buffer(sock, size):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
-def _set_nodelay(sock):
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass
-
-
 class Dialer:
     """Connect to ``host:port`` for a tunnel stream; see the module doc.
 
@@ -232,7 +225,7 @@ class Dialer:
                 if best is None or _RANK.get(type(error), 0) >= _RANK.get(type(best), 0):
                     best = error
                 continue
-            _set_nodelay(sock)
+            set_nodelay(sock)
             log.debug("connected to %s", where)
             return sock
 
@@ -330,7 +323,7 @@ class Dialer:
 
     def _dialled(self, sock, error, on_done):
         if error is None:
-            _set_nodelay(sock)
+            set_nodelay(sock)
             self.dial_stats["connected"] += 1
         else:
             sock.close()

@@ -43,6 +43,7 @@ from afb.errors import HttpRequestError
 from afb.transport import tls
 from afb.transport.decoy import PLAIN_HTTP_DETAIL, error_response
 from afb.transport.listen_socket import reuse_port_listener
+from afb.transport.sockets import close_socket, set_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +151,13 @@ class FrontDoor(StreamServer):
         if refused is not None:
             self.limiter.info(ip, "connection refused before TLS",
                               "connection from %s closed at once: %s", ip, refused)
-            _abort(sock)
+            close_socket(sock, abort=True)
             return
         try:
             job = gevent.spawn(self._serve_connection, sock, address)
         except BaseException:
             self.admission.release(ip)
-            _close(sock)
+            close_socket(sock)
             raise
         self._pending[job] = time.monotonic()
 
@@ -203,11 +204,11 @@ class FrontDoor(StreamServer):
             if len(opened) > 1:             # TLS: nginx sends close_notify, timeouts included
                 tls.close_gracefully(opened[-1])
             for each in opened:
-                _close(each)
+                close_socket(each)
 
     def _route(self, sock, address, release, opened):
         deadline = time.monotonic() + self.header_timeout
-        _nodelay(sock)
+        set_nodelay(sock)
         conn = sock
         if self.wrap_socket is not None:
             first = _peek(sock, deadline)
@@ -243,7 +244,7 @@ class FrontDoor(StreamServer):
                 try:
                     self.upstream.splice(sock, up)
                 finally:
-                    _close(up)
+                    close_socket(up)
                 return
         reader = HeadReader()
         try:
@@ -262,7 +263,7 @@ class FrontDoor(StreamServer):
                 try:
                     self.upstream.splice(conn, up, bytes(reader.buffered))
                 finally:
-                    _close(up)
+                    close_socket(up)
                 return
         self._builtin(conn, address, reader, head, error)
 
@@ -303,15 +304,6 @@ def _detail(exc):
 
 def _ip(address):
     return address[0] if isinstance(address, tuple) else str(address or "?")
-
-
-def _nodelay(sock):
-    """TCP_NODELAY from the start, like nginx: without it a response written in two
-    pieces waits for the peer's delayed ACK (~40 ms)."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass
 
 
 def _peek(sock, deadline):
@@ -383,20 +375,6 @@ def _local_host(conn):
     return "[%s]" % host if ":" in host else host
 
 
-def _abort(sock):
-    """Close at once, with a RST rather than a lingering FIN (costs nothing more)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    except OSError:
-        pass
-    _close(sock)
-
-
-def _close(sock):
-    try:
-        sock.close()
-    except OSError:
-        pass
 
 
 __all__ = ["FrontDoor", "ACCEPT_PAUSE"]

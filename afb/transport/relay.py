@@ -27,21 +27,16 @@ import errno
 import logging
 import os
 import socket
-import struct
 from collections import deque
 
 import gevent
-from gevent.monkey import get_original
 
 from afb.buffers import detach
 from afb.errors import REP_GENERAL_FAILURE
+from afb.transport.sockets import close_socket, peer_name
 
 log = logging.getLogger(__name__)
 
-#: The standard library's socket class, even in a monkey-patched process: the
-#: sockets a relay drives (accepted by the Acceptor, dialled by dial_nowait)
-#: need no gevent wrapper, its two watchers or its costly close.
-PlainSocket = get_original("socket", "socket")
 #: Largest single read from a local socket.
 READ_CHUNK = 256 * 1024
 #: TCP_NOTSENT_LOWAT of a relayed socket: the kernel takes no more unsent
@@ -54,7 +49,6 @@ READ_CHUNK = 256 * 1024
 #: is not limited by it, so a far destination still gets a full window.
 NOTSENT_LOWAT = 32 * 1024
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
-_LINGER_ABORT = struct.pack("ii", 1, 0)
 _READ, _WRITE = 1, 2
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
@@ -125,7 +119,7 @@ class SocketRelay:
         except OSError as exc:
             if exc.errno in _AGAIN:
                 return
-            self._fail("read from %s failed: %s" % (_peer(self.sock), exc.strerror))
+            self._fail("read from %s failed: %s" % (peer_name(self.sock), exc.strerror))
             return
         if not data:
             self._pause_reading()
@@ -153,7 +147,7 @@ class SocketRelay:
             written = os.write(self.fd, data)
         except OSError as exc:
             if exc.errno not in _AGAIN:
-                self._fail("write to %s failed: %s" % (_peer(self.sock), exc.strerror))
+                self._fail("write to %s failed: %s" % (peer_name(self.sock), exc.strerror))
                 return
             written = 0
         if written:
@@ -183,7 +177,7 @@ class SocketRelay:
             if exc.errno not in _AGAIN:
                 self.out_bytes -= total
                 self.up.release(total)
-                self._fail("write to %s failed: %s" % (_peer(self.sock), exc.strerror))
+                self._fail("write to %s failed: %s" % (peer_name(self.sock), exc.strerror))
                 return
         self.out_bytes -= total
         if total:
@@ -239,22 +233,3 @@ class SocketRelay:
             self._on_close(self)
 
 
-def close_socket(sock, abort=False):
-    """Close ``sock``; with ``abort`` the peer sees a reset, not a clean EOF."""
-    try:
-        if abort:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
-    except OSError:
-        pass
-    try:
-        sock.close()
-    except OSError:
-        pass
-
-
-def _peer(sock):
-    try:
-        host, port = sock.getpeername()[:2]
-        return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
-    except OSError:
-        return "socket"

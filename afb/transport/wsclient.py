@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from afb.errors import ProtocolError, TlsError, UpgradeRefused
 from afb.transport import tls
+from afb.transport.sockets import set_nodelay
 from afb.transport.wsconn import WsConnection
 
 _PROXY_SCHEMES = {
@@ -98,10 +99,7 @@ def connect(url, *, headers=None, ssl_context=None, pin=None, proxy=None, timeou
     sock = _open_tcp(host, port, proxy, timeout)
     try:
         sock.settimeout(timeout)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+        set_nodelay(sock)
         if secure:
             ctx = ssl_context or tls.client_context(pin=pin)
             try:
