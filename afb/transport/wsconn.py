@@ -34,6 +34,7 @@ from afb.codec import websocket as wsc
 from afb.errors import (CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA,
                         MessageTooBig, ProtocolError)
 from afb.transport.pacer import MESSAGE_UNITS, Allowance, Pacer
+from afb.transport.sockets import close_socket
 from afb.transport.socket_writes import (JOIN_LIMIT, SMALL_PAYLOAD, send_whole, sendall_coalesced,
                                         sendmsg_all)
 
@@ -393,15 +394,11 @@ class WsConnection:
                     self._wlock.release()
             self._close_sent = True
         self._closed = True
-        sock = self._sock
         try:
-            sock.shutdown(socket.SHUT_RDWR)
+            self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        try:
-            sock.close()
-        except OSError:
-            pass
+        close_socket(self._sock)
 
 
 __all__ = ["WsConnection", "MAX_HEADER", "RECV_BUFFER", "SMALL_PAYLOAD"]
