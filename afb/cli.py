@@ -8,39 +8,12 @@ this module never imports gevent and loads the daemons lazily, and the
 import argparse
 import os
 import sys
-import time
 
 import afb
+from afb.cli_common import (DEFAULT_CLIENT_CONF, DEFAULT_DEMO_DIR, DEFAULT_KEY_DIR,
+                            DEFAULT_SERVER_CONF, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, _err,
+                            _load, _utc)
 from afb.errors import ConfigError
-
-DEFAULT_SERVER_CONF = "/etc/afb/server.conf"
-DEFAULT_CLIENT_CONF = "/etc/afb/client.conf"
-DEFAULT_KEY_DIR = "/etc/afb"
-#: Where ``afb demo`` keeps its keys and configs without --dir.
-DEFAULT_DEMO_DIR = os.path.join("~", ".local", "share", "afb", "demo")
-
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
-
-
-def _err(*lines):
-    for line in lines:
-        print(line, file=sys.stderr)
-
-
-def _load(path, role, start=False):
-    """The validated config, or None after printing every error line.
-
-    ``start``: also every check the daemon makes before it starts (the files
-    it names), as ``afb config check`` does.
-    """
-    from afb.config import load_config, load_for_start
-
-    try:
-        return (load_for_start if start else load_config)(path, role)
-    except ConfigError as exc:
-        _err(*(exc.errors or [str(exc)]))
-        return None
-
 
 def _run_daemon(role, path):
     """Load the config, then run the daemon; a listener it cannot have ends in one line.
@@ -85,10 +58,6 @@ def cmd_demo(args):
     from afb.apps.demo import run_demo
 
     return run_demo(args.dir)
-
-
-def _utc(ts):
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
 def cmd_keygen(args):

@@ -6,8 +6,8 @@ Loaded by :mod:`afb.cli` when a ``token`` command runs; never imports gevent.
 import os
 import time
 
-from afb.cli import (DEFAULT_SERVER_CONF, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, _err, _load,
-                     _utc)
+from afb.cli_common import (DEFAULT_SERVER_CONF, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, _err,
+                            _load, _utc)
 from afb.errors import ConfigError
 
 
@@ -41,7 +41,7 @@ def _record(cfg, claims, kid):
 
 
 def cmd_token_issue(args):
-    from afb.keys import write_secret
+    from afb.file_trust import write_secret
     from afb.policy.auth import ALGORITHM, parse_ttl
     from afb.policy.keyring import SingleKeySigner, make_signer
 

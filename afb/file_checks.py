@@ -160,10 +160,10 @@ def check_state_dir(directory):
 
 
 def check_e2e_key(path):
-    from afb.codec import aead
+    from afb import keys        # cryptography: only when there is a key to check
 
     check_secret_file(path, "E2E private key ([e2e] key; made by afb keygen)")
-    aead.load_static_key(path)
+    keys.load_static_key(path)
 
 
 def check_site_dir(path):

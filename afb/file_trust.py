@@ -19,11 +19,18 @@ accepts a file only if
 only.  Every refusal is a :class:`~afb.errors.ConfigError` of one line that
 names the file, what is wrong and the command that fixes it.  Pure checks on
 ``os.stat``; nothing is opened.
+
+:func:`write_secret` and :func:`write_atomic` are the other side: how afb
+writes keys and tokens (a temporary file in the same folder, created 0600,
+then renamed over), so no other user can read one and no reader sees half
+of one.  They live here, not beside the key generation in :mod:`afb.keys`,
+so that a client storing a refreshed token imports no X.509 code.
 """
 
 import os
 import pwd
 import stat
+import tempfile
 
 from afb.errors import ConfigError
 
@@ -133,3 +140,31 @@ def _check_folder(directory, info, what, path, own):
     elif mode & 0o002 and not mode & stat.S_ISVTX:
         raise _refuse("%s: folder %s has mode %04o: anyone can replace what is inside it; "
                       "fix: chmod o-w %s" % (subject, directory, mode, directory))
+
+
+# --- writing: what afb writes, others cannot read or half-read ---------------------
+
+def write_atomic(path, data, mode):
+    """Write ``data`` to ``path`` via a temporary file + rename, with ``mode``."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".afb-", dir=directory)  # created 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_secret(path, data):
+    """Atomically write a secret (bytes or str) readable by its owner only (0600)."""
+    write_atomic(path, data, 0o600)

@@ -37,7 +37,6 @@ import ipaddress
 import json
 import os
 import secrets
-import tempfile
 import time
 
 from cryptography import x509
@@ -45,8 +44,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-# check_secret_file lives with the other file checks; the daemons import it from here too.
-from afb.file_trust import check_secret_file  # noqa: F401
+from afb.codec import aead
+from afb.errors import ConfigError
+# The file checks and writers live in afb.file_trust; the daemons and tests take them from here too.
+from afb.file_trust import check_secret_file, write_atomic, write_secret  # noqa: F401
 
 DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
 FILES = {"cert": "server.crt", "key": "server.key",
@@ -61,32 +62,6 @@ KEYRING_FILE = "jwt-keys.json"
 HMAC_SECRET_FILE = "jwt.secret"
 HMAC_SECRET_BYTES = 32
 KEYRING_FORMAT = 1
-
-
-def _write_atomic(path, data, mode):
-    """Write ``data`` to ``path`` via a temporary file + rename, with ``mode``."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".afb-", dir=directory)  # created 0600
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def write_secret(path, data):
-    """Atomically write a secret (bytes or str) readable by its owner only (0600)."""
-    _write_atomic(path, data, 0o600)
 
 
 def spki_pin(cert):
@@ -212,7 +187,7 @@ def _write_jwt_key(directory, algorithm, private, public_pem, base):
         write_secret(os.path.join(directory, name), private)
         return {"secret": name}
     write_secret(os.path.join(directory, base + ".key"), private)
-    _write_atomic(os.path.join(directory, base + ".pub"), public_pem, 0o644)
+    write_atomic(os.path.join(directory, base + ".pub"), public_pem, 0o644)
     return {"private": base + ".key", "public": base + ".pub"}
 
 
@@ -230,7 +205,6 @@ def generate_server_keys(directory, names=DEFAULT_NAMES, days=365, force=False,
         raise ValueError("unknown JWT algorithm %r (use one of %s)"
                          % (algorithm, ", ".join(JWT_ALGORITHMS)))
     names = tuple(names)
-    from afb.codec.aead import generate_static_key   # afb.codec.aead imports this module
 
     files = dict(FILES, keyring=KEYRING_FILE, e2e_key=E2E_KEY_FILE)
     if algorithm == "HS256":
@@ -247,7 +221,7 @@ def generate_server_keys(directory, names=DEFAULT_NAMES, days=365, force=False,
     key_pem, cert_pem = make_self_signed(names, days)
     jwt_private, jwt_public = make_jwt_keys(algorithm)
     write_secret(paths["key"], key_pem)
-    _write_atomic(paths["cert"], cert_pem, 0o644)
+    write_atomic(paths["cert"], cert_pem, 0o644)
     if algorithm == "HS256":
         fields = _write_jwt_key(directory, algorithm, jwt_private, None, "jwt")
     else:
@@ -256,7 +230,7 @@ def generate_server_keys(directory, names=DEFAULT_NAMES, days=365, force=False,
     entry = dict(kid=kid, alg=algorithm, created=int(time.time()), retired_at=None, grace=None,
                  **fields)
     write_keyring(paths["keyring"], [entry])
-    e2e_private, e2e_public = generate_static_key()
+    e2e_private, e2e_public = aead.generate_static_key()
     write_secret(paths["e2e_key"], e2e_private)
     return dict(paths, pin=spki_pin(cert_pem), kid=kid, e2e_public_key=e2e_public)
 
@@ -270,7 +244,6 @@ def show_public(directory):
     an E2E key.  Reads public data only (the E2E public key is derived from
     the private key file, which therefore must be readable).
     """
-    from afb.codec.aead import load_static_key, public_key_b64  # aead imports this module
 
     paths = {"cert": os.path.join(directory, FILES["cert"]),
              "e2e_key": os.path.join(directory, E2E_KEY_FILE)}
@@ -290,7 +263,32 @@ def show_public(directory):
     except x509.ExtensionNotFound:
         names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     return dict(paths, names=names, not_after=cert.not_valid_after_utc, pin=spki_pin(data),
-                e2e_public_key=public_key_b64(load_static_key(paths["e2e_key"])))
+                e2e_public_key=aead.public_key_b64(load_static_key(paths["e2e_key"])))
+
+
+# --- the E2E static key --------------------------------------------------------
+
+def save_static_key(path, private):
+    """Write an E2E private key as PKCS#8 PEM, mode 0600; return its public base64."""
+    key = aead.private_key_from(private)
+    write_secret(path, key.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+    return aead.public_key_b64(key)
+
+
+def load_static_key(path):
+    """Read the server's E2E static private key file (PEM, or 32 raw bytes)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ConfigError("cannot read the E2E private key %s: %s" % (path, exc.strerror or exc)) \
+            from None
+    try:
+        return aead.private_key_from(data)
+    except ConfigError as exc:
+        raise ConfigError("%s: %s" % (path, exc)) from None
 
 
 # --- the JWT key ring ----------------------------------------------------------
@@ -357,7 +355,7 @@ def read_keyring(path):
 def write_keyring(path, entries):
     """Atomically write the index ``path`` (0644: kids, dates and file names only)."""
     text = json.dumps({"format": KEYRING_FORMAT, "keys": list(entries)}, indent=2) + "\n"
-    _write_atomic(path, text, 0o644)
+    write_atomic(path, text, 0o644)
 
 
 def _adopt_legacy(directory):

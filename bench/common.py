@@ -473,10 +473,11 @@ def spki_pin(cert_path):
 
 
 def e2e_public_key(key_path):
-    """The base64 E2E public key of a server's e2e.key (afb.codec.aead, imported only here)."""
+    """The base64 E2E public key of a server's e2e.key (afb, imported only here)."""
     from afb.codec import aead
+    from afb.keys import load_static_key
 
-    return aead.public_key_b64(aead.load_static_key(key_path))
+    return aead.public_key_b64(load_static_key(key_path))
 
 
 class AfbPair:

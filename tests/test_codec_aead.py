@@ -492,9 +492,9 @@ def test_static_key_files(tmp_path):
     pem, pub = aead.generate_static_key()
     assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")
     assert len(base64.b64decode(pub)) == 32
-    assert aead.save_static_key(path, pem) == pub
+    assert keys.save_static_key(path, pem) == pub
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    loaded = aead.load_static_key(path)
+    loaded = keys.load_static_key(path)
     assert aead.public_key_b64(loaded) == pub == aead.public_key_b64(pem)
     raw = bytes(32)
     assert aead.public_key_b64(raw) == aead.public_key_b64(aead.private_key_from(raw))
@@ -506,12 +506,12 @@ def test_static_key_files(tmp_path):
 
 def test_static_key_errors(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
-        aead.load_static_key(str(tmp_path / "missing.key"))
+        keys.load_static_key(str(tmp_path / "missing.key"))
     jwt_private, _ = keys.make_jwt_keys()
     path = str(tmp_path / "jwt.key")
     keys.write_secret(path, jwt_private)
     with pytest.raises(ConfigError, match="not X25519"):
-        aead.load_static_key(path)
+        keys.load_static_key(path)
     with pytest.raises(ConfigError, match="32 raw bytes"):
         aead.private_key_from(b"short")
 

@@ -19,10 +19,11 @@ def test_demo_writes_reusable_valid_configs_with_fixed_loopback_defaults(tmp_pat
     assert client["client"]["pin"] == pin
     assert server["acl"]["allow_private"] is True          # the demo only
     # End-to-end encryption on: the client pins the server's E2E key.
+    from afb import keys
     from afb.codec import aead
     assert server["e2e"]["mode"] == "required"
     assert client["e2e"]["server_key"] == aead.public_key_b64(
-        aead.load_static_key(server["e2e"]["key"]))
+        keys.load_static_key(server["e2e"]["key"]))
     mode = stat.S_IMODE(os.stat(tmp_path / "client.token").st_mode)
     assert mode == 0o600
     # A second run reuses the keys (same pin) and issues a fresh token.

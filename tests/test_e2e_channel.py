@@ -6,6 +6,7 @@ import os
 import gevent
 import pytest
 
+from afb import keys
 from afb.codec import aead
 from afb.config import check_config, load_config
 from afb.errors import ConfigError
@@ -208,7 +209,7 @@ def test_generated_keys_include_the_e2e_key(tmp_path):
 
     paths = generate_server_keys(str(tmp_path / "k"))
     assert os.stat(paths["e2e_key"]).st_mode & 0o777 == 0o600
-    assert aead.public_key_b64(aead.load_static_key(paths["e2e_key"])) == paths["e2e_public_key"]
+    assert aead.public_key_b64(keys.load_static_key(paths["e2e_key"])) == paths["e2e_public_key"]
 
 
 # --- config validation ----------------------------------------------------------------------

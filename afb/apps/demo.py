@@ -21,7 +21,7 @@ from afb import keys
 from afb.codec import aead
 from afb.apps.client import ProxyClient
 from afb.apps.server import TunnelServer
-from afb.cli import DEFAULT_DEMO_DIR
+from afb.cli_common import DEFAULT_DEMO_DIR
 from afb.config import load_config
 from afb.errors import AfbError, listen_failure
 from afb.policy.auth import issue_token
@@ -84,9 +84,9 @@ def prepare(directory):
         pin = keys.spki_pin(handle.read())
     e2e_path = os.path.join(directory, keys.E2E_KEY_FILE)
     if os.path.exists(e2e_path):
-        e2e_key = aead.public_key_b64(aead.load_static_key(e2e_path))
+        e2e_key = aead.public_key_b64(keys.load_static_key(e2e_path))
     else:       # a demo folder from before E2E
-        e2e_key = aead.save_static_key(e2e_path, aead.generate_static_key()[0])
+        e2e_key = keys.save_static_key(e2e_path, aead.generate_static_key()[0])
     with open(os.path.join(directory, "jwt.key"), "rb") as handle:
         token = issue_token(handle.read(), "demo", 30 * 86400)
     keys.write_secret(os.path.join(directory, "client.token"), token + "\n")

@@ -15,7 +15,7 @@ from afb.codec import aead, frames
 from afb.config_values import parse_hostport
 from afb.errors import (CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported,
                         DestinationError)
-from afb.keys import check_secret_file, spki_pin
+from afb.keys import check_secret_file, load_static_key, spki_pin
 from afb.policy.access import (AuthThrottle, SourceAcl, client_ip, failure_weight,
                                parse_networks)
 from afb.policy.acl import DestinationAcl
@@ -101,7 +101,7 @@ class TunnelServer:
         self.e2e_ciphers = tuple(aead.cipher_id(name) for name in e2e["ciphers"])
         if self.e2e_mode != "off":
             check_secret_file(e2e["key"], "E2E private key ([e2e] key; made by afb keygen)")
-            self.e2e_key = aead.load_static_key(e2e["key"])
+            self.e2e_key = load_static_key(e2e["key"])
 
     def _make_acl(self, port):
         """The destination ACL; the host's own addresses are refused on ``port`` always

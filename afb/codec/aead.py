@@ -94,7 +94,6 @@ from afb.codec.aead_records import (  # noqa: F401 - re-exported
     POOL_BUFFER, REC_DATA, REKEY_BYTES, TAG_SIZE, RecordError, RecordOpener,
     RecordSealer, _aead, cipher_id, cipher_name, default_cipher)
 from afb.errors import ConfigError, ProtocolError, VersionMismatch
-from afb.keys import write_secret
 
 # --- wire constants -----------------------------------------------------------
 
@@ -186,29 +185,6 @@ def parse_public_key(value):
         raise ConfigError("E2E server public key must be 32 bytes in base64, got %d bytes"
                           % len(raw))
     return raw
-
-
-def save_static_key(path, private):
-    """Write a private key as PKCS#8 PEM, mode 0600; return its public base64."""
-    key = private_key_from(private)
-    write_secret(path, key.private_bytes(serialization.Encoding.PEM,
-                                         serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()))
-    return public_key_b64(key)
-
-
-def load_static_key(path):
-    """Read a server static private key file (PEM, or 32 raw bytes)."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise ConfigError("cannot read the E2E private key %s: %s" % (path, exc.strerror or exc)) \
-            from None
-    try:
-        return private_key_from(data)
-    except ConfigError as exc:
-        raise ConfigError("%s: %s" % (path, exc)) from None
 
 
 def _raw_public(key):
@@ -384,6 +360,6 @@ __all__ = [
     "CIPHER_AES_256_GCM", "CIPHER_CHACHA20_POLY1305", "CIPHER_NAMES", "CLOSE_E2E_FAILED",
     "ClientHandshake", "HandshakeError", "OVERHEAD", "RecordError", "RecordOpener",
     "RecordSealer", "ServerHandshake", "cipher_id", "cipher_name", "default_cipher",
-    "generate_static_key", "load_static_key", "parse_public_key", "private_key_from",
-    "public_key_b64", "save_static_key",
+    "generate_static_key", "parse_public_key", "private_key_from",
+    "public_key_b64",
 ]

@@ -9,7 +9,7 @@ import logging
 import os
 import time
 
-from afb.keys import write_secret
+from afb.file_trust import write_secret
 from afb.policy.token_check import unverified_claims
 
 log = logging.getLogger(__name__)
