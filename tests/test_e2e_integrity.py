@@ -83,7 +83,7 @@ def test_a_stalled_reader_costs_one_window_and_does_not_stall_other_streams(tunn
             assert time.monotonic() - started < 1.0
             sock.close()
         # The server holds at most the client's window for the stalled stream.
-        held = server_session._sched.queued(server_stream.id)
+        held = server_session.writer.sched.queued(server_stream.id)
         assert held <= client_stream.window.size <= client_stream.window.maximum
         assert client_stream.buffered <= client_stream.window.size
         assert server_stream.credit.available >= 0

@@ -43,7 +43,7 @@ def test_flush_waits_until_everything_queued_was_sent():
     ws = RecordingWs()
     session = _session(ws)
     for number in range(50):
-        session._queue_control(frames.frame(frames.PING, 0, frames.ping_payload(number)))
+        session.queue_control(frames.frame(frames.PING, 0, frames.ping_payload(number)))
     session.flush(1.0)
     assert sum(1 for t, _s, _p in ws.frames() if t == frames.PING) == 50
     assert session.down.used == 0            # everything taken is released from the budget
@@ -55,18 +55,18 @@ def test_a_peer_that_sends_but_never_reads_is_closed_past_its_backlog():
     session = _session(ws, buffer_limit=256 * 1024)
     pong = frames.frame(frames.PONG, 0, frames.ping_payload(1))
     for _ in range(40_000):                  # ~5 MiB of answers nobody reads
-        session._queue_control(pong)
+        session.queue_control(pong)
         if ws.closed:
             break
     assert wait_until(lambda: ws.closed, 2)
     assert ws.close_args == (CLOSE_POLICY_VIOLATION, "peer does not read")
     assert session.close_reason.startswith("peer does not read")
-    assert session.down.used <= session.backlog_limit + 256
+    assert session.down.used <= session.writer.backlog_limit + 256
 
 
 def test_a_failed_write_closes_the_session_with_the_reason():
     ws = BrokenWs()
     session = _session(ws)
-    session._queue_control(frames.frame(frames.PING, 0, frames.ping_payload(1)))
+    session.queue_control(frames.frame(frames.PING, 0, frames.ping_payload(1)))
     assert wait_until(lambda: session.closed, 2)
     assert session.close_reason == "write failed: peer went away"

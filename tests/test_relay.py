@@ -46,7 +46,7 @@ def _tcp_pair():
 
 def _relay(session, stream_id=1, pair=None):
     ours, theirs = pair or _tcp_pair()
-    stream = session._new_stream(stream_id, "127.0.0.1", 80)
+    stream = session.new_stream(stream_id, "127.0.0.1", 80)
     relay = SocketRelay(ours, stream)
     relay.start()
     return stream, relay, theirs
@@ -68,7 +68,7 @@ def test_bytes_from_the_socket_become_data_frames_within_the_credit():
 def test_peer_data_reaches_the_socket_and_credit_returns_for_what_it_took():
     session, ws = _session(window=64 * KiB)
     stream, _relay_, theirs = _relay(session)
-    stream._on_data(b"x" * (40 * KiB))              # over half the window: one WINDOW
+    stream.on_data(b"x" * (40 * KiB))              # over half the window: one WINDOW
     got = b""
     theirs.settimeout(2)
     while len(got) < 40 * KiB:
@@ -87,8 +87,8 @@ def test_eof_from_the_socket_is_a_fin_and_the_peers_fin_a_shutdown_after_the_dat
     stream, relay, theirs = _relay(session)
     theirs.shutdown(socket.SHUT_WR)
     assert wait_until(lambda: any(t == frames.FIN for t, _s, _p in ws.frames()), 2)
-    stream._on_data(b"last bytes")
-    stream._on_fin()
+    stream.on_data(b"last bytes")
+    stream.on_fin()
     theirs.settimeout(2)
     assert theirs.recv(100) == b"last bytes"
     assert theirs.recv(100) == b""                  # our write side shut after the data
@@ -110,12 +110,12 @@ def test_a_reset_closes_the_socket_with_an_rst():
 
 def test_reading_pauses_while_the_tunnels_budget_is_exhausted_and_resumes_after():
     session, ws = _session(buffer_limit=256 * KiB)
-    session._sched.budget.charge(256 * KiB)         # as if the peer had not read yet
+    session.writer.sched.budget.charge(256 * KiB)         # as if the peer had not read yet
     stream, relay, theirs = _relay(session)
     theirs.sendall(b"waiting")
     gevent.sleep(0.1)
     assert _data(ws, 1) == b"" and not relay._reading and session.down.waiting == 1
-    session._sched.budget.release(256 * KiB)        # the writer drained it
+    session.writer.sched.budget.release(256 * KiB)        # the writer drained it
     assert wait_until(lambda: _data(ws, 1) == b"waiting", 2)
     session.close()
 
@@ -138,7 +138,7 @@ def test_a_stalled_slice_does_not_pin_its_whole_message():
         base = tracemalloc.get_traced_memory()[0]
         for stream, _relay_ in relays:
             message = bytearray(POOL_BUFFER)
-            stream._on_data(memoryview(message)[1000:1000 + 32 * KiB])
+            stream.on_data(memoryview(message)[1000:1000 + 32 * KiB])
             del message
         gc.collect()
         kept = tracemalloc.get_traced_memory()[0] - base

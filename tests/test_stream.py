@@ -34,10 +34,10 @@ class Sink:
 
 def test_data_before_the_sink_waits_charged_to_the_budget_then_is_replayed_in_order():
     session, _ws = _session()
-    stream = session._new_stream(1, "example.org", 443)
-    stream._on_data(b"one ")
-    stream._on_data(memoryview(bytearray(b"two "))[0:4])
-    stream._on_fin()
+    stream = session.new_stream(1, "example.org", 443)
+    stream.on_data(b"one ")
+    stream.on_data(memoryview(bytearray(b"two "))[0:4])
+    stream.on_fin()
     assert session.up.used == 8 and stream.buffered == 8
     sink = Sink()
     stream.attach(sink)
@@ -48,24 +48,24 @@ def test_data_before_the_sink_waits_charged_to_the_budget_then_is_replayed_in_or
 
 def test_a_reset_while_dialling_cancels_the_dial_and_frees_the_early_data():
     session, ws = _session()
-    stream = session._new_stream(1, "example.org", 443)
-    stream._on_data(b"x" * 100)
+    stream = session.new_stream(1, "example.org", 443)
+    stream.on_data(b"x" * 100)
     cancelled = []
     stream.pending = lambda: cancelled.append(True)
-    stream._on_reset(0x05, "connection refused")
+    stream.on_reset(0x05, "connection refused")
     assert cancelled == [True] and session.up.used == 0
     assert stream.id not in session.streams
-    stream._on_reset(0x05, "again")                  # once only
+    stream.on_reset(0x05, "again")                  # once only
     assert cancelled == [True]
     session.close()
 
 
 def test_the_peer_sending_beyond_its_credit_is_a_protocol_error():
     session, _ws = _session(window=16 * KiB)
-    stream = session._new_stream(1, "example.org", 443)
-    stream._on_data(b"x" * (16 * KiB))
+    stream = session.new_stream(1, "example.org", 443)
+    stream.on_data(b"x" * (16 * KiB))
     with pytest.raises(ProtocolError, match="flow control violation"):
-        stream._on_data(b"y")
+        stream.on_data(b"y")
     session.close()
 
 
@@ -80,10 +80,10 @@ def test_send_within_credit_queues_data_and_wait_open_reports_the_servers_answer
     ok.send(b"GET / HTTP/1.1\r\n\r\n")
     gevent.sleep(0.01)
     assert [(t, sid) for t, sid, _p in ws.frames()] == [(frames.OPEN, 1), (frames.DATA, 1)]
-    ok._on_open_result(None)
+    ok.on_open_result(None)
     assert ok.wait_open(1) is True
     refused = session.open_stream(frames.CMD_CONNECT, "example.org", 444)
-    refused._on_reset(0x05, "connection refused")
+    refused.on_reset(0x05, "connection refused")
     with pytest.raises(DestinationError) as failure:
         refused.wait_open(1)
     assert failure.value.reply == 0x05

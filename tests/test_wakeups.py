@@ -59,7 +59,7 @@ def test_a_frame_queued_from_an_event_loop_callback_leaves_in_that_callback():
 def test_frames_queued_from_another_greenlet_still_leave():
     session, ws = _session()
     session.open_stream(frames.CMD_CONNECT, "example.org", 443)
-    gevent.spawn(session._queue_control, frames.frame(frames.PING, 0, frames.ping_payload(1))).join()
+    gevent.spawn(session.queue_control, frames.frame(frames.PING, 0, frames.ping_payload(1))).join()
     gevent.sleep(0.01)
     assert _types(ws.sent[-1]) == [frames.PING]
     session.close()
@@ -127,7 +127,7 @@ def _open_frame(stream_id, flags):
 
 def test_open_ok_leaves_at_once_for_a_client_that_waits():
     session, ws, _opened = _server_session()
-    get_hub().loop.run_callback(session._dispatch, *_open_frame(1, 0))
+    get_hub().loop.run_callback(session.reader.dispatch, *_open_frame(1, 0))
     gevent.sleep(0.01)
     assert [_types(m) for m in ws.sent] == [[frames.OPEN_OK]]
     session.close()
@@ -135,14 +135,14 @@ def test_open_ok_leaves_at_once_for_a_client_that_waits():
 
 def test_open_ok_rides_with_the_first_data_when_the_client_does_not_wait():
     session, ws, opened = _server_session()
-    get_hub().loop.run_callback(session._dispatch, *_open_frame(1, frames.FLAG_NO_WAIT))
+    get_hub().loop.run_callback(session.reader.dispatch, *_open_frame(1, frames.FLAG_NO_WAIT))
     gevent.sleep(0.01)
     assert ws.sent == []                        # no message of its own
     get_hub().loop.run_callback(opened[0].send, b"reply")
     gevent.sleep(0.01)
     assert [_types(m) for m in ws.sent] == [[frames.OPEN_OK, frames.DATA]]
     # ... and a graceful stop still sends one that nothing else carried.
-    get_hub().loop.run_callback(session._dispatch, *_open_frame(3, frames.FLAG_NO_WAIT))
+    get_hub().loop.run_callback(session.reader.dispatch, *_open_frame(3, frames.FLAG_NO_WAIT))
     gevent.sleep(0.01)
     session.flush(1.0)
     assert _types(ws.sent[-1]) == [frames.OPEN_OK]

@@ -1,19 +1,28 @@
-"""How frames arrive in a tunnel session: the reader and what it does with each frame.
+"""How frames arrive in a tunnel session: the reader and what each frame does.
 
-Mixed into :class:`~afb.transport.session.Session` (the sending half is
-:mod:`afb.transport.frame_writer`).  ``run()`` reads one WebSocket message at
-a time in the caller's greenlet and dispatches its frames to the streams;
-the server learns of new streams through ``on_open``.  It never blocks on a
-write (answers are queued for the writer), and it bounds what a peer can
-make it do:
+A :class:`FrameReader` belongs to one :class:`~afb.transport.session.Session`
+(``session.reader``; the sending half is :mod:`afb.transport.frame_writer`).
+:meth:`FrameReader.run` reads one WebSocket message at a time in the
+session's greenlet and hands each frame to its handler: a table by frame
+type, built for the session's role (only a server takes OPEN and REFRESH,
+only a client OPEN_OK, OPEN_FAIL and TOKEN; any other type is answered as
+unknown), with DATA, the frame of the hot path, looked up first.  It never
+blocks on a write (answers are queued for the writer), and it bounds what a
+peer can make it do:
 
 * every message and frame counts on the session's pacer
   (:mod:`afb.transport.pacer`), which yields and throttles a flood;
 * a message holds at most :data:`MAX_FRAMES_PER_MESSAGE` frames, PINGs get
   :data:`PONGS_PER_SECOND` answers at most;
 * while the local sockets hold the session's ``up`` budget of the peer's
-  data, it stops reading (:meth:`FrameReader._wait_for_local_sockets`);
+  data, it stops reading (:meth:`FrameReader.wait_for_local_sockets`);
 * refusals it logs are rate-limited per tunnel.
+
+What it uses of the session: the WebSocket ``ws``, ``streams`` and their
+events (``Stream.on_data`` …), ``pacer``, ``up``, ``queue`` and
+``queue_control``, ``new_stream``, ``refuse``, ``tokens``, ``close`` and
+``teardown``, and the fields it keeps up to date: ``last_received``,
+``rtt``, ``draining``, ``close_reason`` (``state_changed`` is set on GOAWAY).
 """
 
 import logging
@@ -26,7 +35,7 @@ from afb.codec import frames
 from afb.codec.websocket import describe_close
 from afb.errors import REP_GENERAL_FAILURE, AfbError, ProtocolError
 from afb.ratelog import LogLimiter
-from afb.transport.pacer import MESSAGE_UNITS
+from afb.transport.pacer import MESSAGE_UNITS, Allowance
 
 log = logging.getLogger(__name__)
 
@@ -47,167 +56,233 @@ _limited_log = LogLimiter(log, interval=60.0, burst=10)
 class FrameReader:
     """The receiving half of a session (see the module doc)."""
 
+    def __init__(self, session):
+        self.session = session
+        self.streams = session.streams        # the same dict, for the hot path
+        self.paused = False                   # not reading: local sockets hold too much
+        self.last_peer_id = 0                 # server: the newest stream the client opened
+        self._resume = None                   # the Event a paused reader waits on
+        self._pongs = Allowance(PONGS_PER_SECOND, PONGS_PER_SECOND)
+        self.handlers = {
+            frames.WINDOW: self._window, frames.FIN: self._fin, frames.RST: self._reset,
+            frames.PING: self._ping, frames.PONG: self._pong, frames.GOAWAY: self._goaway,
+        }
+        if session.client:
+            self.handlers.update({frames.OPEN: self._open_at_a_client,
+                                  frames.OPEN_OK: self._open_ok, frames.OPEN_FAIL: self._reset,
+                                  frames.TOKEN: self._token})
+        else:
+            self.handlers.update({frames.OPEN: self._open, frames.REFRESH: self._refresh})
+
+    # --- the loop ------------------------------------------------------------------------
+
     def run(self):
-        """Read and dispatch frames until the WebSocket closes; then clean up."""
-        tick = self.pacer.tick
-        up = self.up
+        """Read and dispatch frames until the WebSocket closes; then tear the session down."""
+        session = self.session
+        ws = session.ws
+        tick = session.pacer.tick
+        up = session.up
+        streams = self.streams
+        handlers = self.handlers
+        data = frames.DATA
         try:
             while True:
-                message = self.ws.recv_message()
+                message = ws.recv_message()
                 if message is None:
-                    self.close_reason = self.close_reason or "closed by peer (%s)" % describe_close(
-                        getattr(self.ws, "peer_close_code", None),
-                        getattr(self.ws, "peer_close_reason", ""))
+                    session.close_reason = session.close_reason or "closed by peer (%s)" % (
+                        describe_close(getattr(ws, "peer_close_code", None),
+                                       getattr(ws, "peer_close_reason", "")))
                     break
-                self.last_received = time.monotonic()
+                session.last_received = time.monotonic()
                 count = 0
                 for ftype, flags, stream_id, payload in frames.iter_frames(message):
                     count += 1
                     if count > MAX_FRAMES_PER_MESSAGE:
                         raise ProtocolError("more than %d frames in one message"
                                             % MAX_FRAMES_PER_MESSAGE)
-                    self._dispatch(ftype, flags, stream_id, payload)
+                    if ftype == data:
+                        stream = streams.get(stream_id)
+                        if stream is not None:
+                            self._data(stream, payload)
+                        continue
+                    handler = handlers.get(ftype)
+                    if handler is None:
+                        self._unknown(ftype, stream_id)
+                    else:
+                        handler(flags, stream_id, payload)
                 tick(count + MESSAGE_UNITS)
                 if up.exhausted:
-                    self._wait_for_local_sockets()
+                    self.wait_for_local_sockets()
                 elif len(message) >= YIELD_AFTER:
                     # Let the streams hand this to their apps before reading on.
                     gevent.sleep(0)
         except AfbError as exc:
-            self.close_reason = str(exc)
-            log.warning("%s: %s; closing the tunnel", self.label, exc)
-            self.close(exc.close_code, str(exc))
+            session.close_reason = str(exc)
+            log.warning("%s: %s; closing the tunnel", session.label, exc)
+            session.close(exc.close_code, str(exc))
         except (OSError, EOFError) as exc:
-            self.close_reason = self.close_reason or "connection lost: %s" % (exc or type(exc).__name__)
+            session.close_reason = session.close_reason or "connection lost: %s" % (
+                exc or type(exc).__name__)
         finally:
-            self._teardown()
+            session.teardown()
 
-    def _dispatch(self, ftype, flags, stream_id, payload):
+    def dispatch(self, ftype, flags, stream_id, payload):
+        """Act on one frame, as :meth:`run` does (for callers with a single frame)."""
         if ftype == frames.DATA:
             stream = self.streams.get(stream_id)
             if stream is not None:
-                try:
-                    stream._on_data(payload)
-                except ProtocolError as exc:
-                    log.warning("%s: stream %d: %s", self.label, stream_id, exc)
-                    stream.reset(REP_GENERAL_FAILURE, str(exc))
+                self._data(stream, payload)
             return
-        if ftype == frames.WINDOW:
-            stream = self.streams.get(stream_id)
-            if stream is not None:
-                stream._on_window(frames.parse_window(payload))
-        elif ftype == frames.OPEN:
-            self._on_open_frame(stream_id, payload, flags)
-        elif ftype == frames.FIN:
-            stream = self.streams.get(stream_id)
-            if stream is not None:
-                stream._on_fin()
-        elif ftype == frames.RST:
-            stream = self.streams.get(stream_id)
-            if stream is not None:
-                stream._on_reset(*frames.parse_reason(payload))
-        elif ftype == frames.OPEN_OK and self.client:
-            stream = self.streams.get(stream_id)
-            if stream is not None:
-                stream._on_open_result(None)
-        elif ftype == frames.OPEN_FAIL and self.client:
-            stream = self.streams.get(stream_id)
-            if stream is not None:
-                stream._on_reset(*frames.parse_reason(payload))
-        elif ftype == frames.PING:
-            if self._pongs.allow():      # a flood gets PONGS_PER_SECOND answers
-                self._queue_control(frames.frame(frames.PONG, 0, payload))
-        elif ftype == frames.PONG:
-            self.rtt = max(0, time.monotonic_ns() - frames.parse_ping(payload)) / 1e9
-        elif ftype == frames.REFRESH and not self.client:
-            self._on_refresh_frame()
-        elif ftype == frames.TOKEN and self.client:
-            request = self._token_request
-            if request is not None and not request.ready():
-                request.set(frames.parse_token(payload))
-        elif ftype == frames.GOAWAY:
-            last, code, message = frames.parse_goaway(payload)
-            log.info("%s: peer is going away (%s); no new streams on this tunnel",
-                     self.label, message or code)
-            self.draining = True
-            self.state_changed.set()
+        handler = self.handlers.get(ftype)
+        if handler is None:
+            self._unknown(ftype, stream_id)
         else:
-            self._on_unknown(ftype, stream_id)
+            handler(flags, stream_id, payload)
 
-    def _on_open_frame(self, stream_id, payload, flags=0):
-        if self.client or self.on_open is None:
-            raise ProtocolError("OPEN for stream %d sent to a client" % stream_id)
-        if stream_id % 2 == 0 or stream_id <= self._last_peer_id:
-            self._queue_control(frames.frame(frames.RST, stream_id, frames.rst_payload(
+    # --- stream frames ----------------------------------------------------------------
+
+    def _data(self, stream, payload):
+        try:
+            stream.on_data(payload)
+        except ProtocolError as exc:
+            log.warning("%s: stream %d: %s", self.session.label, stream.id, exc)
+            stream.reset(REP_GENERAL_FAILURE, str(exc))
+
+    def _window(self, _flags, stream_id, payload):
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_window(frames.parse_window(payload))
+
+    def _fin(self, _flags, stream_id, _payload):
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_fin()
+
+    def _reset(self, _flags, stream_id, payload):
+        """RST, and OPEN_FAIL on a client: the stream ends with the peer's code."""
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_reset(*frames.parse_reason(payload))
+
+    def _open_ok(self, _flags, stream_id, _payload):
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_open_result(None)
+
+    def _open_at_a_client(self, _flags, stream_id, _payload):
+        raise ProtocolError("OPEN for stream %d sent to a client" % stream_id)
+
+    def _open(self, flags, stream_id, payload):
+        """Server: a client opens a stream; refused here, or handed to ``on_open``."""
+        session = self.session
+        if stream_id % 2 == 0 or stream_id <= self.last_peer_id:
+            session.queue_control(frames.frame(frames.RST, stream_id, frames.rst_payload(
                 REP_GENERAL_FAILURE, "stream id %d is not new and odd" % stream_id)))
-            _limited_log.warning(self.label, "refused OPEN with a bad stream id",
+            _limited_log.warning(session.label, "refused OPEN with a bad stream id",
                                  "%s: refused OPEN with reused or even stream id %d",
-                                 self.label, stream_id)
+                                 session.label, stream_id)
             return
-        self._last_peer_id = stream_id
+        self.last_peer_id = stream_id
         try:
             command, host, port, early = frames.parse_open(payload)
         except AfbError as exc:
-            self._queue(stream_id, frames.OPEN_FAIL, frames.open_fail_payload(exc.reply, str(exc)))
-            _limited_log.warning(self.label, "bad OPEN", "%s: bad OPEN on stream %d: %s",
-                                 self.label, stream_id, exc)
+            session.queue(stream_id, frames.OPEN_FAIL,
+                          frames.open_fail_payload(exc.reply, str(exc)))
+            _limited_log.warning(session.label, "bad OPEN", "%s: bad OPEN on stream %d: %s",
+                                 session.label, stream_id, exc)
             return
-        stream = self._new_stream(stream_id, host, port)
+        stream = session.new_stream(stream_id, host, port)
         stream.reply_later = bool(flags & frames.FLAG_NO_WAIT)
-        late = self.draining and time.monotonic() - self.goaway_sent > GOAWAY_GRACE
-        if len(self.streams) > self.max_streams or late:
-            reason = "server is shutting down" if late else \
-                "too many streams (limit %d)" % self.max_streams
-            self.refuse(stream, AfbError(reason))
-            _limited_log.warning(self.label, "refused stream", "%s: refused stream to %s: %s",
-                                 self.label, stream.target, reason)
+        refusal = self._refusal(stream)
+        if refusal is not None:
+            session.refuse(stream, refusal)
+            _limited_log.warning(session.label, "refused stream", "%s: refused stream to %s: %s",
+                                 session.label, stream.target, refusal)
             return
-        if self.admit is not None:
-            try:
-                self.admit(self, stream)
-            except AfbError as exc:
-                self.refuse(stream, exc)
-                _limited_log.warning(self.label, "refused stream", "%s: refused stream to %s: %s",
-                                     self.label, stream.target, exc)
-                return
         if early:
-            stream._on_data(early)
-        self.on_open(self, stream, command)   # must not block: it spawns what may
+            stream.on_data(early)
+        session.on_open(session, stream, command)   # must not block: it spawns what may
 
-    def _on_unknown(self, ftype, stream_id):
+    def _refusal(self, stream):
+        """Why the new ``stream`` may not open (an AfbError), or None."""
+        session = self.session
+        late = session.draining and time.monotonic() - session.goaway_sent > GOAWAY_GRACE
+        if late:
+            return AfbError("server is shutting down")
+        if len(self.streams) > session.max_streams:
+            return AfbError("too many streams (limit %d)" % session.max_streams)
+        if session.admit is not None:
+            try:
+                session.admit(session, stream)
+            except AfbError as exc:
+                return exc
+        return None
+
+    def _unknown(self, ftype, stream_id):
+        session = self.session
         name = frames.frame_name(ftype)
         if stream_id == 0:
-            _limited_log.warning(self.label, "unknown session frame",
-                                 "%s: ignored unknown session frame type %s", self.label, name)
+            _limited_log.warning(session.label, "unknown session frame",
+                                 "%s: ignored unknown session frame type %s", session.label, name)
             return
-        _limited_log.warning(self.label, "unknown frame", "%s: unknown frame type %s on stream "
-                             "%d; resetting it", self.label, name, stream_id)
+        _limited_log.warning(session.label, "unknown frame", "%s: unknown frame type %s on "
+                             "stream %d; resetting it", session.label, name, stream_id)
         stream = self.streams.get(stream_id)
         if stream is not None:
             stream.reset(REP_GENERAL_FAILURE, "unknown frame type %s" % name)
         else:
-            self._queue_control(frames.frame(frames.RST, stream_id, frames.rst_payload(
+            session.queue_control(frames.frame(frames.RST, stream_id, frames.rst_payload(
                 REP_GENERAL_FAILURE, "unknown frame type %s" % name)))
 
-    def _wait_for_local_sockets(self):
+    # --- session frames ---------------------------------------------------------------
+
+    def _ping(self, _flags, _stream_id, payload):
+        if self._pongs.allow():          # a flood gets PONGS_PER_SECOND answers
+            self.session.queue_control(frames.frame(frames.PONG, 0, payload))
+
+    def _pong(self, _flags, _stream_id, payload):
+        self.session.rtt = max(0, time.monotonic_ns() - frames.parse_ping(payload)) / 1e9
+
+    def _refresh(self, _flags, _stream_id, _payload):
+        self.session.tokens.on_refresh_frame()
+
+    def _token(self, _flags, _stream_id, payload):
+        self.session.tokens.on_token_frame(payload)
+
+    def _goaway(self, _flags, _stream_id, payload):
+        session = self.session
+        _last, code, message = frames.parse_goaway(payload)
+        log.info("%s: peer is going away (%s); no new streams on this tunnel",
+                 session.label, message or code)
+        session.draining = True
+        session.state_changed.set()
+
+    # --- back-pressure on the peer ------------------------------------------------------
+
+    def wait_for_local_sockets(self):
         """Stop reading the peer while our local sockets hold too much of its data.
 
         The data waits in the kernel instead, and TCP slows the peer down; the
         relays wake us once they have written half the budget away.  Not
         hearing the peer meanwhile is our doing: the pinger does not count it.
         """
-        self.reader_paused = True
+        session = self.session
+        self.paused = True
         started = time.monotonic()
         try:
-            while self.up.exhausted and not self.closed:
-                event = self._resume_reader = Event()
-                self.up.wait(event.set)
+            while session.up.exhausted and not session.closed:
+                event = self._resume = Event()
+                session.up.wait(event.set)
                 event.wait()
-                self.up.forget(event.set)
+                session.up.forget(event.set)
         finally:
-            self._resume_reader = None
-            self.reader_paused = False
-            self.last_received = time.monotonic()
-        log.debug("%s: reading paused %.3f s for local sockets to take %d bytes", self.label,
-                  time.monotonic() - started, self.up.used)
+            self._resume = None
+            self.paused = False
+            session.last_received = time.monotonic()
+        log.debug("%s: reading paused %.3f s for local sockets to take %d bytes", session.label,
+                  time.monotonic() - started, session.up.used)
 
+    def wake(self):
+        """The session is closing: a paused reader returns."""
+        if self._resume is not None:
+            self._resume.set()

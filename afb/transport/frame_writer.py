@@ -1,22 +1,27 @@
 """How frames leave a tunnel session: the fair scheduler and the writer greenlet.
 
-Mixed into :class:`~afb.transport.session.Session`.  Streams and the reader
-queue frames (``_queue``, ``_queue_control``); one writer greenlet drains
-the :class:`~afb.mux.scheduler.FairScheduler` into WebSocket messages, one
-batch per message.  While it has nothing to send the writer is *parked* on a
+A :class:`FrameWriter` belongs to one :class:`~afb.transport.session.Session`
+and knows nothing else of it than what its constructor is given: the
+WebSocket, the budget frames are charged to, and what to call when the
+peer stops reading or a write fails.  Streams and the session's reader
+queue frames (:meth:`FrameWriter.queue`, :meth:`FrameWriter.queue_control`);
+one writer greenlet (:meth:`FrameWriter.run`) drains the
+:class:`~afb.mux.scheduler.FairScheduler` into WebSocket messages, one batch
+per message.  While it has nothing to send the writer is *parked* on a
 ``Waiter``, and whoever queues a frame wakes it:
 
 * from the event loop (socket callbacks: most frames) by a direct switch,
   so the frame leaves in the same loop iteration;
 * from another greenlet by a scheduled switch;
-* ``send_now`` (``open_stream``): the calling greenlet sends the batch
-  itself, so an OPEN leaves before ``open_stream`` returns.
+* :meth:`FrameWriter.send_now` (``open_stream``): the calling greenlet sends
+  the batch itself, so an OPEN leaves before ``open_stream`` returns.
 
 The reader never sends itself: two full send buffers would stop both ends.
 Everything queued is charged to the session's ``down`` budget (the relays
 stop reading while it is exhausted); what the reader itself queues (PONG,
 RST, WINDOW, OPEN_FAIL) past ``backlog_limit`` means the peer sends but
-does not read, and closes the tunnel.
+does not read: ``on_overflow`` is called (the session closes the tunnel)
+and such answers are dropped.
 """
 
 import logging
@@ -31,21 +36,61 @@ from afb.mux.scheduler import FairScheduler
 
 log = logging.getLogger(__name__)
 
+#: Largest batch the writer puts in one WebSocket message (see ``batch_limit``).
+BATCH_LIMIT = 256 * 1024
+
 
 class FrameWriter:
     """The sending half of a session (see the module doc)."""
 
-    def _setup_writer(self):
-        self._sched = FairScheduler(budget=self.down)
+    def __init__(self, ws, budget, *, backlog_limit, on_overflow, on_failure):
+        """``on_overflow()``: the peer does not read; ``on_failure(exc)``: a write failed
+        (both are the session's, to close the tunnel; neither may block)."""
+        self.ws = ws
+        self.sched = FairScheduler(budget=budget)
+        self.budget = budget
+        self.backlog_limit = backlog_limit
+        self.on_overflow = on_overflow
+        self.on_failure = on_failure
+        self.batch_limit = BATCH_LIMIT    # set from the peer's HELLO
+        self.closed = False
         self._hub = get_hub()
-        self._parked = None        # the writer's Waiter while it waits for frames
+        self._parked = None               # the writer's Waiter while it waits for frames
 
-    def _queue(self, stream_id, ftype, payload=b""):
-        self._sched.push(stream_id, ftype, payload)
+    def __bool__(self):
+        """Whether frames are waiting."""
+        return bool(self.sched)
+
+    # --- queueing -------------------------------------------------------------------
+
+    def queue(self, stream_id, ftype, payload=b"", flags=0, wake=True):
+        """Queue a stream's frame behind that stream's earlier ones.
+
+        ``wake=False`` leaves it for the next frame that wakes the writer (an
+        OPEN_OK the client does not wait for rides with the stream's data).
+        """
+        self.sched.push(stream_id, ftype, payload, flags)
+        if wake and self._parked is not None:
+            self.wake()
+        if self.budget.used > self.backlog_limit:
+            self.on_overflow()
+
+    def queue_control(self, encoded):
+        """Queue an encoded frame ahead of all stream data (dropped once the peer
+        has stopped reading: see the module doc)."""
+        if self.budget.used > self.backlog_limit:
+            self.on_overflow()
+            return
+        self.sched.push_control(encoded)
         if self._parked is not None:
-            self._wake_writer()
-        if self.down.used > self.backlog_limit:
-            self._overflow()
+            self.wake()
+
+    def send_reset(self, stream_id, reply, message):
+        """Drop what the stream still had queued and queue its RST."""
+        self.sched.drop(stream_id)
+        self.queue_control(frames.frame(frames.RST, stream_id, frames.rst_payload(reply, message)))
+
+    # --- sending ----------------------------------------------------------------------
 
     def send_now(self):
         """Send what is queued, now, if the writer is idle (else it is on it).
@@ -57,32 +102,24 @@ class FrameWriter:
         full send buffers would stop both ends).
         """
         if getcurrent() is self._hub:
-            self._wake_writer()
+            self.wake()
             return
         waiter, self._parked = self._parked, None
         if waiter is None:
             return
         try:
-            if self._sched and not self.closed:
-                parts, _size = self._sched.next_batch(self.batch_limit)
+            if self.sched and not self.closed:
+                parts, _size = self.sched.next_batch(self.batch_limit)
                 self.ws.send_message(parts)
         except (OSError, AfbError) as exc:
-            self._write_failed(exc)
+            self._failed(exc)
         finally:
-            if self._sched or self.closed:
+            if self.sched or self.closed:
                 self._hub.loop.run_callback(waiter.switch, None)
             else:
                 self._parked = waiter
 
-    def _queue_control(self, encoded):
-        if self.down.used > self.backlog_limit:
-            self._overflow()          # the peer does not read: its answers are dropped
-            return
-        self._sched.push_control(encoded)
-        if self._parked is not None:
-            self._wake_writer()
-
-    def _wake_writer(self):
+    def wake(self):
         """Resume the parked writer: at once when called from the event loop.
 
         Most frames are queued by socket callbacks, which run in the hub: a
@@ -99,12 +136,9 @@ class FrameWriter:
         else:
             self._hub.loop.run_callback(waiter.switch, None)
 
-    def _send_reset(self, stream, reply, message):
-        self._sched.drop(stream.id)
-        self._queue_control(frames.frame(frames.RST, stream.id, frames.rst_payload(reply, message)))
-
-    def _write_loop(self):
-        sched = self._sched
+    def run(self):
+        """The writer greenlet: drain the scheduler until closed and empty."""
+        sched = self.sched
         send = self.ws.send_message
         try:
             while True:
@@ -117,20 +151,23 @@ class FrameWriter:
                 parts, _size = sched.next_batch(self.batch_limit)
                 send(parts)
         except (OSError, AfbError) as exc:
-            self._write_failed(exc)
+            self._failed(exc)
         finally:
             self._parked = None
 
-    def _write_failed(self, exc):
-        if not self.closed:
-            log.info("%s: write failed: %s", self.label, exc)
-            self.close_reason = self.close_reason or "write failed: %s" % exc
-            self.close()
+    def close(self):
+        """No more sending: the writer ends once woken."""
+        self.closed = True
+        self.wake()
 
     def flush(self, timeout=2.0):
         """Wait until everything queued has been handed to the socket."""
-        if self._sched and self._parked is not None:
-            self._wake_writer()        # frames queued without a wake-up (a lazy OPEN_OK)
+        if self.sched and self._parked is not None:
+            self.wake()               # frames queued without a wake-up (a lazy OPEN_OK)
         deadline = time.monotonic() + timeout
-        while self._sched and not self.closed and time.monotonic() < deadline:
+        while self.sched and not self.closed and time.monotonic() < deadline:
             gevent.sleep(0.005)
+
+    def _failed(self, exc):
+        if not self.closed:
+            self.on_failure(exc)

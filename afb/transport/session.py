@@ -1,13 +1,25 @@
 """A tunnel session: many streams multiplexed over one WebSocket (gevent).
 
-The session owns three greenlets: the reader (``run()``, in the caller's
-greenlet: :mod:`afb.transport.frame_reader`), the writer (drains the fair
-scheduler, one WebSocket message per batch: :mod:`afb.transport.frame_writer`)
-and the pinger (RTT, dead-peer detection).  Streams are opened by the client
-(odd ids); the server learns of them through ``on_open``.  Token refresh and
-expiry: :mod:`afb.transport.token_life`.  What a peer can make it hold is
-bounded by two budgets (:mod:`afb.mux.budget`), ``down`` (queued for the
-peer) and ``up`` (the peer's data not yet taken by local sockets).
+A :class:`Session` holds the streams of one tunnel and the parts that move
+their frames, each an object of its own with what it uses of the session
+named in its module's docstring:
+
+* ``reader`` (:mod:`afb.transport.frame_reader`): reads the WebSocket in the
+  caller's greenlet (:meth:`Session.run`) and hands each frame to its stream
+  or to the session;
+* ``writer`` (:mod:`afb.transport.frame_writer`): one greenlet draining the
+  fair scheduler, one WebSocket message per batch;
+* ``tokens`` (:mod:`afb.transport.token_life`): token refresh (client) and
+  expiry (server);
+* the pinger (RTT, dead-peer detection) and the idle sweeper, greenlets.
+
+What a :class:`~afb.transport.stream.Stream` and its relay may call on the
+session is the small interface :class:`~afb.transport.stream.StreamOwner`
+describes: ``queue``, ``queue_control``, ``send_reset``, ``stream_done``,
+``forget``, ``clock`` and the two budgets (:mod:`afb.mux.budget`): ``down``
+(queued for the peer) and ``up`` (the peer's data not yet taken by local
+sockets).  Streams are opened by the client (odd ids); the server learns of
+them through ``on_open``.
 """
 
 import logging
@@ -23,18 +35,16 @@ from afb.codec import frames
 from afb.errors import (CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION,
                         REP_GENERAL_FAILURE, AfbError, ProtocolError, VersionMismatch)
 from afb.mux.budget import ByteBudget
-from afb.transport.frame_reader import PONGS_PER_SECOND, FrameReader
-from afb.transport.frame_writer import FrameWriter
+from afb.transport.frame_reader import FrameReader
+from afb.transport.frame_writer import BATCH_LIMIT, FrameWriter
 from afb.transport.idle import sweep_idle
-from afb.transport.pacer import Allowance, Pacer
+from afb.transport.pacer import Pacer
 from afb.transport.stream import Stream
 from afb.transport.token_life import TokenLife
 
 log = logging.getLogger(__name__)
 
-#: Largest batch the writer puts in one WebSocket message.
-BATCH_LIMIT = 256 * 1024
-#: Default most bytes held for one tunnel in each direction (``buffer_per_tunnel``).
+#: Default most bytes held for one tunnel in each direction (``max_buffer``).
 DEFAULT_BUFFER = 8 * 1024 * 1024
 #: Default work units per second of one tunnel's reader (``max_frame_rate``).
 DEFAULT_FRAME_RATE = 100_000
@@ -42,7 +52,7 @@ DEFAULT_FRAME_RATE = 100_000
 BACKLOG_SLACK = 1 << 20
 
 
-class Session(FrameReader, FrameWriter, TokenLife):
+class Session:
     """Multiplexes :class:`Stream` objects over one ``WsConnection``."""
 
     def __init__(self, ws, *, client, window=256 * 1024, window_max=None,
@@ -50,7 +60,10 @@ class Session(FrameReader, FrameWriter, TokenLife):
                  ping_timeout=15.0, on_open=None, on_refresh=None, admit=None,
                  idle_timeout=0.0, label="", buffer_limit=DEFAULT_BUFFER,
                  frame_rate=DEFAULT_FRAME_RATE, user=None):
-        """``buffer_limit``: most bytes held for this tunnel in each direction
+        """``on_open(session, stream, command)``: server, a client opened a stream
+        (must not block); ``on_refresh(session) -> token``: server, a fresh token;
+        ``admit(session, stream)``: server, raises AfbError to refuse a stream;
+        ``buffer_limit``: most bytes held for this tunnel in each direction
         (:mod:`afb.mux.budget`); ``frame_rate``: work units per second its
         reader may spend (:mod:`afb.transport.pacer`); ``user``: the server's
         record of the tunnel's user, whose budgets and pacer are the parents
@@ -64,18 +77,13 @@ class Session(FrameReader, FrameWriter, TokenLife):
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.on_open = on_open
-        self.on_refresh = on_refresh   # server: callable(session) -> new token
-        self.admit = admit             # server: callable(session, stream), raises to refuse
+        self.admit = admit
         self.idle_timeout = idle_timeout
         self.label = label
         self.clock = time.monotonic
         self.claims = {}               # server: claims of the token in force
-        self._expiry_timer = None
-        self._token_request = None     # client: AsyncResult of a REFRESH in flight
-        self._last_refresh = 0.0
         self.session_id = os.urandom(16)
         self.peer_window = window
-        self.batch_limit = BATCH_LIMIT
         self.streams = {}
         self.rtt = None
         self.started_at = time.monotonic()
@@ -92,22 +100,32 @@ class Session(FrameReader, FrameWriter, TokenLife):
         self.user = user
         self.down = ByteBudget(buffer_limit, parent=user and user.down, name="to peer")
         self.up = ByteBudget(buffer_limit, parent=user and user.up, name="from peer")
+        self.pacer = Pacer(frame_rate, parent=user and user.pacer)
+        ws.pacer = self.pacer
         #: The queue towards the peer grows past the budget only by frames the
         #: reader makes (PONG, RST, OPEN_FAIL, WINDOW): past this, the peer
         #: sends but does not read, and the tunnel is closed.
-        self.backlog_limit = 2 * self.down.limit + BACKLOG_SLACK
-        self.pacer = Pacer(frame_rate, parent=user and user.pacer)
-        ws.pacer = self.pacer
-        self.reader_paused = False
-        self._resume_reader = None     # Event the reader waits on while paused
-        self._pongs = Allowance(PONGS_PER_SECOND, PONGS_PER_SECOND)
-        self._setup_writer()
+        self.writer = FrameWriter(ws, self.down, backlog_limit=2 * self.down.limit + BACKLOG_SLACK,
+                                  on_overflow=self._overflow, on_failure=self._write_failed)
+        self.tokens = TokenLife(self, on_refresh)
+        self.reader = FrameReader(self)
+        # The writer's queueing is the streams' hot path: bound once.
+        self.queue = self.writer.queue
+        self.queue_control = self.writer.queue_control
+        self.send_now = self.writer.send_now
+        self.flush = self.writer.flush
+        self.request_token = self.tokens.request_token
+        self.expire_at = self.tokens.expire_at
         self._next_id = 1
-        self._last_peer_id = 0
         self._greenlets = []
 
     def __repr__(self):
         return "<Session %s %d streams>" % (self.label, len(self.streams))
+
+    @property
+    def reader_paused(self):
+        """True while the reader waits for local sockets to take the peer's data."""
+        return self.reader.paused
 
     # --- set-up -------------------------------------------------------------
 
@@ -133,17 +151,21 @@ class Session(FrameReader, FrameWriter, TokenLife):
             if not self.client:
                 self.ws.send_message([hello])
         self.peer_window = window
-        self.batch_limit = min(BATCH_LIMIT, max_message - 64 * 1024) if max_message > 128 * 1024 \
-            else max_message // 2
+        self.writer.batch_limit = min(BATCH_LIMIT, max_message - 64 * 1024) \
+            if max_message > 128 * 1024 else max_message // 2
         self.last_received = time.monotonic()
 
     def start(self):
         """Start the writer and pinger greenlets (after ``handshake``)."""
-        self._greenlets = [gevent.spawn(self._write_loop)]
+        self._greenlets = [gevent.spawn(self.writer.run)]
         if self.ping_interval > 0:
             self._greenlets.append(gevent.spawn(self._ping_loop))
         if self.idle_timeout > 0:
             self._greenlets.append(gevent.spawn(sweep_idle, self, self.idle_timeout))
+
+    def run(self):
+        """Read and dispatch frames until the WebSocket closes; then clean up."""
+        self.reader.run()
 
     # --- streams ------------------------------------------------------------
 
@@ -157,16 +179,17 @@ class Session(FrameReader, FrameWriter, TokenLife):
             raise AfbError("tunnel is %s" % ("closed" if self.closed else "draining"))
         stream_id = self._next_id
         self._next_id += 2
-        stream = self._new_stream(stream_id, host, port)
-        self._sched.push(stream_id, frames.OPEN, frames.open_payload(command, host, port, early),
-                         0 if wait else frames.FLAG_NO_WAIT)
+        stream = self.new_stream(stream_id, host, port)
+        self.queue(stream_id, frames.OPEN, frames.open_payload(command, host, port, early),
+                   0 if wait else frames.FLAG_NO_WAIT, wake=False)
         if early:
             stream.credit.take(len(early))
             stream.bytes_out += len(early)
         self.send_now()
         return stream
 
-    def _new_stream(self, stream_id, host, port):
+    def new_stream(self, stream_id, host, port):
+        """A new stream in the table (counted for the user), not yet announced."""
         stream = Stream(self, stream_id, host, port, self.peer_window, self.window, self.window_max)
         self.streams[stream_id] = stream
         if self.user is not None:
@@ -180,24 +203,28 @@ class Session(FrameReader, FrameWriter, TokenLife):
         At once if the client waits for it; else it rides with the stream's
         next frame (one message fewer per stream, each way one wake-up less).
         """
-        if stream.reply_later:
-            self._sched.push(stream.id, frames.OPEN_OK)
-        else:
-            self._queue(stream.id, frames.OPEN_OK)
+        self.queue(stream.id, frames.OPEN_OK, wake=not stream.reply_later)
 
     def refuse(self, stream, error):
         """Server: the destination failed; OPEN_FAIL with the SOCKS5 reply code."""
         if stream.reset_error is None:
-            self._queue(stream.id, frames.OPEN_FAIL, frames.open_fail_payload(error.reply, str(error)))
-            stream._on_reset(error.reply, str(error), by_peer=False)
+            self.queue(stream.id, frames.OPEN_FAIL, frames.open_fail_payload(error.reply,
+                                                                            str(error)))
+            stream.on_reset(error.reply, str(error), by_peer=False)
 
-    # --- stream bookkeeping ---------------------------------------------------
+    # --- what streams call (StreamOwner) -------------------------------------
 
-    def _maybe_finish(self, stream):
+    def send_reset(self, stream, reply, message):
+        """Drop what ``stream`` had queued; send its RST."""
+        self.writer.send_reset(stream.id, reply, message)
+
+    def stream_done(self, stream):
+        """The stream may have ended both ways: forget it if so."""
         if stream.local_fin and stream.remote_fin:
-            self._forget(stream)
+            self.forget(stream)
 
-    def _forget(self, stream):
+    def forget(self, stream):
+        """The stream is gone (ended or reset): out of the table."""
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
             if self.user is not None:
@@ -213,14 +240,15 @@ class Session(FrameReader, FrameWriter, TokenLife):
             if self.closed:
                 return
             silent = time.monotonic() - self.last_received
-            if silent > self.ping_interval + self.ping_timeout and not self.reader_paused:
+            if silent > self.ping_interval + self.ping_timeout and not self.reader.paused:
                 log.warning("%s: peer silent for %.0f s; closing the tunnel", self.label, silent)
                 self.close_reason = "peer silent for %.0f s" % silent
                 self.close(CLOSE_GOING_AWAY, "ping timeout")
                 return
-            self._queue_control(frames.frame(frames.PING, 0, frames.ping_payload(time.monotonic_ns())))
+            self.queue_control(frames.frame(frames.PING, 0,
+                                            frames.ping_payload(time.monotonic_ns())))
 
-    # --- memory bounds -------------------------------------------------------------
+    # --- ending ---------------------------------------------------------------------
 
     def _overflow(self):
         """The peer sends requests whose answers it does not read: close the tunnel."""
@@ -230,42 +258,42 @@ class Session(FrameReader, FrameWriter, TokenLife):
         log.warning("%s: %s; closing the tunnel", self.label, self.close_reason)
         gevent.spawn(self.close, CLOSE_POLICY_VIOLATION, "peer does not read")
 
-    # --- shutdown -----------------------------------------------------------------
+    def _write_failed(self, exc):
+        log.info("%s: write failed: %s", self.label, exc)
+        self.close_reason = self.close_reason or "write failed: %s" % exc
+        self.close()
 
     def goaway(self, message="going away"):
         """Tell the peer to open no new streams here; existing ones go on."""
         if not self.draining and not self.closed:
             self.draining = True
             self.goaway_sent = time.monotonic()
-            self._queue_control(frames.frame(frames.GOAWAY, 0, frames.goaway_payload(
-                self._last_peer_id, 0, message)))
+            self.queue_control(frames.frame(frames.GOAWAY, 0, frames.goaway_payload(
+                self.reader.last_peer_id, 0, message)))
 
     def close(self, code=CLOSE_NORMAL, reason=""):
         """Close the WebSocket; ``run()`` then resets every stream."""
         if self.closed:
             return
         self.closed = True
-        if self._resume_reader is not None:
-            self._resume_reader.set()
+        self.reader.wake()
         try:
             self.ws.close(code, reason)
         except (OSError, AfbError):
             pass
-        self._wake_writer()
+        self.writer.close()
 
-    def _teardown(self):
+    def teardown(self):
+        """After the reader's last message: every stream reset, every greenlet ended."""
         self.close()
         reason = self.close_reason or "tunnel closed"
         for stream in list(self.streams.values()):
-            stream._on_reset(REP_GENERAL_FAILURE, reason)
+            stream.on_reset(REP_GENERAL_FAILURE, reason)
         self.streams.clear()
         self.drained.set()
-        self._wake_writer()
+        self.writer.wake()
         self.state_changed.set()
-        if self._token_request is not None and not self._token_request.ready():
-            self._token_request.set(("", "tunnel closed"))
-        if self._expiry_timer is not None:
-            self._expiry_timer.kill(block=False)
+        self.tokens.stop()
         for greenlet in self._greenlets:
             if greenlet is not gevent.getcurrent():
                 greenlet.kill(block=False)

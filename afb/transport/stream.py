@@ -12,12 +12,14 @@ received data waits here, bounded by the window and charged to the session's
 dialling: ``pending`` then cancels that dial if the stream is reset first
 (the client gave up, or the tunnel closed), so no descriptor outlives it.
 
-No greenlet belongs to a stream: the session's reader feeds it, the relay's
-socket watchers drive it.
+No greenlet belongs to a stream: the session's reader feeds it (the
+``on_*`` methods), the relay's socket watchers drive it.  What a stream
+calls on its session is :class:`StreamOwner`.
 """
 
 import logging
 from collections import deque
+from typing import Protocol
 
 from gevent.event import AsyncResult
 
@@ -25,9 +27,42 @@ from afb.buffers import detach
 from afb.codec import frames
 from afb.errors import (REP_GENERAL_FAILURE, DestinationError, StreamReset, TimedOut,
                         reply_reason)
+from afb.mux.budget import ByteBudget
 from afb.mux.flow import ReceiveWindow, SendCredit
 
 log = logging.getLogger(__name__)
+
+
+class StreamOwner(Protocol):
+    """What a :class:`Stream` (and its relay) needs of its session; the whole of it.
+
+    :class:`~afb.transport.session.Session` is the one implementation; the
+    unit tests run streams under a real session too.
+    """
+
+    #: Frames queued for the peer (the relay stops reading while it is exhausted)
+    #: and the peer's data not yet taken by local sockets (charged by stream and relay).
+    down: ByteBudget
+    up: ByteBudget
+
+    def clock(self) -> float:
+        """Monotonic seconds (window growth, stream ages)."""
+
+    def queue(self, stream_id: int, ftype: int, payload=b"", flags: int = 0,
+              wake: bool = True) -> None:
+        """Queue a frame of the stream, behind its earlier ones."""
+
+    def queue_control(self, encoded: bytes) -> None:
+        """Queue an encoded frame (WINDOW) ahead of all stream data."""
+
+    def send_reset(self, stream: "Stream", reply: int, message: str) -> None:
+        """Drop what the stream still had queued and send its RST."""
+
+    def stream_done(self, stream: "Stream") -> None:
+        """The stream sent or received a FIN: forget it once both are done."""
+
+    def forget(self, stream: "Stream") -> None:
+        """The stream is gone (reset): out of the session's table."""
 
 
 class Stream:
@@ -111,31 +146,31 @@ class Stream:
             raise AssertionError("stream %d: %d bytes sent with %d credit" % (
                 self.id, len(data), granted))
         self.bytes_out += granted
-        self.session._queue(self.id, frames.DATA, data)
+        self.session.queue(self.id, frames.DATA, data)
 
     def consumed(self, n):
         """The local app took ``n`` bytes: hand credit back when half a window went."""
         increment = self.window.on_consumed(n, self.session.clock())
         if increment and self.reset_error is None:
-            self.session._queue_control(
+            self.session.queue_control(
                 frames.frame(frames.WINDOW, self.id, frames.window_payload(increment)))
 
     def close_write(self):
         """Half-close: tell the peer we will send no more (FIN)."""
         if not self.local_fin and self.reset_error is None:
             self.local_fin = True
-            self.session._queue(self.id, frames.FIN)
-            self.session._maybe_finish(self)
+            self.session.queue(self.id, frames.FIN)
+            self.session.stream_done(self)
 
     def reset(self, reply=REP_GENERAL_FAILURE, message=""):
         """Abort the stream both ways and tell the peer (RST)."""
         if self.reset_error is None:
-            self.session._send_reset(self, reply, message)
-            self._on_reset(reply, message or "reset locally", by_peer=False)
+            self.session.send_reset(self, reply, message)
+            self.on_reset(reply, message or "reset locally", by_peer=False)
 
-    # --- fed by the session's reader ------------------------------------------
+    # --- fed by the session's reader (and, for resets, the session) ------------
 
-    def _on_open_result(self, error):
+    def on_open_result(self, error):
         result = self.result
         if not result.ready():
             if error is None:
@@ -143,7 +178,7 @@ class Stream:
             else:
                 result.set_exception(error)
 
-    def _on_data(self, payload):
+    def on_data(self, payload):
         self.window.on_data(len(payload))
         if self.remote_fin or self.reset_error is not None:
             return
@@ -158,18 +193,18 @@ class Stream:
         else:
             self._early.append(payload)
 
-    def _on_window(self, increment):
+    def on_window(self, increment):
         self.credit.grant(increment)
         if self.sink is not None:
             self.sink.credit_available()
 
-    def _on_fin(self):
+    def on_fin(self):
         self.remote_fin = True
         if self.sink is not None:
             self.sink.remote_eof()
-        self.session._maybe_finish(self)
+        self.session.stream_done(self)
 
-    def _on_reset(self, reply, message, by_peer=True):
+    def on_reset(self, reply, message, by_peer=True):
         if self.reset_error is not None:
             return
         text = message or reply_reason(reply)
@@ -182,7 +217,7 @@ class Stream:
         if pending is not None:
             pending()
         if self._result is not None:
-            self._on_open_result(DestinationError(text, reply=reply))
+            self.on_open_result(DestinationError(text, reply=reply))
         if self.sink is not None:
             self.sink.abort(self.reset_error)
-        self.session._forget(self)
+        self.session.forget(self)
