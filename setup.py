@@ -13,7 +13,6 @@ setup(
     install_requires=[
         "gevent>=23.9",
         "wsaccel>=0.6.6",
-        "websocket-client>=1.7",
         "PySocks>=1.7.1",
         "PyJWT>=2.8",
         "cryptography>=41",

@@ -443,7 +443,7 @@ mode = {e2e_mode}
 [acl]
 # loopback destinations are the whole point of a benchmark
 allow_private = true
-allow_private_to = {allow}
+{allow_key} = {allow}
 """
 
 CLIENT_CONF = """\
@@ -538,6 +538,14 @@ class AfbPair:
             stop_process(proc, timeout)
 
 
+def _allow_key(checkout):
+    """The [acl] key that opens private destinations in this afb: ``allow_private_to``,
+    or ``allow`` in revisions from before it existed (a --base checkout)."""
+    spec = os.path.join(checkout or REPO, "afb", "configspec", "server.spec")
+    with open(spec, encoding="utf-8") as handle:
+        return "allow_private_to" if "allow_private_to" in handle.read() else "allow"
+
+
 def afb_command(checkout=None):
     """``(argv prefix, env)`` that runs ``afb``: this checkout's, or ``checkout``'s (a
     directory holding another revision, see :func:`base_checkout`) with this venv."""
@@ -618,6 +626,7 @@ def start_afb_pair(directory, tls, procs=None, host=LOOPBACK, allow=(), path="/t
                pin=pin if tls else '""',
                e2e_mode="required" if e2e else "off", e2e_key=e2e_key if e2e else '""',
                allow=", ".join(allow) + ("," if len(allow) == 1 else "") if allow else '""',
+               allow_key=_allow_key(checkout),
                server_tunnel="".join("%s = %s\n" % kv for kv in dict(
                    # conc10k opens 10,000 streams in one tunnel (the default allows 2048 a user)
                    {"max_streams_per_user": 0}, **(server_tunnel or {})).items()),

@@ -50,3 +50,16 @@ def test_only_the_entry_point_monkey_patches():
     offenders = [str(path.relative_to(ROOT)) for path in (ROOT / "afb").rglob("*.py")
                  if "patch_all" in path.read_text() and path.name != "entry.py"]
     assert offenders == []
+
+
+def test_patching_leaves_importlib_metadata_unloaded_and_still_importable():
+    out = _run("import sys, afb.entry as e; e.patch_gevent(); "
+               "print('importlib.metadata' in sys.modules, 'email' in sys.modules); "
+               "import importlib.metadata as m; print(callable(m.version), m.version('gevent') > '')")
+    assert out.splitlines() == ["False False", "True True"]
+
+
+def test_a_patched_daemon_can_still_spawn_a_process_after_the_hub_ran():
+    out = _run("import afb.entry as e; e.patch_gevent(); import gevent, subprocess; "
+               "gevent.sleep(0); print(subprocess.run(['true'], timeout=10).returncode)")
+    assert out == "0"

@@ -8,7 +8,6 @@ pin it verifies the chain and the host name as a browser would.
 """
 
 import base64
-import ctypes
 import hashlib
 import hmac
 import logging
@@ -71,6 +70,8 @@ def server_context(cert_path, key_path):
 
 def _libssl():
     """The libssl that Python's ``_ssl`` module loaded (dlsym searches its dependencies)."""
+    import ctypes   # the server's only: a client never sets a session timeout
+
     return ctypes.CDLL(_stdssl._ssl.__file__)
 
 
@@ -82,6 +83,8 @@ def set_session_timeout(ctx, seconds):
     OpenSSL's default (7200) through it, else nothing is changed (one debug
     line).  True if the timeout was set.
     """
+    import ctypes
+
     try:
         lib = _libssl()
         get_timeout, set_timeout = lib.SSL_CTX_get_timeout, lib.SSL_CTX_set_timeout

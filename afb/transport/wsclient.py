@@ -1,9 +1,9 @@
 """WebSocket client: TCP (optionally through a proxy), TLS + pin, HTTP upgrade.
 
 :func:`connect` returns a :class:`~afb.transport.wsconn.WsConnection` ready for
-binary messages.  The upgrade request is written and its answer read by
-websocket-client's handshake code, which reads the response one byte at a
-time, so no WebSocket bytes are ever swallowed with the HTTP headers.
+binary messages.  The upgrade request and its answer are the sans-IO
+:mod:`afb.codec.ws_upgrade`; bytes that follow the answer's head in the
+same read are handed to the connection (``initial``), not lost.
 
 Errors: ``OSError`` for network failures (including proxy errors and
 timeouts), :class:`TlsError` for TLS and pin failures (an untrusted
@@ -17,6 +17,7 @@ import socket
 import ssl
 from urllib.parse import urlsplit
 
+from afb.codec.ws_upgrade import UpgradeResponse, check_accept, upgrade_request
 from afb.errors import ProtocolError, TlsError, UpgradeRefused
 from afb.transport import tls
 from afb.transport.sockets import set_nodelay
@@ -69,27 +70,28 @@ def _open_tcp(host, port, proxy, timeout):
         proxy_rdns=rdns, proxy_username=p.username or None, proxy_password=p.password or None)
 
 
-def _upgrade(sock, url, host, port, resource, headers):
-    # Imported here: websocket-client pulls in modules we only need at connect time.
-    from websocket import _exceptions as wsexc
-    from websocket._handshake import handshake
-
+def _upgrade(sock, host, port, resource, secure, headers):
+    """Send the upgrade request and read the answer (:mod:`afb.codec.ws_upgrade`);
+    -> the bytes that came after the answer's head (the first frames, if any)."""
+    request, key = upgrade_request(host, port, resource, secure, headers or {})
+    sock.sendall(request)
+    response = UpgradeResponse()
     try:
-        response = handshake(sock, url, host, port, resource,
-                             header=dict(headers or {}), suppress_origin=True)
-    except wsexc.WebSocketBadStatusException as exc:
-        raise UpgradeRefused("server refused the WebSocket upgrade: HTTP %s" % exc.status_code,
-                             exc.status_code) from None
-    except wsexc.WebSocketTimeoutException as exc:
-        raise TimeoutError("WebSocket handshake timed out: %s" % exc) from None
-    except wsexc.WebSocketConnectionClosedException as exc:
-        raise ConnectionResetError("connection closed during the WebSocket handshake: %s"
-                                   % exc) from None
-    except wsexc.WebSocketException as exc:
-        raise ProtocolError("bad WebSocket handshake answer: %s" % exc) from None
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                raise ConnectionResetError("connection closed during the WebSocket handshake")
+            if response.feed(data):
+                break
+    except socket.timeout:
+        raise TimeoutError("WebSocket handshake timed out: no answer to the upgrade") from None
     if response.status != 101:
-        raise UpgradeRefused("server refused the WebSocket upgrade: HTTP %s" % response.status,
+        raise UpgradeRefused("server refused the WebSocket upgrade: HTTP %d" % response.status,
                              response.status)
+    problem = check_accept(response, key)
+    if problem:
+        raise ProtocolError("bad WebSocket handshake answer: %s" % problem)
+    return response.leftover
 
 
 def connect(url, *, headers=None, ssl_context=None, pin=None, proxy=None, timeout=10,
@@ -110,7 +112,7 @@ def connect(url, *, headers=None, ssl_context=None, pin=None, proxy=None, timeou
                 raise TlsError("TLS handshake with %s:%s failed: %s" % (host, port, exc)) from exc
             if pin:
                 tls.check_pin(sock, pin)
-        _upgrade(sock, url, host, port, resource, headers)
+        initial = _upgrade(sock, host, port, resource, secure, headers)
         sock.settimeout(None)
     except BaseException:
         try:
@@ -118,7 +120,8 @@ def connect(url, *, headers=None, ssl_context=None, pin=None, proxy=None, timeou
         except OSError:
             pass
         raise
-    return WsConnection(sock, client=True, max_message=max_message, peer=(host, port))
+    return WsConnection(sock, client=True, max_message=max_message, peer=(host, port),
+                        initial=initial)
 
 
 __all__ = ["connect", "parse_ws_url"]
