@@ -11,7 +11,7 @@ DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 TESTS ?= $(if $(filter tests tests/% ./tests ./tests/%,$(PYTEST_ARGS)),,tests)
 
-.PHONY: demo test bench bench-throughput venv apt-deps clean
+.PHONY: demo test lint bench bench-throughput venv apt-deps clean
 
 venv: $(VENV)/.installed
 
@@ -39,6 +39,10 @@ demo: venv
 # As root: some tests make network namespaces (ip netns) and mount namespaces.
 test: venv apt-deps
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=300 $(PYTEST_ARGS) $(TESTS)
+
+# The linter (ruff; rules in pyproject.toml) on the code, its tests and the benchmarks.
+lint: venv
+	$(VENV)/bin/ruff check afb tests bench $(wildcard tui)
 
 # Side by side with rival tunnels (installs them from Debian; ~25 min):
 # JSON and markdown land in bench/results/.  BENCH_ARGS e.g. --size 256M --repeat 1

@@ -19,7 +19,8 @@ setup(
         "configobj>=5.0.8",
         "psutil>=5.9",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.2"]},
+    extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.2",
+                             "ruff>=0.6"]},
     # Optional: WebSocket masking in C, 64 bits at a time; without a compiler
     # afb falls back to wsaccel.
     ext_modules=[Extension("afb._xormask", ["afb/_xormask.c"], optional=True,

@@ -10,10 +10,20 @@ import os
 import sys
 
 import afb
-from afb.cli_common import (DEFAULT_CLIENT_CONF, DEFAULT_DEMO_DIR, DEFAULT_KEY_DIR,
-                            DEFAULT_SERVER_CONF, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, _err,
-                            _load, _utc)
+from afb.cli_common import (
+    DEFAULT_CLIENT_CONF,
+    DEFAULT_DEMO_DIR,
+    DEFAULT_KEY_DIR,
+    DEFAULT_SERVER_CONF,
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    _err,
+    _load,
+    _utc,
+)
 from afb.errors import ConfigError
+
 
 def _run_daemon(role, path):
     """Load the config, then run the daemon; a listener it cannot have ends in one line.

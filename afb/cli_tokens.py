@@ -4,10 +4,18 @@ Loaded by :mod:`afb.cli` when a ``token`` command runs; never imports gevent.
 """
 
 import os
+import sqlite3
 import time
 
-from afb.cli_common import (DEFAULT_SERVER_CONF, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, _err,
-                            _load, _utc)
+from afb.cli_common import (
+    DEFAULT_SERVER_CONF,
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    _err,
+    _load,
+    _utc,
+)
 from afb.errors import ConfigError
 
 
@@ -33,7 +41,7 @@ def _record(cfg, claims, kid):
         store.record_issued(claims, kid=kid)
         store.purge_expired()
         return True
-    except Exception as exc:      # sqlite3 errors, a locked database...
+    except (OSError, sqlite3.Error) as exc:      # a locked or broken database...
         _err("state store: %s" % exc)
         return False
     finally:
@@ -108,7 +116,7 @@ def cmd_token_revoke(args):
             print("revoked every token of %s issued before %s; tokens issued later work"
                   % (args.sub, _utc(before)))
         store.purge_expired()
-    except Exception as exc:      # sqlite3 errors, locked database...
+    except (OSError, sqlite3.Error) as exc:      # a locked or broken database...
         _err("afb token revoke: %s" % exc)
         return EXIT_FAILURE
     finally:
@@ -130,7 +138,7 @@ def cmd_token_list(args):
         return EXIT_FAILURE
     try:
         tokens, revocations = store.list_tokens(), store.list_revocations()
-    except Exception as exc:      # sqlite3 errors, a locked database...
+    except (OSError, sqlite3.Error) as exc:      # a locked or broken database...
         _err("afb token list: %s" % exc)
         return EXIT_FAILURE
     finally:

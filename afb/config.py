@@ -86,7 +86,8 @@ def _reason(error, raw, spec):
     kind = (spec or "").split("(", 1)[0].strip()
     if isinstance(error, VdtTypeError):
         if isinstance(raw, list):
-            return 'value "%s" is a list, expected a single %s (quote it if it holds a comma)' % (shown, kind)
+            return ('value "%s" is a list, expected a single %s (quote it if it holds a comma)'
+                    % (shown, kind))
         return 'value "%s" is not a valid %s' % (shown, kind)
     if kind == "option":
         choices = re.findall(r"""['"]([^'"]+)['"]""", spec.split("default=")[0])
@@ -142,7 +143,8 @@ def _read(path, configspec=None):
         lines = _parse_errors(path, exc)
         raise ConfigError("%s: syntax error" % path, errors=lines) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError("%s: not UTF-8" % path, errors=["%s: not UTF-8 text: %s" % (path, exc)]) from None
+        raise ConfigError("%s: not UTF-8" % path,
+                          errors=["%s: not UTF-8 text: %s" % (path, exc)]) from None
 
 
 def _cross_checks(cfg, role, report):

@@ -2,7 +2,8 @@
 
 :func:`make_validator` gives configobj's validator the custom types the
 ``afb/configspec/*.spec`` files use (``hostport``, ``ws_url``, ``duration``,
-``byte_size``, ``cidr_list``, ``acl_list``...). A failed check raises :class:`InvalidValue`, whose message
+``byte_size``, ``cidr_list``, ``acl_list``...). A failed check raises
+:class:`InvalidValue`, whose message
 is the reason :mod:`afb.config` shows beside the file, line and key.
 """
 
@@ -54,7 +55,7 @@ def _parse_url(text, schemes):
         raise ValueError("URL scheme must be %s" % " or ".join(s + "://" for s in schemes))
     if not parts.hostname:
         raise ValueError("URL has no host")
-    parts.port  # raises ValueError on a bad port
+    _ = parts.port  # raises ValueError on a bad port
     if parts.fragment:
         raise ValueError("URL must not have a #fragment")
     return parts
@@ -184,7 +185,7 @@ _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 def parse_size(text):
-    """Bytes from ``65536``, ``64K``, ``8M``, ``1G`` (binary units; ``KiB``/``MB`` spellings too)."""
+    """Bytes from ``65536``, ``64K``, ``8M``, ``1G`` (binary units; ``KiB``/``MB`` too)."""
     match = _SIZE_RE.match(str(text))
     if not match:
         raise ValueError("bad size %r (use e.g. 65536, 64K, 8M, 1G)" % (text,))

@@ -79,7 +79,7 @@ def listen_failure(role, host, port, exc, fix=None):
     >>> listen_failure("client", "::1", 1080, OSError(errno.EADDRINUSE, "in use"))[:71]
     'cannot listen on [::1]:1080: address already in use (another afb client'
     """
-    import socket      # here: the offline commands import this module, not the network
+    import socket  # here: the offline commands import this module, not the network
 
     where = "[%s]:%s" % (host, port) if ":" in str(host) else "%s:%s" % (host, port)
     names = {"role": role, "host": host, "key": "[%s] listen" % role}

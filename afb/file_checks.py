@@ -160,7 +160,7 @@ def check_state_dir(directory):
 
 
 def check_e2e_key(path):
-    from afb import keys        # cryptography: only when there is a key to check
+    from afb import keys  # cryptography: only when there is a key to check
 
     check_secret_file(path, "E2E private key ([e2e] key; made by afb keygen)")
     keys.load_static_key(path)

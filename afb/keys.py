@@ -10,7 +10,8 @@
 
 plus the key ring index ``jwt-keys.json`` (0644, no secrets) naming that JWT
 key pair, and returns the certificate's SPKI pin for the client's ``pin``
-setting and the E2E public key (base64) for the client's ``[e2e] server_key``.  With ``algorithm='ES256'`` the JWT pair is ECDSA P-256; with
+setting and the E2E public key (base64) for the client's ``[e2e] server_key``.
+With ``algorithm='ES256'`` the JWT pair is ECDSA P-256; with
 ``'HS256'`` there is no pair but ``jwt.secret``: 32 random bytes, 0600.
 
 The key ring (``afb keygen --rotate``) adds keys beside them; its index is::
@@ -46,6 +47,7 @@ from cryptography.x509.oid import NameOID
 
 from afb.codec import aead
 from afb.errors import ConfigError
+
 # The file checks and writers live in afb.file_trust; the daemons and tests take them from here too.
 from afb.file_trust import check_secret_file, write_atomic, write_secret  # noqa: F401
 

@@ -319,7 +319,8 @@ class StateStore:
 class RevocationCache:
     """``is_revoked`` answers of ``store`` kept ``ttl`` seconds (per jti/sub/iat)."""
 
-    def __init__(self, store, ttl=REVOCATION_CACHE_SECONDS, max_entries=10000, clock=time.monotonic):
+    def __init__(self, store, ttl=REVOCATION_CACHE_SECONDS, max_entries=10000,
+                 clock=time.monotonic):
         self.store = store
         self.ttl = ttl
         self.max_entries = max_entries

@@ -30,12 +30,14 @@ import os
 import shutil
 import signal
 import socket
+import socketserver
 import statistics
 import struct
 import subprocess
 import sys
 import threading
 import time
+from urllib.parse import parse_qs, urlsplit
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
@@ -194,109 +196,117 @@ class Processes:
 
 # --- the blob HTTP server ------------------------------------------------------------
 
+class _BlobHandler(socketserver.BaseRequestHandler):
+    """One connection to the blob/sink server (see _serve_blob); ``blob`` is set there."""
+
+    blob = None
+
+    def handle(self):
+        sock = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = sock.makefile("rb", buffering=256 * 1024)
+        try:
+            for _ in range(1000):            # keep-alive requests per connection
+                if not self.one_request():
+                    break
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.rfile.close()
+
+    def reply(self, status, body=b"", headers=(), length=None):
+        lines = ["HTTP/1.1 %s" % status,
+                 "Content-Length: %d" % (len(body) if length is None else length)]
+        lines += list(headers)
+        self.request.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body)
+
+    def one_request(self):
+        line = self.rfile.readline(8192)
+        if not line:
+            return False
+        parts = line.decode("latin-1").split()
+        if len(parts) != 3:
+            self.reply("400 Bad Request", headers=["Connection: close"])
+            return False
+        method, target, _version = parts
+        headers = self.read_headers()
+        url = urlsplit(target)
+        if url.path == "/blob" and method in ("GET", "HEAD"):
+            self.send_blob(method, parse_qs(url.query))
+        elif url.path == "/sink" and method in ("POST", "PUT"):
+            self.take_body(headers)
+        elif url.path == "/" and method == "GET":
+            self.reply("200 OK", b"afb bench blob server\n")
+        else:
+            self.reply("404 Not Found", b"not found\n")
+        return True
+
+    def read_headers(self):
+        headers = {}
+        for _ in range(100):
+            hline = self.rfile.readline(8192)
+            if hline in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = hline.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return headers
+
+    def send_blob(self, method, query):
+        try:
+            size = parse_size(query.get("size", ["1M"])[0])
+        except ValueError:
+            self.reply("400 Bad Request", b"bad size\n")
+            return
+        self.reply("200 OK", headers=["Content-Type: application/octet-stream"], length=size)
+        if method == "GET":
+            send = self.request.sendall
+            left = size
+            while left >= BLOB_BUFFER:
+                send(self.blob)
+                left -= BLOB_BUFFER
+            if left:
+                send(self.blob[:left])
+
+    def take_body(self, headers):
+        if headers.get("expect", "").lower() == "100-continue":
+            self.request.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            count = self.read_chunked()
+        else:
+            count = self.discard(int(headers.get("content-length", "0")))
+        self.reply("200 OK", b"%d\n" % count, headers=["Content-Type: text/plain"])
+
+    def discard(self, size):
+        buf = bytearray(1 << 20)
+        view = memoryview(buf)
+        left = size
+        while left > 0:
+            got = self.rfile.readinto(view[:min(left, len(buf))])
+            if not got:
+                raise ValueError("body ended early")
+            left -= got
+        return size
+
+    def read_chunked(self):
+        total = 0
+        for _ in range(1 << 40):
+            size_line = self.rfile.readline(1024)
+            if not size_line:
+                raise ValueError("chunked body ended early")
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                for _ in range(100):     # trailers up to the empty line
+                    if self.rfile.readline(8192) in (b"\r\n", b"\n", b""):
+                        break
+                return total
+            total += self.discard(size)
+            self.rfile.readline(16)    # CRLF after the chunk
+        return total
+
+
 def _serve_blob(host, port):
     """Run the blob/sink HTTP server in this process (threaded, one thread per connection)."""
-    import socketserver
-    from urllib.parse import parse_qs, urlsplit
-
-    blob = memoryview(os.urandom(BLOB_BUFFER))
-
-    class Handler(socketserver.BaseRequestHandler):
-        def handle(self):
-            sock = self.request
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.rfile = sock.makefile("rb", buffering=256 * 1024)
-            try:
-                for _ in range(1000):            # keep-alive requests per connection
-                    if not self.one_request():
-                        break
-            except (OSError, ValueError):
-                pass
-            finally:
-                self.rfile.close()
-
-        def reply(self, status, body=b"", headers=(), length=None):
-            lines = ["HTTP/1.1 %s" % status,
-                     "Content-Length: %d" % (len(body) if length is None else length)]
-            lines += list(headers)
-            self.request.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body)
-
-        def one_request(self):
-            line = self.rfile.readline(8192)
-            if not line:
-                return False
-            parts = line.decode("latin-1").split()
-            if len(parts) != 3:
-                self.reply("400 Bad Request", headers=["Connection: close"])
-                return False
-            method, target, _version = parts
-            headers = {}
-            for _ in range(100):
-                hline = self.rfile.readline(8192)
-                if hline in (b"\r\n", b"\n", b""):
-                    break
-                name, _, value = hline.decode("latin-1").partition(":")
-                headers[name.strip().lower()] = value.strip()
-            url = urlsplit(target)
-            query = parse_qs(url.query)
-            if url.path == "/blob" and method in ("GET", "HEAD"):
-                try:
-                    size = parse_size(query.get("size", ["1M"])[0])
-                except ValueError:
-                    self.reply("400 Bad Request", b"bad size\n")
-                    return True
-                self.reply("200 OK", headers=["Content-Type: application/octet-stream"],
-                           length=size)
-                if method == "GET":
-                    send = self.request.sendall
-                    left = size
-                    while left >= BLOB_BUFFER:
-                        send(blob)
-                        left -= BLOB_BUFFER
-                    if left:
-                        send(blob[:left])
-                return True
-            if url.path == "/sink" and method in ("POST", "PUT"):
-                if headers.get("expect", "").lower() == "100-continue":
-                    self.request.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-                if "chunked" in headers.get("transfer-encoding", "").lower():
-                    count = self.read_chunked()
-                else:
-                    count = self.discard(int(headers.get("content-length", "0")))
-                self.reply("200 OK", b"%d\n" % count, headers=["Content-Type: text/plain"])
-                return True
-            if url.path == "/" and method == "GET":
-                self.reply("200 OK", b"afb bench blob server\n")
-                return True
-            self.reply("404 Not Found", b"not found\n")
-            return True
-
-        def discard(self, size):
-            buf = bytearray(1 << 20)
-            view = memoryview(buf)
-            left = size
-            while left > 0:
-                got = self.rfile.readinto(view[:min(left, len(buf))])
-                if not got:
-                    raise ValueError("body ended early")
-                left -= got
-            return size
-
-        def read_chunked(self):
-            total = 0
-            for _ in range(1 << 40):
-                size_line = self.rfile.readline(1024)
-                if not size_line:
-                    raise ValueError("chunked body ended early")
-                size = int(size_line.split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    for _ in range(100):     # trailers up to the empty line
-                        if self.rfile.readline(8192) in (b"\r\n", b"\n", b""):
-                            break
-                    return total
-                total += self.discard(size)
-                self.rfile.readline(16)    # CRLF after the chunk
-            return total
+    _BlobHandler.blob = memoryview(os.urandom(BLOB_BUFFER))
 
     class Server(socketserver.ThreadingTCPServer):
         daemon_threads = True
@@ -305,7 +315,7 @@ def _serve_blob(host, port):
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     Server.address_family = family
-    with Server((host, port), Handler) as server:
+    with Server((host, port), _BlobHandler) as server:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         server.serve_forever(poll_interval=0.5)
 

@@ -266,7 +266,8 @@ class Peer:
         except Exception as exc:
             logs = "".join("--- %s\n%s" % (n, _log_tail(os.path.join(self.dir, n)))
                            for n in sorted(os.listdir(self.dir)) if n.endswith(".log"))
-            raise RuntimeError("%s: %s did not listen: %s\n%s" % (self.name, what, exc, logs))
+            raise RuntimeError("%s: %s did not listen: %s\n%s"
+                               % (self.name, what, exc, logs)) from exc
 
     def start(self, tmpdir, targets):
         """Start the peer in ``tmpdir``; returns the SOCKS5 (host, port) or None."""
@@ -498,7 +499,8 @@ class Trojan(Peer):
             "remote_addr": LOOPBACK, "remote_port": targets["blob"],
             "password": [password], "log_level": 2,
             "ssl": {"cert": cert, "key": key, "key_password": "",
-                    "cipher_tls13": "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384",
+                    "cipher_tls13": ("TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:"
+                                     "TLS_AES_256_GCM_SHA384"),
                     "prefer_server_cipher": True, "alpn": ["http/1.1"],
                     "reuse_session": True, "session_ticket": False, "session_timeout": 600,
                     "plain_http_response": "", "curves": "", "dhparam": ""},
@@ -580,8 +582,8 @@ EXTRA_PEERS = ["py-floor", "py-tunnel-floor", "afb-ws@base", "afb-wss@base"]
 # --- targets: echo and close-timing (gevent, own process) ------------------------------------
 
 def _serve_targets(echo_port, close_port):
-    from gevent.server import StreamServer
     import gevent
+    from gevent.server import StreamServer
 
     closes = {}
 

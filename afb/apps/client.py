@@ -15,8 +15,12 @@ import gevent
 from gevent.event import Event
 
 from afb import logsetup
-from afb.apps.client_reload import (keep_running_values, reload_plan, tunnel_parameters,
-                                    tunnel_settings)
+from afb.apps.client_reload import (
+    keep_running_values,
+    reload_plan,
+    tunnel_parameters,
+    tunnel_settings,
+)
 from afb.apps.local_proxy import LocalProxy
 from afb.config import load_config
 from afb.config_values import parse_hostport

@@ -18,10 +18,10 @@ import gevent
 from gevent.event import Event
 
 from afb import keys
-from afb.codec import aead
 from afb.apps.client import ProxyClient
 from afb.apps.server import TunnelServer
 from afb.cli_common import DEFAULT_DEMO_DIR
+from afb.codec import aead
 from afb.config import load_config
 from afb.errors import AfbError, listen_failure
 from afb.policy.auth import issue_token

@@ -25,14 +25,21 @@ from gevent.hub import get_hub, getcurrent
 
 from afb.apps.socks_handshake import ProxyHandshake
 from afb.codec import frames, httpproxy, socks5
-from afb.errors import (REP_GENERAL_FAILURE, REP_SUCCEEDED, AfbError, DestinationError,
-                        HttpProxyError, TimedOut, reply_reason)
+from afb.errors import (
+    REP_GENERAL_FAILURE,
+    REP_SUCCEEDED,
+    AfbError,
+    DestinationError,
+    HttpProxyError,
+    TimedOut,
+    reply_reason,
+)
 from afb.policy.proxy_users import parse_basic
 from afb.ratelog import LogLimiter
 from afb.transport.acceptor import Acceptor
 from afb.transport.relay import SocketRelay
-from afb.transport.sockets import close_socket, set_nodelay
 from afb.transport.socket_writes import send_whole
+from afb.transport.sockets import close_socket, set_nodelay
 
 log = logging.getLogger(__name__)
 

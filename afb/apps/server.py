@@ -9,28 +9,26 @@ import time
 import gevent
 from gevent.event import Event
 
+from afb import ratelog
 from afb.apps.live_tokens import RevocationWatch, TokenRefresher
 from afb.apps.own_addresses import OwnAddressWatch, hostname_addresses
 from afb.codec import aead, frames
 from afb.config_values import parse_hostport
-from afb.errors import (CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported,
-                        DestinationError)
+from afb.errors import CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported, DestinationError
 from afb.keys import check_secret_file, load_static_key, spki_pin
-from afb.policy.access import (AuthThrottle, SourceAcl, client_ip, failure_weight,
-                               parse_networks)
+from afb.policy.access import AuthThrottle, SourceAcl, client_ip, failure_weight, parse_networks
 from afb.policy.acl import DestinationAcl
 from afb.policy.auth import token_from_headers
 from afb.policy.keyring import make_signer, make_verifier
-from afb import ratelog
 from afb.ratelog import LogLimiter
 from afb.state import RevocationCache, open_store
 from afb.transport import tls
 from afb.transport.dialer import Dialer
 from afb.transport.relay import SocketRelay
-from afb.transport.sockets import close_socket
 from afb.transport.resolver import Resolver
 from afb.transport.secure_channel import server_accept
 from afb.transport.session import Session
+from afb.transport.sockets import close_socket
 from afb.transport.store_thread import StoreThread
 from afb.transport.users import UserRegistry
 from afb.transport.wsserver import front_door_options, make_server
@@ -76,11 +74,13 @@ class TunnelServer:
                                  timeout=dns["timeout"])
         self.dialer = Dialer(self.resolver, self.acl, connect_timeout=tunnel["connect_timeout"],
                              recv_buffer=tunnel["socket_buffer"])
-        self.ssl_context = tls.server_context(server["cert"], server["key"]) if server["tls"] else None
+        self.ssl_context = tls.server_context(server["cert"], server["key"]) \
+            if server["tls"] else None
         self._load_e2e(cfg["e2e"])
         self.users = UserRegistry(
             max_tunnels=tunnel["max_tunnels_per_user"], max_streams=tunnel["max_streams_per_user"],
-            buffer_limit=tunnel["max_buffer_per_user"], frame_rate=tunnel["max_frame_rate_per_user"])
+            buffer_limit=tunnel["max_buffer_per_user"],
+            frame_rate=tunnel["max_frame_rate_per_user"])
         self.sessions = set()
         self._housekeeper = None
         # Live tunnels' tokens: refreshes within their family; revocations close them.

@@ -89,10 +89,28 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 # Records and ciphers live in aead_records; they are part of this module's API.
 from afb.codec.aead_records import (  # noqa: F401 - re-exported
-    CIPHER_AES_256_GCM, CIPHER_CHACHA20_POLY1305, CIPHER_NAMES, CLOSE_E2E_FAILED,
-    FLAG_KEY_UPDATE, HAVE_DECRYPT_INTO, HAVE_INTO, KEY_SIZE, MAX_RECORDS, OVERHEAD,
-    POOL_BUFFER, REC_DATA, REKEY_BYTES, TAG_SIZE, RecordError, RecordOpener,
-    RecordSealer, _aead, cipher_id, cipher_name, default_cipher)
+    CIPHER_AES_256_GCM,
+    CIPHER_CHACHA20_POLY1305,
+    CIPHER_NAMES,
+    CLOSE_E2E_FAILED,
+    FLAG_KEY_UPDATE,
+    HAVE_DECRYPT_INTO,
+    HAVE_INTO,
+    KEY_SIZE,
+    MAX_RECORDS,
+    OVERHEAD,
+    POOL_BUFFER,
+    REC_DATA,
+    REKEY_BYTES,
+    TAG_SIZE,
+    RecordError,
+    RecordOpener,
+    RecordSealer,
+    _aead,
+    cipher_id,
+    cipher_name,
+    default_cipher,
+)
 from afb.errors import ConfigError, ProtocolError, VersionMismatch
 
 # --- wire constants -----------------------------------------------------------
@@ -127,7 +145,7 @@ def generate_static_key():
     ``private_pem`` is PKCS#8 PEM (bytes) for the server's key file;
     ``public_b64`` is what the client config pins.
     """
-    from cryptography.hazmat.primitives import serialization   # the server's, and keygen's
+    from cryptography.hazmat.primitives import serialization  # the server's, and keygen's
 
     key = X25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

@@ -17,7 +17,8 @@ try:  # pragma: no cover - which branch runs depends on the environment
 except ImportError:  # pragma: no cover
     _CMasker = None
 try:  # pragma: no cover - afb's own C masker (setup.py builds it when it can)
-    from afb._xormask import mask as _c_mask, mask_inplace as _c_mask_inplace
+    from afb._xormask import mask as _c_mask
+    from afb._xormask import mask_inplace as _c_mask_inplace
 except ImportError:  # pragma: no cover
     _c_mask = _c_mask_inplace = None
 

@@ -108,7 +108,8 @@ def check_accept(response, key):
     """None if ``response`` (complete, status 101) upgrades our request; else what is wrong."""
     if "websocket" not in response.headers.get("upgrade", "").lower():
         return "no 'Upgrade: websocket' in the 101 answer"
-    if "upgrade" not in [t.strip().lower() for t in response.headers.get("connection", "").split(",")]:
+    tokens = [t.strip().lower() for t in response.headers.get("connection", "").split(",")]
+    if "upgrade" not in tokens:
         return "no 'Connection: upgrade' in the 101 answer"
     if response.headers.get("sec-websocket-accept", "") != accept_value(key):
         return "wrong Sec-WebSocket-Accept in the 101 answer"

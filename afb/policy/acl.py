@@ -96,6 +96,7 @@ _SIXTOFOUR = ipaddress.IPv6Network("2002::/16")
 #: Most allowed (address, port, name) triples remembered per ACL.
 ALLOWED_CACHE = 4096
 
+_ADDRESSES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
 
 def format_destination(host, port):
     """``host:port`` with an IPv6 literal bracketed: ``[::1]:22``."""
@@ -155,7 +156,7 @@ def classify_address(ip):
     >>> classify_address("::ffff:10.0.0.1")
     'private'
     """
-    addr = ip if isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)) else ipaddress.ip_address(ip)
+    addr = ip if isinstance(ip, _ADDRESSES) else ipaddress.ip_address(ip)
     addr = _normalize(addr)
     reason = _class_of(addr)
     if reason is not None:
@@ -247,7 +248,7 @@ class DestinationAcl:
         self._allowed(ip, port, host)
 
     def _check_address(self, ip, port, host):
-        addr = _parse_ip(ip) if not isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)) else ip
+        addr = ip if isinstance(ip, _ADDRESSES) else _parse_ip(ip)
         if addr is None:
             raise ValueError("not an IP address: %r" % (ip,))
         addr = _normalize(addr)

@@ -103,25 +103,8 @@ def parse_rule(entry):
     text = entry.strip()
     if not text:
         raise ValueError("empty ACL entry %r" % (entry,))
-    ports = (1, 65535)
-
     if text.startswith("["):
-        # [v6addr]:port, [v6net/len]:port, [v6addr]/len:port
-        close = text.find("]")
-        if close < 0:
-            raise ValueError("missing ']' in ACL entry %r" % (entry,))
-        inner, rest = text[1:close], text[close + 1:]
-        if rest.startswith("/"):
-            length, sep, port_text = rest[1:].partition(":")
-            inner = "%s/%s" % (inner, length)
-            rest = sep + port_text
-        if rest:
-            if not rest.startswith(":") or len(rest) == 1:
-                raise ValueError("expected ':PORT' after ']' in ACL entry %r" % (entry,))
-            ports = _parse_ports(rest[1:], entry)
-        net = _parse_net(inner, entry)
-        return Rule(entry, "net", net, *ports)
-
+        return _bracketed_rule(entry, text)
     if text.count(":") >= 2:
         # A bare IPv6 address or network; a port needs brackets.
         try:
@@ -132,18 +115,35 @@ def parse_rule(entry):
                 "[addr]:port or [net/len]:port" % (entry, exc)
             ) from None
         return Rule(entry, "net", net)
-
     host, sep, port_text = text.partition(":")
-    if sep:
-        ports = _parse_ports(port_text, entry)
+    ports = _parse_ports(port_text, entry) if sep else (1, 65535)
     if not host:
         raise ValueError("missing host in ACL entry %r" % (entry,))
-
     if re.match(r"^[0-9./]+$", host):
-        net = _parse_net(host, entry)
-        return Rule(entry, "net", net, *ports)
+        return Rule(entry, "net", _parse_net(host, entry), *ports)
+    return _name_rule(entry, normalize_name(host), ports)
 
-    name = normalize_name(host)
+
+def _bracketed_rule(entry, text):
+    """``[v6addr]:port``, ``[v6net/len]:port`` or ``[v6addr]/len:port``."""
+    close = text.find("]")
+    if close < 0:
+        raise ValueError("missing ']' in ACL entry %r" % (entry,))
+    inner, rest = text[1:close], text[close + 1:]
+    if rest.startswith("/"):
+        length, sep, port_text = rest[1:].partition(":")
+        inner = "%s/%s" % (inner, length)
+        rest = sep + port_text
+    ports = (1, 65535)
+    if rest:
+        if not rest.startswith(":") or len(rest) == 1:
+            raise ValueError("expected ':PORT' after ']' in ACL entry %r" % (entry,))
+        ports = _parse_ports(rest[1:], entry)
+    return Rule(entry, "net", _parse_net(inner, entry), *ports)
+
+
+def _name_rule(entry, name, ports):
+    """A host name or a ``*.suffix`` wildcard."""
     if name.startswith("*."):
         suffix = name[2:]
         if not _valid_name(suffix):

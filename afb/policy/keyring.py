@@ -28,8 +28,7 @@ import time
 from afb.errors import ConfigError
 from afb.file_trust import check_trusted_file
 from afb.keys import KEYRING_FILE, key_id, read_keyring
-from afb.policy.auth import (ALGORITHM, TokenVerifier, load_signing_key, load_verify_key,
-                             sign_token)
+from afb.policy.auth import ALGORITHM, TokenVerifier, load_signing_key, load_verify_key, sign_token
 
 log = logging.getLogger(__name__)
 

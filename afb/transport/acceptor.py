@@ -100,8 +100,9 @@ class Acceptor:
         now = time.monotonic()
         if now - self._last_warning > 1.0:
             self._last_warning = now
+            pausing = exc.errno in _RESOURCE_ERRORS
             log.warning("accept failed: %s%s", exc,
-                        "; pausing new connections briefly" if exc.errno in _RESOURCE_ERRORS else "")
+                        "; pausing new connections briefly" if pausing else "")
         if exc.errno in _RESOURCE_ERRORS and self._watcher is not None:
             self._watcher.stop()
             self._pause.start(self._resume)

@@ -126,7 +126,8 @@ def _gzip(data):
         memlevel -= 1
     deflate = zlib.compressobj(1, zlib.DEFLATED, -max(wbits, 9), max(memlevel, 1))
     packed = deflate.compress(data) + deflate.flush()
-    trailer = zlib.crc32(data).to_bytes(4, "little") + (len(data) & 0xFFFFFFFF).to_bytes(4, "little")
+    trailer = (zlib.crc32(data).to_bytes(4, "little")
+               + (len(data) & 0xFFFFFFFF).to_bytes(4, "little"))
     return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\x03" + packed + trailer
 
 
@@ -204,9 +205,11 @@ class Decoy:
                                      ("ETag", etag)]), keep
         if ctype == "text/html" and _wants_gzip(head) and len(body) >= 20:
             data = b"" if head.method == "HEAD" else _chunked(_gzip(body))
-            return _head_bytes(200, [("Content-Type", ctype), ("Last-Modified", last_modified),
-                                     ("Transfer-Encoding", "chunked"), conn,
-                                     ("ETag", "W/" + etag), ("Content-Encoding", "gzip")]) + data, keep
+            head_bytes = _head_bytes(200, [
+                ("Content-Type", ctype), ("Last-Modified", last_modified),
+                ("Transfer-Encoding", "chunked"), conn, ("ETag", "W/" + etag),
+                ("Content-Encoding", "gzip")])
+            return head_bytes + data, keep
         span = _range(head.get("range"), len(body))
         if span == "unsatisfiable":
             return _finish(head, 416, "text/html", error_body(416), keep,

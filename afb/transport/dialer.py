@@ -56,7 +56,8 @@ _NETWORK_ERRNOS = {errno.ENETUNREACH, errno.ENETDOWN, errno.EADDRNOTAVAIL, errno
 _HOST_ERRNOS = {errno.EHOSTUNREACH, errno.EHOSTDOWN}
 
 # Which failure to report when several addresses failed (higher wins).
-_RANK = {ConnectionRefused: 5, TimedOut: 4, HostUnreachable: 3, DestinationError: 2, NetworkUnreachable: 1}
+_RANK = {ConnectionRefused: 5, TimedOut: 4, HostUnreachable: 3, DestinationError: 2,
+         NetworkUnreachable: 1}
 
 _STAT_NAMES = {
     ConnectionRefused: "refused",
@@ -160,8 +161,8 @@ class Dialer:
     (resolver failures, a subset of host_unreachable).
     """
 
-    def __init__(self, resolver, acl=None, connect_timeout=10, connect_fn=None, clock=time.monotonic,
-                 recv_buffer=0):
+    def __init__(self, resolver, acl=None, connect_timeout=10, connect_fn=None,
+                 clock=time.monotonic, recv_buffer=0):
         self.resolver = resolver
         self.acl = acl if acl is not None else DestinationAcl()
         self.connect_timeout = connect_timeout

@@ -16,13 +16,13 @@ Failures, timeouts included, are therefore negatively cached, and concurrent
 askers for one name share a single lookup.
 """
 
+import _socket
 import collections
 import ipaddress
 import logging
 import socket
 import time
 
-import _socket
 import gevent
 import gevent.socket
 from gevent.event import AsyncResult
@@ -50,6 +50,10 @@ def _literal(host, port):
     except (OSError, UnicodeError) as exc:  # e.g. an unknown IPv6 scope id
         raise HostUnreachable("cannot resolve %s: %s" % (host, _reason(exc))) from None
     return [(socket.AddressFamily(info[0]), info[4]) for info in infos[:1]]
+
+
+def _cancelled(host):
+    return HostUnreachable("cannot resolve %s: cancelled" % host)
 
 
 def _reason(exc):
@@ -160,15 +164,15 @@ class Resolver:
                 raise OSError(0, "no IPv4 or IPv6 address")
         except gevent.Timeout as exc:
             if exc is not timer:
-                self._fail(key, result, HostUnreachable("cannot resolve %s: cancelled" % host), cache=False)
+                self._fail(key, result, _cancelled(host), cache=False)
                 raise
             self.stats["timeouts"] += 1
             self._fail(key, result, HostUnreachable(
                 "cannot resolve %s: timed out after %gs" % (host, self.timeout)))
-        except Exception as exc:  # gaierror, herror, UnicodeError (IDNA), ...
+        except (OSError, UnicodeError, ValueError) as exc:  # gaierror, herror, IDNA, ...
             self._fail(key, result, HostUnreachable("cannot resolve %s: %s" % (host, _reason(exc))))
         except BaseException:  # killed: do not strand the waiters
-            self._fail(key, result, HostUnreachable("cannot resolve %s: cancelled" % host), cache=False)
+            self._fail(key, result, _cancelled(host), cache=False)
             raise
         else:
             log.debug("resolved %s in %.3fs: %s", host, self._clock() - started,

@@ -19,8 +19,14 @@ import gevent
 from gevent.lock import RLock
 
 from afb.codec import aead
-from afb.errors import (CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_VERSION_MISMATCH, AfbError,
-                        AuthError, VersionMismatch)
+from afb.errors import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_VERSION_MISMATCH,
+    AfbError,
+    AuthError,
+    VersionMismatch,
+)
 from afb.transport.wsconn import MAX_HEADER
 
 

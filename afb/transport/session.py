@@ -32,8 +32,15 @@ from gevent.pool import Group
 
 from afb import PROTOCOL_VERSION
 from afb.codec import frames
-from afb.errors import (CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION,
-                        REP_GENERAL_FAILURE, AfbError, ProtocolError, VersionMismatch)
+from afb.errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    REP_GENERAL_FAILURE,
+    AfbError,
+    ProtocolError,
+    VersionMismatch,
+)
 from afb.mux.budget import ByteBudget
 from afb.transport.frame_reader import FrameReader
 from afb.transport.frame_writer import BATCH_LIMIT, FrameWriter

@@ -25,8 +25,7 @@ from gevent.event import AsyncResult
 
 from afb.buffers import detach
 from afb.codec import frames
-from afb.errors import (REP_GENERAL_FAILURE, DestinationError, StreamReset, TimedOut,
-                        reply_reason)
+from afb.errors import REP_GENERAL_FAILURE, DestinationError, StreamReset, TimedOut, reply_reason
 from afb.mux.budget import ByteBudget
 from afb.mux.flow import ReceiveWindow, SendCredit
 

@@ -70,7 +70,7 @@ def server_context(cert_path, key_path):
 
 def _libssl():
     """The libssl that Python's ``_ssl`` module loaded (dlsym searches its dependencies)."""
-    import ctypes   # the server's only: a client never sets a session timeout
+    import ctypes  # the server's only: a client never sets a session timeout
 
     return ctypes.CDLL(_stdssl._ssl.__file__)
 

@@ -43,8 +43,14 @@ import gevent
 from gevent.event import Event
 
 from afb.codec.aead import HandshakeError
-from afb.errors import (CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, AfbError, TlsError,
-                        TunnelUnavailable, UpgradeRefused)
+from afb.errors import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    AfbError,
+    TlsError,
+    TunnelUnavailable,
+    UpgradeRefused,
+)
 from afb.policy import token_check
 from afb.transport import tls, wsclient
 from afb.transport.secure_channel import client_secure

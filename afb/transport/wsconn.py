@@ -12,10 +12,9 @@
 * :meth:`WsConnection.close` sends the close frame with the given code and
   reason (once), then shuts the socket down.
 
-Reads go through one reused buffer with ``recv_into``; payloads larger than a
-small threshold are read straight into a preallocated ``bytearray``.  Every
-payload is copied once after the kernel hands it over (by the unmasking, or by
-``bytes()`` on the client side, which receives unmasked frames).
+Bytes come off the socket through :class:`~afb.transport.ws_input.FrameInput`
+(one reused buffer, large payloads read straight into pooled ones: every
+payload is copied once after the kernel hands it over).
 
 Work a peer can make us do without sending payload is bounded: a message may
 come in at most :data:`MAX_FRAGMENTS` frames (20 million empty continuation
@@ -29,17 +28,20 @@ import socket
 
 from gevent.lock import RLock
 
-from afb.buffers import POOL_BUFFER, BufferPool, byte_view
+from afb.buffers import POOL_BUFFER, byte_view
 from afb.codec import websocket as wsc
-from afb.errors import (CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA,
-                        MessageTooBig, ProtocolError)
+from afb.errors import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_UNSUPPORTED_DATA,
+    MessageTooBig,
+    ProtocolError,
+)
 from afb.transport.pacer import MESSAGE_UNITS, Allowance, Pacer
+from afb.transport.socket_writes import JOIN_LIMIT, send_whole, sendall_coalesced, sendmsg_all
 from afb.transport.sockets import close_socket
-from afb.transport.socket_writes import (JOIN_LIMIT, SMALL_PAYLOAD, send_whole, sendall_coalesced,
-                                        sendmsg_all)
+from afb.transport.ws_input import RECV_BUFFER, SMALL_PAYLOAD, FrameInput
 
-#: Size of the reused receive buffer.
-RECV_BUFFER = 64 * 1024
 #: How long close() waits for a sender holding the write lock.
 CLOSE_LOCK_TIMEOUT = 5.0
 #: The longest frame header (64-bit length and a mask key): the room a caller
@@ -61,7 +63,6 @@ class WsConnection:
         self.client = bool(client)
         self.max_message = int(max_message)
         self.peer = peer
-        self.bytes_in = 0
         self.bytes_out = 0
         self.peer_close_code = None
         self.peer_close_reason = ""
@@ -70,14 +71,7 @@ class WsConnection:
         #: Counts the frames read (one unit each); the session installs its own.
         self.pacer = Pacer()
         self._pongs = Allowance(PONGS_PER_SECOND, PONGS_PER_SECOND)
-        cap = max(RECV_BUFFER, len(initial))
-        self._buf = bytearray(cap)
-        self._view = memoryview(self._buf)
-        self._start = 0
-        self._end = len(initial)
-        if initial:
-            self._buf[:self._end] = initial
-        self._pool = BufferPool()
+        self._in = FrameInput(sock, initial)
         self._send_buf = None        # client: reused buffer a message is masked in
         self._wlock = RLock()
         self._close_sent = False
@@ -88,6 +82,11 @@ class WsConnection:
     def __repr__(self):
         return "<WsConnection %s peer=%r%s>" % (
             "client" if self.client else "server", self.peer, " closed" if self._closed else "")
+
+    @property
+    def bytes_in(self):
+        """Bytes read from the socket so far."""
+        return self._in.bytes_in
 
     @property
     def closed(self):
@@ -123,12 +122,13 @@ class WsConnection:
         fragments = None
         count = 0
         total = 0
-        max_message = self.max_message
         want_masked = not self.client
         tick = self.pacer.tick
+        frames_in = self._in
         while True:
-            header = self._read_header()
+            header = frames_in.header()
             if header is None:
+                self._eof = True
                 return None
             tick(1)
             fin, opcode, masked, key, length, header_len = header
@@ -136,41 +136,14 @@ class WsConnection:
                 raise ProtocolError("unmasked frame from a client" if want_masked
                                     else "masked frame from a server")
             if opcode >= wsc.OP_CLOSE:
-                tick(MESSAGE_UNITS - 1)         # a control frame is a message of its own
-                self._start += header_len
-                payload = self._read_small(length, key)
-                if payload is None:
-                    return self._lost()
-                if opcode == wsc.OP_CLOSE:
-                    self._on_close(payload)
+                if self._control_frame(opcode, key, length, header_len):
                     return None
-                if opcode == wsc.OP_PING:
-                    if self._pongs.allow():
-                        self._send_frame(wsc.OP_PONG, payload)
-                elif self.on_pong is not None:
-                    self.on_pong(payload)
                 continue
-            if opcode == wsc.OP_TEXT:
-                raise ProtocolError("text WebSocket messages are not accepted",
-                                    close_code=CLOSE_UNSUPPORTED_DATA)
-            if opcode == wsc.OP_CONTINUATION:
-                if fragments is None:
-                    raise ProtocolError("continuation frame without a message to continue")
-            elif fragments is not None:
-                raise ProtocolError("new message started inside a fragmented message")
             count += 1
-            if count > MAX_FRAGMENTS:
-                raise ProtocolError("WebSocket message in more than %d frames" % MAX_FRAGMENTS,
-                                    close_code=CLOSE_POLICY_VIOLATION)
             total += length
-            if total > max_message:
-                raise MessageTooBig("WebSocket message of %d bytes or more exceeds the limit of %d"
-                                    % (total, max_message))
-            self._start += header_len
-            if length <= SMALL_PAYLOAD or length <= self._end - self._start:
-                payload = self._read_small(length, key)
-            else:
-                payload = self._read_large(length, key)
+            self._check_data_frame(opcode, fragments is not None, count, total)
+            frames_in.start += header_len
+            payload = frames_in.payload(length, key)
             if payload is None:
                 return self._lost()
             if fin:
@@ -183,76 +156,44 @@ class WsConnection:
             else:
                 fragments.append(payload)
 
+    def _control_frame(self, opcode, key, length, header_len):
+        """A control frame (possibly between fragments): answered here; True once closed."""
+        self.pacer.tick(MESSAGE_UNITS - 1)       # a control frame is a message of its own
+        self._in.start += header_len
+        payload = self._in.small(length, key)
+        if payload is None:
+            self._lost()
+        if opcode == wsc.OP_CLOSE:
+            self._on_close(payload)
+            return True
+        if opcode == wsc.OP_PING:
+            if self._pongs.allow():
+                self._send_frame(wsc.OP_PONG, payload)
+        elif self.on_pong is not None:
+            self.on_pong(payload)
+        return False
+
+    def _check_data_frame(self, opcode, continuing, count, total):
+        """A data frame's place in its message; the limits, before its payload is read."""
+        if opcode == wsc.OP_TEXT:
+            raise ProtocolError("text WebSocket messages are not accepted",
+                                close_code=CLOSE_UNSUPPORTED_DATA)
+        if opcode == wsc.OP_CONTINUATION:
+            if not continuing:
+                raise ProtocolError("continuation frame without a message to continue")
+        elif continuing:
+            raise ProtocolError("new message started inside a fragmented message")
+        if count > MAX_FRAGMENTS:
+            raise ProtocolError("WebSocket message in more than %d frames" % MAX_FRAGMENTS,
+                                close_code=CLOSE_POLICY_VIOLATION)
+        if total > self.max_message:
+            raise MessageTooBig("WebSocket message of %d bytes or more exceeds the limit of %d"
+                                % (total, self.max_message))
+
     def _lost(self):
         """EOF inside a frame: the transport broke."""
         self._eof = True
         raise ConnectionResetError("WebSocket connection closed in the middle of a frame")
-
-    def _fill(self, need):
-        """Make ``need`` bytes available at ``_start``; False on EOF."""
-        avail = self._end - self._start
-        if avail >= need:
-            return True
-        if avail == 0:
-            self._start = self._end = 0
-        elif len(self._buf) - self._start < need:
-            # Move the partial data to the front (it is small: a header or a
-            # small payload), so that `need` bytes fit.
-            self._buf[:avail] = bytes(self._view[self._start:self._end])
-            self._start, self._end = 0, avail
-        recv_into = self._sock.recv_into
-        view = self._view
-        while self._end - self._start < need:
-            n = recv_into(view[self._end:])
-            if not n:
-                return False
-            self._end += n
-            self.bytes_in += n
-        return True
-
-    def _read_header(self):
-        """The next frame header tuple, or None on a clean EOF before it."""
-        while True:
-            header = wsc.parse_header(self._view[:self._end], self._start)
-            if header is not None:
-                return header
-            avail = self._end - self._start
-            if not self._fill(avail + 1):
-                if avail:
-                    self._lost()
-                self._eof = True
-                return None
-
-    def _read_small(self, length, key):
-        if not self._fill(length):
-            return None
-        start = self._start
-        self._start = start + length
-        chunk = self._view[start:start + length]
-        if key is not None:
-            return wsc.mask(chunk, key)
-        return bytes(chunk)
-
-    def _read_large(self, length, key):
-        # Only called when the buffer holds less than `length` bytes.  Returns
-        # a memoryview of exactly `length` bytes, valid while it is referenced.
-        out = self._pool.view(length)
-        target = out
-        have = self._end - self._start
-        if have:
-            target[:have] = self._view[self._start:self._end]
-        self._start = self._end = 0
-        recv_into = self._sock.recv_into
-        pos = have
-        while pos < length:
-            n = recv_into(target[pos:])
-            if not n:
-                return None
-            pos += n
-            self.bytes_in += n
-        if key is not None:
-            wsc.mask_inplace(out, key)
-        return out
 
     def _on_close(self, payload):
         code, reason = wsc.decode_close(payload)
