@@ -222,18 +222,6 @@ class RawTunnel:
             pass
 
 
-def wait_until(predicate, timeout, interval=0.05):
-    """Poll ``predicate()`` until true or ``timeout`` s; -> its last value."""
-    import gevent
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        gevent.sleep(interval)
-
-
 def flood_process(setup, kind, seconds, log_path, token=None):
     """``tests/flood_client.py KIND`` against ``setup``'s server, ending after ``seconds``."""
     args = [sys.executable, os.path.join(ROOT, "tests", "flood_client.py"), kind,

@@ -110,7 +110,7 @@ def main():
             if reconnects > 1000:
                 print("giving up: %s" % exc)
                 break
-            time.sleep(0.05)
+            time.sleep(0.05)                 # a moment before it dials again
     print("%s: %d messages sent, %d reconnects" % (args.kind, sent, reconnects), flush=True)
 
 

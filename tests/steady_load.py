@@ -22,7 +22,7 @@ import time
 
 import gevent
 
-from tests.support import Daemon, recv_exact, wait_port
+from tests.support import Daemon, recv_exact, wait_log, wait_port
 
 #: Seconds one connection may take before it counts as lost.
 CONNECTION_TIMEOUT = 10.0
@@ -47,7 +47,7 @@ class SteadyLoad:
     def _run(self):
         while True:
             self._running.append(gevent.spawn(self._one))
-            gevent.sleep(random.uniform(*self.interval))
+            gevent.sleep(random.uniform(*self.interval))      # the load's pace
 
     def _one(self):
         started = time.monotonic()
@@ -81,19 +81,6 @@ class SteadyLoad:
         lost = [r for r in picked if r[2] is not None]
         worst = max((r[1] for r in picked), default=0.0)
         return len(picked), lost, worst
-
-
-def wait_log(daemon, text, timeout=20.0):
-    """Wait until ``text`` is in the daemon's log."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in daemon.output():
-            return
-        if daemon.proc.poll() is not None:
-            raise AssertionError("%s exited (%s): %s" % (daemon.role, daemon.proc.returncode,
-                                                          daemon.output()[-2000:]))
-        gevent.sleep(0.02)
-    raise AssertionError("no %r in the %s log after %.0f s" % (text, daemon.role, timeout))
 
 
 def replace_server(old, conf, log_path, port, stop_first=False):

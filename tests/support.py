@@ -71,14 +71,44 @@ def free_port(host="127.0.0.1"):
 
 
 def wait_port(port, host="127.0.0.1", timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening():
         try:
             socket.create_connection((host, port), 0.5).close()
-            return
+            return True
         except OSError:
-            gevent.sleep(0.05)
-    raise AssertionError("nothing listening on %s:%d after %.0f s" % (host, port, timeout))
+            return False
+
+    if not wait_until(listening, timeout):
+        raise AssertionError("nothing listening on %s:%d after %.0f s" % (host, port, timeout))
+
+
+def wait_until(predicate, timeout, interval=0.05):
+    """Poll ``predicate()`` until it is true or ``timeout`` s have passed; -> its
+    last value (assert it: a timeout is generous, it costs time only on failure)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        gevent.sleep(interval)
+
+
+def wait_log(daemon, text, timeout=20.0):
+    """Wait until ``text`` is in a :class:`Daemon`'s log; -> the log.  A daemon
+    that exits without writing it fails at once."""
+    def seen():
+        exited = daemon.proc.poll() is not None
+        if text in daemon.output():
+            return True
+        if exited:
+            raise AssertionError("%s exited (%s) without %r in its log: %s" % (
+                daemon.role, daemon.proc.returncode, text, daemon.output()[-2000:]))
+        return False
+
+    if not wait_until(seen, timeout, 0.02):
+        raise AssertionError("no %r in the %s log after %.0f s: %s" % (
+            text, daemon.role, timeout, daemon.output()[-3000:]))
+    return daemon.output()
 
 
 class Setup:
@@ -261,7 +291,7 @@ class RecordingWs:
         self.sent.append(b"".join(bytes(p) for p in parts))
 
     def recv_message(self):
-        gevent.sleep(60)
+        gevent.sleep(60)                # a peer that sends nothing
 
     def close(self, code=None, reason=""):
         self.closed = True

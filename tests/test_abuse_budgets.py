@@ -13,8 +13,8 @@ import pytest
 from afb.errors import AuthError
 from afb.transport.relay import READ_CHUNK
 from afb.mux.scheduler import FRAME_COST
-from tests.abuse import FastSource, RawTunnel, wait_until
-from tests.support import Daemon, HashTarget, Setup, wait_port
+from tests.abuse import FastSource, RawTunnel
+from tests.support import Daemon, HashTarget, Setup, wait_port, wait_until
 from tests.test_e2e_integrity import PATTERN, _one_stream
 
 MiB = 1 << 20
@@ -72,7 +72,7 @@ def test_a_users_tunnels_share_one_budget(small_budget_server):
             attacker.open("127.0.0.1", source.port)
     user = wait_until(lambda: server.users.get("tester"), 5)
     assert wait_until(lambda: user.streams == 40 and user.down.waiting, 10)
-    gevent.sleep(0.5)
+    gevent.sleep(0.5)                              # the flood presses on; the peak must hold
     # One read may cross the limit before the relays see it (and each frame's cost).
     slack = READ_CHUNK + 64 * FRAME_COST
     assert user.down.peak <= 1 * MiB + slack

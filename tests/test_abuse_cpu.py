@@ -11,12 +11,11 @@ timed out for seconds.
 
 import time
 
-import gevent
 import pytest
 
 from afb.policy.auth import issue_token
 from tests.abuse import RawTunnel, cpu_seconds, flood_process
-from tests.support import Setup, recv_exact, running, socks_connect
+from tests.support import Setup, recv_exact, running, socks_connect, wait_log
 
 #: The stated bound: another user's echo p99 during a flood (baseline here: ~1 ms).
 ECHO_P99_BOUND = 0.05
@@ -56,7 +55,7 @@ def test_a_flooding_user_does_not_stall_the_others(pair, kind, tmp_path):
     mallory = issue_token(setup.jwt_key, "mallory", 3600)
     flooder = flood_process(setup, kind, 6.0, str(tmp_path / "flood.log"), token=mallory)
     try:
-        gevent.sleep(1.0)                      # the flood is on
+        wait_log(server, "tunnel mallory@", 15)     # the flood is on
         assert flooder.poll() is None, open(tmp_path / "flood.log").read()
         cpu = cpu_seconds(server.proc.pid)
         during = _echo_times(sock, 3.0)

@@ -8,12 +8,11 @@ then drops the SYNs, so the connect stays in progress until afb gives up.
 
 import socket
 
-import gevent
 import pytest
 
 from afb.codec import frames
-from tests.abuse import RawTunnel, open_fds, wait_until
-from tests.support import Setup, recv_exact, running, socks_open
+from tests.abuse import RawTunnel, open_fds
+from tests.support import Setup, recv_exact, running, socks_open, wait_until
 
 
 class BlackHole:
@@ -54,9 +53,11 @@ def test_out_of_descriptors_fails_that_stream_only(tmp_path, echo):
             for sock in opened[:-1]:                     # the tunnel still carries them all
                 sock.sendall(b"ping")
                 assert recv_exact(sock, 4) == b"ping"
+            full = open_fds(server.proc.pid)
             for sock in opened[:10]:
                 sock.close()
-            gevent.sleep(0.3)
+            assert wait_until(lambda: open_fds(server.proc.pid) <= full - 10, 10), \
+                "%d of the server's descriptors still open" % open_fds(server.proc.pid)
             again, code = socks_open(proxy, echo.port)  # descriptors free again: streams work
             opened.append(again)
             assert code == 0

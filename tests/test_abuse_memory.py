@@ -39,7 +39,7 @@ def _growth_while(daemon, seconds, limit, kernel=False):
     base = used()
     worst = 0
     for _ in range(int(seconds / 0.1)):
-        gevent.sleep(0.1)
+        gevent.sleep(0.1)                    # a sample every 0.1 s
         worst = max(worst, used() - base)
         if worst > limit:
             break

@@ -4,6 +4,7 @@ import errno
 import logging
 import socket
 import struct
+import time
 
 import gevent
 from gevent.event import AsyncResult
@@ -11,7 +12,7 @@ from gevent.event import AsyncResult
 from afb.apps.socks_handshake import ProxyHandshake
 from afb.transport.acceptor import PAUSE_AFTER_ERROR, Acceptor
 from afb.transport.sockets import PlainSocket
-from tests.support import recv_all
+from tests.support import recv_all, wait_until
 
 
 def _listening(on_accept):
@@ -30,8 +31,7 @@ def test_acceptor_hands_over_plain_non_blocking_sockets_and_survives_a_bad_handl
 
     acceptor = _listening(on_accept)
     clients = [socket.create_connection(acceptor.address) for _ in range(5)]
-    gevent.sleep(0.1)
-    assert len(got) == 5
+    assert wait_until(lambda: len(got) == 5, 5), got
     for sock, address in got:
         assert type(sock) is PlainSocket and sock.getblocking() is False
         assert address[0] == "127.0.0.1"
@@ -63,7 +63,7 @@ def test_socks5_request_trickled_one_byte_at_a_time():
     answer = b""
     for i in range(len(wire)):
         client.send(wire[i:i + 1])
-        gevent.sleep(0.002)
+        gevent.sleep(0.002)                         # the trickle under test: one read per byte
         if i == 2:
             answer = client.recv(2)
     assert answer == b"\x05\x00"
@@ -102,8 +102,8 @@ def test_refusals_close_the_socket_with_one_log_line(caplog):
         if payload:
             client.sendall(payload)
         assert recv_all(client) == expected
-        gevent.sleep(0.05)
-        lines = [r.getMessage() for r in caplog.records if r.name == "afb.apps.socks_handshake"]
+        lines = wait_until(lambda: [r.getMessage() for r in caplog.records
+                                    if r.name == "afb.apps.socks_handshake"], 5)
         assert len(lines) == 1, lines
         client.close()
     assert "no complete proxy request within 0.3 s" in lines[0]
@@ -116,6 +116,7 @@ class _OutOfDescriptors:
     def __init__(self, sock):
         self._sock = sock
         self.failed = 0
+        self.failed_at = None
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
@@ -123,19 +124,22 @@ class _OutOfDescriptors:
     def _accept(self):
         if not self.failed:
             self.failed += 1
+            self.failed_at = time.monotonic()
             raise OSError(errno.EMFILE, "Too many open files")
         return self._sock._accept()
 
 
 def test_running_out_of_descriptors_pauses_accepting_then_resumes(caplog):
     got = []
-    acceptor = _listening(lambda sock, address: got.append(sock))
-    acceptor.sock = _OutOfDescriptors(acceptor.sock)
+    acceptor = _listening(lambda sock, address: got.append((sock, time.monotonic())))
+    acceptor.sock = failing = _OutOfDescriptors(acceptor.sock)
     client = socket.create_connection(acceptor.address)
-    gevent.sleep(0.02)
-    assert got == [] and "accept failed" in caplog.text and "pausing" in caplog.text
-    gevent.sleep(PAUSE_AFTER_ERROR + 0.1)
-    assert len(got) == 1                        # the waiting connection is taken after the pause
-    got[0].close()
+    assert wait_until(lambda: "pausing" in caplog.text, 5), caplog.text
+    assert got == [] and "accept failed" in caplog.text
+    assert wait_until(lambda: got, PAUSE_AFTER_ERROR + 5)
+    assert len(got) == 1
+    # the waiting connection is taken after the pause (less the loop's cached clock), not before
+    assert got[0][1] - failing.failed_at >= PAUSE_AFTER_ERROR * 0.9
+    got[0][0].close()
     client.close()
     acceptor.close()

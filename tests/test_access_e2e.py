@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 
-import gevent
 import pytest
 import socks
 
@@ -19,7 +18,7 @@ from afb.apps.client import ProxyClient
 from afb.apps.server import TunnelServer
 from afb.errors import ConfigError, TunnelUnavailable
 from afb.transport import wsclient
-from tests.support import PROXY_LOGGERS, Setup, recv_exact, socks_connect
+from tests.support import PROXY_LOGGERS, Setup, recv_exact, socks_connect, wait_until
 from tests.test_probes import build, comparable, tls_exchange, upgrade_headers
 
 SERVER_LOG = "afb.transport.wsserver"
@@ -281,8 +280,7 @@ def test_client_allow_sources(setup, caplog):
         assert _raw_greeting(run.proxy, "127.0.0.4") == b"\x05\x00"
         caplog.clear()
         assert _raw_greeting(run.proxy, "127.0.0.2") == b""          # closed at once
-        gevent.sleep(0.05)
-        lines = [r for r in caplog.records if r.name in PROXY_LOGGERS]
+        lines = wait_until(lambda: [r for r in caplog.records if r.name in PROXY_LOGGERS], 5)
         assert len(lines) == 1
         assert "127.0.0.2" in lines[0].getMessage() and "allow_sources" in lines[0].getMessage()
 
@@ -335,8 +333,8 @@ def test_socks5_username_password(guarded, echo, caplog):
         _pysocks(guarded.proxy, echo.port, "mallory", "s3cret")
     with pytest.raises(socks.ProxyError):
         _pysocks(guarded.proxy, echo.port)                 # no credentials offered
-    gevent.sleep(0.05)
-    lines = [r.getMessage() for r in caplog.records if r.name in PROXY_LOGGERS]
+    assert wait_until(lambda: len(_proxy_lines(caplog)) >= 3, 5), _proxy_lines(caplog)
+    lines = _proxy_lines(caplog)
     assert len(lines) == 3
     assert "authentication failed for user 'alice'" in lines[0]
     assert "s3cret" not in caplog.text and "wrong" not in caplog.text
@@ -369,9 +367,13 @@ def test_http_proxy_authorization_with_curl(guarded, http_target, caplog):
         assert b'\r\nProxy-Authenticate: Basic realm="proxy"' in out
         rc, out, err = _curl("-p", "-x", proxy, base + "/16")
         assert rc != 0 and "407" in err
-    gevent.sleep(0.05)
-    lines = [r.getMessage() for r in caplog.records if r.name in PROXY_LOGGERS]
+    assert wait_until(lambda: len(_proxy_lines(caplog)) >= 4, 5), _proxy_lines(caplog)
+    lines = _proxy_lines(caplog)
     assert len(lines) == 4 and all("407" in line for line in lines)
+
+
+def _proxy_lines(caplog):
+    return [r.getMessage() for r in caplog.records if r.name in PROXY_LOGGERS]
 
 
 def test_users_file_problems_stop_the_client(setup, tmp_path):

@@ -5,12 +5,17 @@ import os
 import re
 import signal
 
-import gevent
-
 from afb.keys import write_secret
 from afb.policy.auth import issue_token
-from tests.steady_load import wait_log
-from tests.support import Daemon, free_port, recv_exact, socks_connect, wait_port
+from tests.support import (
+    Daemon,
+    free_port,
+    recv_exact,
+    socks_connect,
+    wait_log,
+    wait_port,
+    wait_until,
+)
 
 
 def _echo(proxy, port, data=b"ping"):
@@ -25,11 +30,8 @@ def _echo(proxy, port, data=b"ping"):
 def _hup_and_wait(client, text):
     before = client.output().count(text)
     client.proc.send_signal(signal.SIGHUP)
-    for _ in range(200):
-        if client.output().count(text) > before:
-            return
-        gevent.sleep(0.02)
-    raise AssertionError("no new %r after SIGHUP: %s" % (text, client.output()[-1500:]))
+    assert wait_until(lambda: client.output().count(text) > before, 10, 0.02), \
+        "no new %r after SIGHUP: %s" % (text, client.output()[-1500:])
 
 
 def _edit(path, pattern, replacement):

@@ -3,7 +3,6 @@
 import logging
 import os
 
-import gevent
 import pytest
 
 from afb import keys
@@ -11,7 +10,14 @@ from afb.codec import aead
 from afb.config import check_config, load_config
 from afb.errors import ConfigError
 from afb.transport.secure_channel import ReplayConnection, SecureChannel
-from tests.support import InProcessTunnel, Setup, free_port, recv_exact, socks_connect
+from tests.support import (
+    InProcessTunnel,
+    Setup,
+    free_port,
+    recv_exact,
+    socks_connect,
+    wait_until,
+)
 
 
 def _echo_once(proxy, port, data=b"e2e-ping" * 8):
@@ -24,16 +30,13 @@ def _echo_once(proxy, port, data=b"e2e-ping" * 8):
 
 
 def _server_channels(running):
-    with gevent.Timeout(5):
-        while not running.server.sessions:
-            gevent.sleep(0.01)
+    assert wait_until(lambda: running.server.sessions, 5), "no session on the server"
     return [s.ws for s in running.server.sessions]
 
 
 def _wait_error(client, timeout=5.0):
-    with gevent.Timeout(timeout, AssertionError("the client kept no error")):
-        while not client.tunnel.last_error:
-            gevent.sleep(0.02)
+    assert wait_until(lambda: client.tunnel.last_error, timeout, 0.02), \
+        "the client kept no error"
     return client.tunnel.last_error
 
 
@@ -107,9 +110,8 @@ def test_optional_mode_serves_e2e_and_plain_clients(tmp_path, echo):
             session = plain.tunnel.get_session(10)
             assert not isinstance(session.ws, SecureChannel)
             assert _echo_once(("127.0.0.1", plain_port), echo.port)
-            with gevent.Timeout(5):
-                while len(running.server.sessions) < 2:
-                    gevent.sleep(0.01)
+            assert wait_until(lambda: len(running.server.sessions) >= 2, 5), \
+                running.server.sessions
             kinds = sorted(type(s.ws).__name__ for s in running.server.sessions)
             assert kinds == ["ReplayConnection", "SecureChannel"]
         finally:

@@ -8,7 +8,15 @@ import time
 import gevent
 import pytest
 
-from tests.support import Daemon, HashTarget, recv_exact, send_pattern, socks_connect, wait_port
+from tests.support import (
+    Daemon,
+    HashTarget,
+    recv_exact,
+    send_pattern,
+    socks_connect,
+    wait_port,
+    wait_until,
+)
 
 PATTERN = os.urandom(8 * 1024 * 1024)
 
@@ -64,14 +72,30 @@ def test_200_concurrent_streams_up_to_4mib_each_way_arrive_intact(setup, daemons
         target.close()
 
 
+def _stalled(session, port):
+    """A predicate: ``session``'s stream to ``port`` is out of credit and sent
+    nothing since the predicate's last call."""
+    last = [None]
+
+    def stalled():
+        streams = [s for s in session.streams.values() if s.port == port]
+        if not streams:
+            return False
+        sent, last[0] = last[0], streams[0].bytes_out
+        return streams[0].credit.available == 0 and sent == streams[0].bytes_out
+
+    return stalled
+
+
 def test_a_stalled_reader_costs_one_window_and_does_not_stall_other_streams(tunnel, echo):
     target = HashTarget(PATTERN)
     try:
         stalled = socks_connect(tunnel.proxy, "127.0.0.1", target.port)
         stalled.sendall(HashTarget.HEAD.pack(b"s" * 16, 0, 256 << 20))   # 256 MiB, never read
-        gevent.sleep(1.0)
         server_session = next(iter(tunnel.server.sessions))
         client_session = tunnel.client.tunnel.session
+        assert wait_until(_stalled(server_session, target.port), 30, 0.2), \
+            "the server kept sending to the stalled stream"
         (server_stream,) = [s for s in server_session.streams.values() if s.port == target.port]
         client_stream = client_session.streams[server_stream.id]
         # Other streams on the same tunnel still flow, quickly.
@@ -88,7 +112,7 @@ def test_a_stalled_reader_costs_one_window_and_does_not_stall_other_streams(tunn
         assert client_stream.buffered <= client_stream.window.size
         assert server_stream.credit.available >= 0
         sent_before = server_stream.bytes_out
-        gevent.sleep(0.5)
+        gevent.sleep(0.5)                               # time to send more, if it (wrongly) did
         assert server_stream.bytes_out == sent_before   # the server stopped reading the target
         stalled.close()
     finally:

@@ -6,13 +6,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import gevent
 import pytest
 from gevent.server import StreamServer
 
-from tests.support import Daemon, recv_all, recv_exact, socks_connect, wait_port
+from tests.support import Daemon, recv_all, recv_exact, socks_connect, wait_port, wait_until
 
 
 @pytest.fixture
@@ -32,20 +31,20 @@ def pair(setup, tmp_path):
 
 def _echo_through(proxy, port, deadline=20.0):
     """Retry until an echo works through the proxy (the tunnel may be reconnecting)."""
-    end = time.monotonic() + deadline
-    last = None
-    while time.monotonic() < end:
+    errors = []
+
+    def echoed():
         try:
             sock = socks_connect(proxy, "127.0.0.1", port, timeout=5)
             sock.sendall(b"hello")
             data = recv_exact(sock, 5)
             sock.close()
-            if data == b"hello":
-                return
+            return data == b"hello"
         except (OSError, EOFError) as exc:
-            last = exc
-        gevent.sleep(0.2)
-    raise AssertionError("no echo through the tunnel: %s" % last)
+            errors.append(exc)
+            return False
+
+    assert wait_until(echoed, deadline, 0.2), "no echo through the tunnel: %s" % errors[-1:]
 
 
 def test_server_killed_and_restarted_client_reconnects(setup, pair, echo):
@@ -78,7 +77,7 @@ class SlowTarget:
         step = len(self.data) // 30
         for offset in range(0, len(self.data), step):
             sock.sendall(self.data[offset:offset + step])
-            gevent.sleep(self.seconds / 30)
+            gevent.sleep(self.seconds / 30)            # paced: the stream is still open at the stop
         sock.close()
 
 
@@ -91,10 +90,10 @@ def test_sigterm_lets_open_streams_finish_then_exits_cleanly(setup, pair, who):
     proxy = ("127.0.0.1", setup.proxy_port)
     try:
         sock = socks_connect(proxy, "127.0.0.1", target.port, timeout=20)
+        first = recv_exact(sock, 1)                    # the transfer is under way
         reader = gevent.spawn(recv_all, sock)
-        gevent.sleep(0.3)                              # the transfer is under way
         procs[who].proc.send_signal(signal.SIGTERM)
-        body = reader.get(timeout=20)
+        body = first + reader.get(timeout=20)
         assert hashlib.sha256(body).digest() == hashlib.sha256(target.data).digest()
         assert procs[who].proc.wait(timeout=15) == 0
         out = procs[who].output()
@@ -152,11 +151,8 @@ def test_sighup_reloads_the_certificate_without_dropping_tunnels(setup, pair, ec
         handle.write(cert_pem)
     procs["server"].proc.send_signal(signal.SIGHUP)
     new_pin = keys.spki_pin(cert_pem)
-    for _ in range(50):
-        if _served_pin(setup.server_port) == new_pin:
-            break
-        gevent.sleep(0.1)
-    assert _served_pin(setup.server_port) == new_pin          # new handshakes: new certificate
+    # new handshakes: new certificate
+    assert wait_until(lambda: _served_pin(setup.server_port) == new_pin, 10)
     open_stream.sendall(b"still here")                         # the old tunnel carries on
     assert recv_exact(open_stream, 10) == b"still here"
     open_stream.close()

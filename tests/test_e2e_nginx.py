@@ -30,7 +30,14 @@ from afb.codec import websocket as wsc
 from afb.codec.address import encode_address
 from tests.nginx_ref import NGINX, main_conf
 from tests.nginx_ref import Nginx as RunningNginx
-from tests.support import InProcessTunnel, Setup, free_port, recv_exact, socks_connect
+from tests.support import (
+    InProcessTunnel,
+    Setup,
+    free_port,
+    recv_exact,
+    socks_connect,
+    wait_until,
+)
 
 
 pytestmark = pytest.mark.skipif(
@@ -374,8 +381,7 @@ def test_a_flipped_bit_closes_the_tunnel_and_a_new_one_comes_up(fronted, echo, c
         else:                       # the server's did; the client shows its close reason
             assert any("tunnel down" in m and "4002" in m for m in failed), failed
         # A fresh tunnel (new handshake, new keys) carries traffic again.
-        with gevent.Timeout(15, AssertionError("no new tunnel: %s" % tunnel.last_error)):
-            while tunnel.connects < 2 or tunnel.session is None:
-                gevent.sleep(0.05)
+        assert wait_until(lambda: tunnel.connects >= 2 and tunnel.session is not None, 15), \
+            "no new tunnel: %s" % tunnel.last_error
         assert _echo_through(running.proxy, echo.port, b"after" * 1000) == b"after" * 1000
         assert tunnel.session is not first

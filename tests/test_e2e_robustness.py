@@ -16,8 +16,15 @@ from afb.errors import AuthError
 from afb.policy.auth import issue_token
 from afb.transport import tls, wsclient
 from afb.transport.secure_channel import client_secure
-from tests.support import (PROXY_LOGGERS, InProcessTunnel, Setup, recv_all, recv_exact,
-                           socks_connect)
+from tests.support import (
+    PROXY_LOGGERS,
+    InProcessTunnel,
+    Setup,
+    recv_all,
+    recv_exact,
+    socks_connect,
+    wait_until,
+)
 
 
 class Background:
@@ -35,16 +42,23 @@ class Background:
                 self.sock.sendall(b"k" * 4096)
                 recv_exact(self.sock, 4096)
                 self.rounds += 1
-                gevent.sleep(0.01)
+                gevent.sleep(0.01)          # paced: a steady stream, not a flood
         except Exception as exc:  # noqa: BLE001 - reported by check()
             self.error = exc
 
-    def check(self):
+    def flowing(self, rounds=20):
+        """Assert the stream goes on for ``rounds`` more echoes (0.2 s at least)."""
         before = self.rounds
-        gevent.sleep(0.3)
-        assert self.error is None and self.rounds > before, self.error
+        wait_until(lambda: self.error is not None or self.rounds >= before + rounds, 20)
+        assert self.error is None and self.rounds >= before + rounds, (self.error, self.rounds)
+
+    def close(self):
         self.greenlet.kill()
         self.sock.close()
+
+    def check(self):
+        self.flowing()
+        self.close()
 
 
 def _raw(proxy, payload):
@@ -79,11 +93,16 @@ def test_malformed_proxy_requests_get_a_clear_reply_and_one_log_line(
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="afb.apps"):
         answer = _raw(tunnel.proxy, payload)
-        gevent.sleep(0.05)
+        assert wait_until(lambda: _proxy_lines(caplog), 5), "no log line"
+        background.flowing()                   # meanwhile: time for a second line, if any
+        lines = _proxy_lines(caplog)
     assert answer.startswith(expected) and (expected or answer in (b"", b"<reset>"))
-    lines = [r for r in caplog.records if r.name in PROXY_LOGGERS]
     assert len(lines) == 1, [r.getMessage() for r in lines]
-    background.check()
+    background.close()
+
+
+def _proxy_lines(caplog):
+    return [r for r in caplog.records if r.name in PROXY_LOGGERS]
 
 
 def test_handshake_timeout_drops_a_silent_local_client(setup):
@@ -262,9 +281,9 @@ def test_fast_open_failure_resets_the_app_connection(tunnel, caplog):
             data = sock.recv(10)
         except ConnectionResetError:
             data = None
-        gevent.sleep(0.05)
+        assert wait_until(lambda: any("connection refused" in r.getMessage()
+                                      for r in caplog.records), 5), caplog.text
     assert data in (None, b"")
-    assert any("connection refused" in r.getMessage() for r in caplog.records)
     sock.close()
 
 

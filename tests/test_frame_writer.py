@@ -8,8 +8,7 @@ import gevent
 from afb.codec import frames
 from afb.errors import CLOSE_POLICY_VIOLATION
 from afb.transport.session import Session
-from tests.abuse import wait_until
-from tests.support import RecordingWs
+from tests.support import RecordingWs, wait_until
 
 
 class StuckWs(RecordingWs):

@@ -24,7 +24,15 @@ import time
 import gevent
 import pytest
 
-from tests.support import Daemon, EchoTarget, Setup, recv_exact, socks_connect, wait_port
+from tests.support import (
+    Daemon,
+    EchoTarget,
+    Setup,
+    recv_exact,
+    socks_connect,
+    wait_log,
+    wait_until,
+)
 
 CTX = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 CTX.check_hostname = False
@@ -38,6 +46,23 @@ def _low_fd_limit():
 
 def _fds(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def _accept_queue(port):
+    """Connections waiting in the accept queue of the listener on ``port``."""
+    waiting = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            for line in handle.read().splitlines()[1:]:
+                fields = line.split()        # a listener's rx_queue is its accept backlog
+                if fields[1].endswith(":%04X" % port) and fields[3] == "0A":
+                    waiting += int(fields[4].split(":")[1], 16)
+    return waiting
+
+
+def _all_accepted(setup):
+    assert wait_until(lambda: _accept_queue(setup.server_port) == 0, 10), \
+        "%d connections not accepted" % _accept_queue(setup.server_port)
 
 
 def _idle_flood(port, sources, per_source):
@@ -64,8 +89,7 @@ def _serving(tmp_path, server_extra="", **popen):
     server = Daemon("server", setup.server_conf, str(tmp_path / "server.log"), **popen)
     flood = []
     try:
-        wait_port(setup.server_port)
-        gevent.sleep(0.3)       # wait_port's own connection is closed on the server side too
+        wait_log(server, "listening on")    # (no connection of ours to wait out, as wait_port's)
         yield setup, server, flood
     finally:
         for sock in flood:
@@ -104,7 +128,7 @@ def test_idle_unauthenticated_flood_leaves_room_for_tunnels(tmp_path, echo, caps
         # 10 sources x 40 idle connections = 400 > the 256 descriptors the process has
         sources = ["127.0.%d.%d" % (9, i) for i in range(2, 12)]
         flood += _idle_flood(setup.server_port, sources, 40)
-        gevent.sleep(0.5)
+        _all_accepted(setup)
         held = _fds(server.proc.pid) - base
         assert held <= int(FD_LIMIT * 0.8), held          # the high-water mark holds
         _tunnel_works(setup, echo)
@@ -120,11 +144,13 @@ def test_per_source_cap_counts_pending_connections(tmp_path):
     with _serving(tmp_path, "[access]\nmax_pending_per_source = 8\n") as (setup, server, flood):
         base = _fds(server.proc.pid)
         flood += _idle_flood(setup.server_port, ["127.0.7.2"], 30)
-        gevent.sleep(0.5)
-        assert _fds(server.proc.pid) - base == 8, _fds(server.proc.pid) - base
+        _all_accepted(setup)
+        assert wait_until(lambda: _fds(server.proc.pid) - base == 8, 5), \
+            _fds(server.proc.pid) - base
         flood += _idle_flood(setup.server_port, ["127.0.7.3"], 3)   # another source: served
-        gevent.sleep(0.3)
-        assert _fds(server.proc.pid) - base == 11
+        _all_accepted(setup)
+        assert wait_until(lambda: _fds(server.proc.pid) - base == 11, 5), \
+            _fds(server.proc.pid) - base
     assert "Traceback" not in server.output()
 
 
@@ -135,8 +161,7 @@ def test_out_of_descriptors_at_accept_pauses_quietly_and_recovers(tmp_path, echo
         gevent.sleep(1.5)                          # accept() keeps hitting EMFILE meanwhile
         while flood:
             flood.pop().close()
-        gevent.sleep(0.5)
-        _tunnel_works(setup, echo, streams=2)
+        _tunnel_works(setup, echo, streams=2)      # its client retries until the server accepts
     out = server.output()
     assert "Traceback" not in out, out[-3000:]
     assert 1 <= out.count("out of descriptors") <= 10, out[-3000:]

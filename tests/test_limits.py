@@ -4,7 +4,14 @@ import time
 
 import gevent
 
-from tests.support import InProcessTunnel, Setup, recv_exact, socks_connect, socks_open
+from tests.support import (
+    InProcessTunnel,
+    Setup,
+    recv_exact,
+    socks_connect,
+    socks_open,
+    wait_until,
+)
 
 
 def test_streams_per_user_are_limited_and_the_excess_gets_a_socks_failure(tmp_path, echo):
@@ -19,7 +26,8 @@ def test_streams_per_user_are_limited_and_the_excess_gets_a_socks_failure(tmp_pa
         assert recv_exact(first, 2) == b"ok"          # the admitted streams are untouched
         for sock in (first, second, third):
             sock.close()
-        gevent.sleep(0.2)
+        user = running.server.users.get("tester")
+        assert wait_until(lambda: user.streams == 0, 5), user.streams    # the server let go
         fourth, code4 = socks_open(running.proxy, echo.port)  # room again
         assert code4 == 0
         fourth.close()
@@ -36,7 +44,7 @@ def test_idle_streams_are_closed_and_busy_ones_are_not(tmp_path, echo):
         while time.monotonic() - started < 2.0:
             busy.sendall(b"y")
             assert recv_exact(busy, 1) == b"y"
-            gevent.sleep(0.1)
+            gevent.sleep(0.1)                   # a byte every 0.1 s: never idle 0.6 s
         try:
             assert idle.recv(1) == b""
         except ConnectionResetError:

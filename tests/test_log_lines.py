@@ -5,28 +5,18 @@ log file is read as an operator would.
 """
 
 import signal
-import time
 
 from afb.codec import aead
-from tests.support import Setup, running
+from tests.support import Setup, running, wait_log
 
 MISMATCH = ("E2E handshake failed: server key does not match the pinned key (or the channel "
             "binding differs, or the handshake was")
 
 
-def wait_for(daemon, text, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in daemon.output():
-            return daemon.output()
-        time.sleep(0.05)
-    raise AssertionError("%r not in the log:\n%s" % (text, daemon.output()[-3000:]))
-
-
 def test_the_secret_path_is_logged_masked(tmp_path):
     setup = Setup(tmp_path)                     # path = /tunnel
     with running("server", setup, tmp_path / "server.log") as server:
-        log = wait_for(server, "listening on")
+        log = wait_log(server, "listening on")
     assert "listening on wss://127.0.0.1:%d/tun\u2026" % setup.server_port in log
     assert "/tunnel" not in log
 
@@ -38,7 +28,7 @@ def test_a_close_reason_too_long_for_the_frame_ends_in_an_ellipsis(tmp_path):
     setup.write()
     with running("server", setup, tmp_path / "server.log") as server, \
             running("client", setup, tmp_path / "client.log"):
-        log = wait_for(server, "handshake failed: peer closed during the handshake")
+        log = wait_log(server, "handshake failed: peer closed during the handshake")
     assert "(%s\u2026)" % MISMATCH in log, log
     assert "tamper)" not in log
 
@@ -47,8 +37,8 @@ def test_a_peer_that_closes_without_a_reason_says_so(tmp_path):
     setup = Setup(tmp_path)
     with running("server", setup, tmp_path / "server.log") as server, \
             running("client", setup, tmp_path / "client.log") as client:
-        wait_for(server, "tunnel open")
+        wait_log(server, "tunnel open")
         client.proc.send_signal(signal.SIGKILL)     # no close frame: the kernel's FIN only
         client.proc.wait(10)
-        log = wait_for(server, "tunnel closed after")
+        log = wait_log(server, "tunnel closed after")
     assert "closed by peer (no reason given)" in log and "closed by peer ()" not in log, log

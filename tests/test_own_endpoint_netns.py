@@ -21,7 +21,7 @@ import time
 import pytest
 
 from tests.netns import PROBE, NsDaemon, namespace_or_skip
-from tests.support import ROOT, Setup, free_port
+from tests.support import ROOT, Setup, free_port, wait_until
 
 OWN = "198.18.0.1"
 ADDED = "198.18.0.2"
@@ -122,7 +122,8 @@ def test_own_addresses_refused_on_the_listening_port_and_unless_allowed_elsewher
         # an address the host gets while the server runs
         started = time.monotonic()
         ns.run(["ip", "addr", "add", ADDED + "/32", "dev", "v0"], check=True)
-        time.sleep(REFRESH * 3)
+        assert wait_until(lambda: "this host's addresses changed (+%s)" % ADDED in site.logs(),
+                          10), site.logs()
         replies = site.probe([["added address, other port", 1, ADDED, site.echo_port],
                               ["added address, listening port", 1, ADDED, server]])
         assert replies == {"added address, other port": 0x02,

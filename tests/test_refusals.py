@@ -14,7 +14,7 @@ import pytest
 
 from afb.keys import write_secret
 from afb.policy.auth import issue_token
-from tests.support import Setup, recv_exact, socks_connect
+from tests.support import Setup, recv_exact, socks_connect, wait_until
 from tests.test_access_e2e import SWITCHING, Running, refusals
 
 CLIENT_LOG = "afb.transport.tunnel_client"
@@ -26,11 +26,13 @@ def setup(tmp_path):
 
 
 def _wait_error(client, text, timeout=5.0):
-    with gevent.Timeout(timeout, AssertionError("no %r in the client's error (%r)"
-                                                % (text, client.tunnel.last_error))):
-        while text not in client.tunnel.last_error:
-            gevent.sleep(0.02)
+    assert wait_until(lambda: text in client.tunnel.last_error, timeout, 0.02), \
+        "no %r in the client's error (%r)" % (text, client.tunnel.last_error)
     return client.tunnel.last_error
+
+
+def _mismatches(caplog):
+    return [r for r in caplog.records if "pin mismatch" in r.getMessage()]
 
 
 def _errors(caplog):
@@ -70,7 +72,7 @@ def test_an_expired_token_is_not_even_dialled_and_a_new_one_is_picked_up(setup, 
         assert error.startswith("the token in %s expired at " % where)
         assert "(119 min ago by this machine's clock): get a new token from the server's " \
             "operator (afb token issue --sub <user> on the server)" in error
-        gevent.sleep(0.3)
+        gevent.sleep(0.3)                                        # time to dial, if it did
         assert refusals(caplog) == [] and len(run.server.throttle) == 0   # never dialled
         assert len(_errors(caplog)) == 1 and "retrying in 30.0 s" in _errors(caplog)[0]
         _token_file(setup, issue_token(setup.jwt_key, "tester", 3600))  # dropped in, no restart
@@ -131,9 +133,9 @@ def test_a_pin_mismatch_is_retried_not_the_end(setup, caplog):
         assert error.startswith("server certificate pin mismatch: expected %s, got %s: if the "
                                 "server's key was changed on purpose, set pin = <its pin> in "
                                 "[client]" % (other_pin, setup.pin))
-        gevent.sleep(0.7)
-        attempts = [r for r in caplog.records if "pin mismatch" in r.getMessage()]
-        assert len(attempts) >= 3 and attempts[0].levelno == logging.ERROR
+        assert wait_until(lambda: len(_mismatches(caplog)) >= 3, 10), _mismatches(caplog)
+        attempts = _mismatches(caplog)
+        assert attempts[0].levelno == logging.ERROR
         assert {r.levelno for r in attempts[1:]} == {logging.DEBUG}   # the same line, once
         tunnel = run.client.tunnel
         tunnel.configure(url=tunnel.url, pin=setup.pin, e2e_key=tunnel.e2e_key)

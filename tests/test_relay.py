@@ -18,8 +18,7 @@ from afb.buffers import POOL_BUFFER
 from afb.codec import frames
 from afb.transport.relay import SocketRelay
 from afb.transport.session import Session
-from tests.abuse import wait_until
-from tests.support import RecordingWs
+from tests.support import RecordingWs, wait_until
 
 KiB = 1024
 
@@ -113,7 +112,7 @@ def test_reading_pauses_while_the_tunnels_budget_is_exhausted_and_resumes_after(
     session.writer.sched.budget.charge(256 * KiB)         # as if the peer had not read yet
     stream, relay, theirs = _relay(session)
     theirs.sendall(b"waiting")
-    gevent.sleep(0.1)
+    gevent.sleep(0.1)                                     # time to read, if it (wrongly) did
     assert _data(ws, 1) == b"" and not relay._reading and session.down.waiting == 1
     session.writer.sched.budget.release(256 * KiB)        # the writer drained it
     assert wait_until(lambda: _data(ws, 1) == b"waiting", 2)

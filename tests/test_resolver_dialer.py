@@ -29,6 +29,7 @@ from afb.errors import (
 from afb.policy.acl import DestinationAcl
 from afb.transport.dialer import Dialer
 from afb.transport.resolver import Resolver
+from tests.support import wait_until
 
 
 class FakeClock:
@@ -50,7 +51,7 @@ class FakeDns:
     def __call__(self, host, port, family=0, type=0):
         self.calls.append(host)
         if self.delay:
-            gevent.sleep(self.delay)
+            gevent.sleep(self.delay)        # a slow name server
         ips = self.table.get(host.lower())
         if ips is None:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
@@ -150,7 +151,7 @@ def test_single_flight_failure_is_shared_and_killing_an_asker_strands_nobody():
     dns = FakeDns({}, delay=0.05)
     r = Resolver(resolve_fn=dns)
     jobs = [gevent.spawn(r.resolve, "gone.test", 80) for _ in range(5)]
-    gevent.sleep(0.01)
+    assert wait_until(lambda: dns.calls, 2, 0)       # the lookup is under way (0.05 s)
     jobs[0].kill()  # the first asker goes away mid-lookup
     gevent.joinall(jobs, timeout=2)
     assert dns.calls == ["gone.test"]

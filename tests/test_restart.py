@@ -16,8 +16,16 @@ import pytest
 
 from afb.codec import frames
 from afb.transport.listen_socket import reuse_port_listener
-from tests.steady_load import SteadyLoad, replace_server, shipped_reconnect, wait_log
-from tests.support import Daemon, InProcessTunnel, recv_exact, socks_connect, wait_port
+from tests.steady_load import SteadyLoad, replace_server, shipped_reconnect
+from tests.support import (
+    Daemon,
+    InProcessTunnel,
+    recv_exact,
+    socks_connect,
+    wait_log,
+    wait_port,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -39,12 +47,12 @@ def test_a_server_replaced_on_its_port_loses_no_connection_and_delays_none(
     wait_port(setup.proxy_port)
     wait_log(client, "tunnel up")
     load = SteadyLoad(("127.0.0.1", setup.proxy_port), echo.port).start()
-    gevent.sleep(0.5)
+    gevent.sleep(0.5)                                      # load before the first restart
     for number in (1, 2):
         server = replace_server(server, setup.server_conf, str(tmp_path / ("server-%d.log" % number)),
                                 setup.server_port)
         daemons.append(server)
-        gevent.sleep(1.0)
+        gevent.sleep(1.0)                                  # load on the new server (and old drains)
     load.stop()
     count, lost, worst = load.summary()
     assert count > 50
@@ -81,19 +89,17 @@ def test_a_client_whose_server_dies_comes_back_quickly_every_time(setup, echo, t
     client = Daemon("client", setup.client_conf, str(tmp_path / "client.log"))
     daemons.append(client)
     wait_port(setup.proxy_port)
-    gevent.sleep(2.5)                                      # no server yet
+    gevent.sleep(2.5)                                      # no server yet: the backoff grows
     gaps = []
     for number in range(3):
         server = Daemon("server", setup.server_conf, str(tmp_path / ("server-%d.log" % number)))
         daemons.append(server)
         wait_log(server, "listening on")
         listening = time.monotonic()
-        deadline = listening + 40
-        while not _echo_works(proxy, echo.port) and time.monotonic() < deadline:
-            gevent.sleep(0.05)
+        assert wait_until(lambda: _echo_works(proxy, echo.port), 40), "no echo after 40 s"
         gaps.append(time.monotonic() - listening)
         if number < 2:
-            gevent.sleep(3.2)                              # a healthy tunnel
+            gevent.sleep(3.2)                              # up a few seconds: a healthy tunnel
             server.stop(signal.SIGKILL)                    # no GOAWAY: a crash
     assert max(gaps[1:]) < 1.0, gaps
 

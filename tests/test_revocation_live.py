@@ -9,13 +9,12 @@ import logging
 import os
 import time
 
-import gevent
 import pytest
 
 from afb.apps.client import ProxyClient
 from afb.policy.auth import issue_token
 from afb.state import StateStore
-from tests.support import InProcessTunnel, Setup, recv_exact, socks_connect
+from tests.support import InProcessTunnel, Setup, recv_exact, socks_connect, wait_until
 from tests.test_cli_tokens import afb
 from tests.test_token_lineage import claims_of
 
@@ -60,7 +59,7 @@ def test_revocation_closes_the_live_tunnel_within_seconds(tmp_path, echo, caplog
             assert result.returncode == 0, result.stderr
             assert wait_closed(session, 5) is not None, "the live tunnel stayed open"
             closed_after = time.monotonic() - revoked
-            gevent.sleep(0.3)
+            assert wait_until(lambda: _client_errors(caplog), 5), "the client said nothing"
         assert "closes the live tunnels it reaches within %g seconds" % (POLL + 1) \
             in result.stderr
         reason = "user tester revoked (left)" if how == "sub" else "token revoked (left)"
@@ -72,21 +71,26 @@ def test_revocation_closes_the_live_tunnel_within_seconds(tmp_path, echo, caplog
         server_lines = [r.getMessage() for r in caplog.records
                         if r.name == "afb.apps.live_tokens"]
         assert server_lines == ["%s: %s; closing the tunnel" % (session.label, reason)]
-        client_lines = [r for r in caplog.records if r.name == "afb.transport.tunnel_client"
-                        and r.levelno == logging.ERROR]
+        client_lines = _client_errors(caplog)
         assert len(client_lines) == 1
         assert client_lines[0].getMessage().startswith(
             "tunnel closed by the server: %s; this client's token no longer works: get a new "
             "one from the server's operator (afb token issue) and put it in %s"
             % (reason, os.path.join(setup.dir, "client.token")))
         # the client does not get back in with the revoked token
-        gevent.sleep(1.0)
+        assert wait_until(lambda: "refused the tunnel (HTTP 404)"
+                          in running.client.tunnel.last_error, 10), running.client.tunnel.last_error
         assert running.client.tunnel.connects == 1
         assert running.client.tunnel.live_session() is None
         assert "refused the tunnel (HTTP 404)" in running.client.tunnel.last_error
         sock.close()
         other_sock.close()
         other.stop(timeout=0)
+
+
+def _client_errors(caplog):
+    return [r for r in caplog.records if r.name == "afb.transport.tunnel_client"
+            and r.levelno == logging.ERROR]
 
 
 def _other_user(setup, running):

@@ -6,7 +6,7 @@ import pytest
 
 from afb.codec import frames
 from afb.errors import DestinationError, ProtocolError, StreamReset
-from tests.support import RecordingWs
+from tests.support import RecordingWs, wait_until
 from tests.test_relay import _session
 
 KiB = 1024
@@ -78,7 +78,7 @@ def test_send_within_credit_queues_data_and_wait_open_reports_the_servers_answer
     gevent.sleep(0)
     ok = session.open_stream(frames.CMD_CONNECT, "example.org", 443)
     ok.send(b"GET / HTTP/1.1\r\n\r\n")
-    gevent.sleep(0.01)
+    assert wait_until(lambda: len(ws.frames()) >= 2, 5), ws.frames()
     assert [(t, sid) for t, sid, _p in ws.frames()] == [(frames.OPEN, 1), (frames.DATA, 1)]
     ok.on_open_result(None)
     assert ok.wait_open(1) is True

@@ -10,7 +10,6 @@ import os
 import sqlite3
 import time
 
-import gevent
 import jwt
 import pytest
 
@@ -22,7 +21,7 @@ from afb.policy.lineage import family_of, family_of_jti, refresh_refusal, revoca
 from afb.state import SCHEMA_VERSION, StateStore
 from afb.transport import tls, wsclient
 from afb.transport.secure_channel import client_secure
-from tests.support import InProcessTunnel, Setup
+from tests.support import InProcessTunnel, Setup, wait_until
 from tests.test_cli_tokens import afb
 
 
@@ -57,13 +56,13 @@ def test_revoking_the_listed_jti_revokes_its_refreshes(tmp_path):
     first = cli_issued(setup, "3")          # refreshed at 75 % of 3 s
     with InProcessTunnel(setup) as running:
         path = os.path.join(setup.dir, "client.token")
-        for _ in range(60):
+
+        def stored():
             with open(path) as handle:
-                refreshed = handle.read().strip()
-            if refreshed != first:
-                break
-            gevent.sleep(0.1)
-        assert refreshed != first
+                return handle.read().strip()
+
+        assert wait_until(lambda: stored() != first, 10), "the token was not refreshed"
+        refreshed = stored()
         assert claims_of(refreshed)["fam"] == claims_of(first)["jti"]
         assert claims_of(refreshed)["jti"].startswith(claims_of(first)["jti"] + ".")
         listing = afb("token", "list", "-c", setup.server_conf).stdout

@@ -6,7 +6,7 @@ import time
 import gevent
 
 from afb.policy.client_token import token_times
-from tests.support import InProcessTunnel, Setup, recv_exact, socks_connect
+from tests.support import InProcessTunnel, Setup, recv_exact, socks_connect, wait_until
 
 
 def _echo_for(proxy, port, seconds):
@@ -17,7 +17,7 @@ def _echo_for(proxy, port, seconds):
         sock.sendall(b"tick")
         assert recv_exact(sock, 4) == b"tick"
         rounds += 1
-        gevent.sleep(0.05)
+        gevent.sleep(0.05)             # paced: the echo runs on while the token ages
     sock.close()
     return rounds
 
@@ -44,8 +44,6 @@ def test_without_refresh_the_server_closes_the_tunnel_when_the_token_expires(tmp
         session.done.wait(6)
         assert session.close_reason == "token expired"
         tunnel = running.client.tunnel
-        for _ in range(50):            # the client's reconnect with the expired token is refused
-            if "refused the tunnel (HTTP 404)" in tunnel.last_error:
-                break
-            gevent.sleep(0.1)
-        assert "refused the tunnel (HTTP 404)" in tunnel.last_error
+        # the client's reconnect with the expired token is refused
+        assert wait_until(lambda: "refused the tunnel (HTTP 404)" in tunnel.last_error, 10), \
+            tunnel.last_error

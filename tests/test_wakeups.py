@@ -14,7 +14,7 @@ from afb.codec import websocket as wsc
 from afb.transport.dialer import Dialer
 from afb.transport.resolver import Resolver
 from afb.transport.session import Session
-from tests.support import RecordingWs
+from tests.support import RecordingWs, wait_until
 
 
 def _types(message):
@@ -50,7 +50,7 @@ def test_a_frame_queued_from_an_event_loop_callback_leaves_in_that_callback():
         seen.append(len(ws.sent))     # sent before the callback returned
 
     get_hub().loop.run_callback(callback)
-    gevent.sleep(0.01)
+    assert wait_until(lambda: seen, 5), "the callback did not run"
     assert seen == [2]
     assert _types(ws.sent[1]) == [frames.DATA]
     session.close()
@@ -60,8 +60,7 @@ def test_frames_queued_from_another_greenlet_still_leave():
     session, ws = _session()
     session.open_stream(frames.CMD_CONNECT, "example.org", 443)
     gevent.spawn(session.queue_control, frames.frame(frames.PING, 0, frames.ping_payload(1))).join()
-    gevent.sleep(0.01)
-    assert _types(ws.sent[-1]) == [frames.PING]
+    assert wait_until(lambda: _types(ws.sent[-1]) == [frames.PING], 5), ws.sent
     session.close()
 
 
@@ -73,7 +72,7 @@ def test_start_now_runs_the_handler_inside_the_event_loop_callback():
         order.append("callback done")
 
     get_hub().loop.run_callback(callback)
-    gevent.sleep(0.01)
+    assert wait_until(lambda: "callback done" in order, 5), "the callback did not run"
     assert order == ["handler", "callback done"]
     # From a greenlet it is an ordinary spawn.
     greenlet = start_now(order.append, "later")
@@ -91,7 +90,7 @@ def test_dial_to_a_listening_loopback_port_reports_once_and_connected():
     outcomes = []
     for _ in range(20):
         dialer.dial_nowait("127.0.0.1", port, lambda sock, error: outcomes.append((sock, error)))
-    gevent.sleep(0.2)
+    assert wait_until(lambda: len(outcomes) >= 20, 5), outcomes
     assert len(outcomes) == 20
     for sock, error in outcomes:
         assert error is None
@@ -128,7 +127,7 @@ def _open_frame(stream_id, flags):
 def test_open_ok_leaves_at_once_for_a_client_that_waits():
     session, ws, _opened = _server_session()
     get_hub().loop.run_callback(session.reader.dispatch, *_open_frame(1, 0))
-    gevent.sleep(0.01)
+    assert wait_until(lambda: ws.sent, 5), "no OPEN_OK"
     assert [_types(m) for m in ws.sent] == [[frames.OPEN_OK]]
     session.close()
 
@@ -136,14 +135,14 @@ def test_open_ok_leaves_at_once_for_a_client_that_waits():
 def test_open_ok_rides_with_the_first_data_when_the_client_does_not_wait():
     session, ws, opened = _server_session()
     get_hub().loop.run_callback(session.reader.dispatch, *_open_frame(1, frames.FLAG_NO_WAIT))
-    gevent.sleep(0.01)
+    assert wait_until(lambda: opened, 5), "the OPEN was not dispatched"
     assert ws.sent == []                        # no message of its own
     get_hub().loop.run_callback(opened[0].send, b"reply")
-    gevent.sleep(0.01)
+    assert wait_until(lambda: ws.sent, 5), "nothing sent"
     assert [_types(m) for m in ws.sent] == [[frames.OPEN_OK, frames.DATA]]
     # ... and a graceful stop still sends one that nothing else carried.
     get_hub().loop.run_callback(session.reader.dispatch, *_open_frame(3, frames.FLAG_NO_WAIT))
-    gevent.sleep(0.01)
+    assert wait_until(lambda: len(opened) == 2, 5), "the second OPEN was not dispatched"
     session.flush(1.0)
     assert _types(ws.sent[-1]) == [frames.OPEN_OK]
     session.close()

@@ -281,7 +281,7 @@ def test_authorize_runs_before_any_101(serve):
 
     def slow_authorize(environ):
         order.append("authorize")
-        gevent.sleep(0.3)
+        gevent.sleep(0.3)               # a slow check: no 101 may leave meanwhile
         return authorize(environ)
 
     def on_tunnel(ws, principal, environ):
@@ -537,7 +537,7 @@ def test_header_timeout_is_a_deadline_not_per_read(serve):
     def trickle():
         try:
             for _ in range(30):
-                gevent.sleep(0.1)
+                gevent.sleep(0.1)       # a header line every 0.1 s: each read is in time
                 raw.send(b"X-Slow: 1\r\n")
         except OSError:
             pass
@@ -561,7 +561,7 @@ def test_keepalive_idle_connection_dropped(serve):
 def test_upgraded_connection_has_no_timeout(serve):
     port = serve(header_timeout=0.2)
     ws = ws_connect(port)
-    gevent.sleep(0.5)
+    gevent.sleep(0.5)                   # idle past the header timeout
     ws.send_message([b"late but fine"])
     assert ws.recv_message() == b"late but fine"
     ws.close()
