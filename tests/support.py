@@ -111,6 +111,18 @@ def wait_log(daemon, text, timeout=20.0):
     return daemon.output()
 
 
+#: Header values that are opaque tokens: hex or base64 digits may spell "afb" by chance
+#: (an ETag is hex(mtime)-hex(size); Sec-WebSocket-Key a random base64 nonce,
+#: Sec-WebSocket-Accept a hash of it).
+OPAQUE = ("etag:", "sec-websocket-key:", "sec-websocket-accept:")
+
+
+def readable(lines):
+    """Header lines a person reads: names, and values that are not opaque tokens."""
+    return [line.partition(":")[0] + ":" if line.lower().startswith(OPAQUE) else line
+            for line in lines]
+
+
 class Setup:
     """Keys, token and config files for one server + client pair in ``directory``."""
 

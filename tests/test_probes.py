@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from afb.errors import AuthError
 from afb.policy.auth import issue_token
-from tests.support import Setup
+from tests.support import Setup, readable
 
 CTX = ssl.create_default_context()
 CTX.check_hostname = False
@@ -57,17 +57,6 @@ def tls_exchange(port, request, source="127.0.0.1"):
         return lines[0], lines[1:], rest[:length]
     finally:
         sock.close()
-
-
-#: Header values that are opaque tokens: hex or base64 digits may spell "afb" by chance
-#: (an ETag is hex(mtime)-hex(size); Sec-WebSocket-Accept a random base64 hash).
-OPAQUE = ("etag:", "sec-websocket-accept:")
-
-
-def readable(lines):
-    """Header lines a person reads: names, and values that are not opaque tokens."""
-    return [line.partition(":")[0] + ":" if line.lower().startswith(OPAQUE) else line
-            for line in lines]
 
 
 def comparable(response):
