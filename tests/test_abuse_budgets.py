@@ -15,7 +15,7 @@ from afb.transport.relay import READ_CHUNK
 from afb.mux.scheduler import FRAME_COST
 from tests.abuse import FastSource, RawTunnel
 from tests.support import Daemon, HashTarget, Setup, wait_port, wait_until
-from tests.test_e2e_integrity import PATTERN, _one_stream
+from tests.test_tunnel_integrity import PATTERN, _one_stream
 
 MiB = 1 << 20
 

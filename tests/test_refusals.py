@@ -15,7 +15,7 @@ import pytest
 from afb.keys import write_secret
 from afb.policy.auth import issue_token
 from tests.support import Setup, recv_exact, socks_connect, wait_until
-from tests.test_access_e2e import SWITCHING, Running, refusals
+from tests.test_access_tunnels import SWITCHING, Running, refusals
 
 CLIENT_LOG = "afb.transport.tunnel_client"
 
