@@ -82,7 +82,8 @@ class Nginx:
     def _wait(self, port):
         for _ in range(200):
             if self.proc.poll() is not None:
-                raise AssertionError("nginx exited with %s:\n%s" % (self.proc.returncode, self.log()))
+                raise AssertionError("nginx exited with %s:\n%s"
+                                     % (self.proc.returncode, self.log()))
             try:
                 socket.create_connection(("127.0.0.1", port), 0.5).close()
                 return

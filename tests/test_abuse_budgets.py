@@ -11,8 +11,8 @@ import gevent
 import pytest
 
 from afb.errors import AuthError
-from afb.transport.relay import READ_CHUNK
 from afb.mux.scheduler import FRAME_COST
+from afb.transport.relay import READ_CHUNK
 from tests.abuse import FastSource, RawTunnel
 from tests.support import Daemon, HashTarget, Setup, wait_port, wait_until
 from tests.test_tunnel_integrity import PATTERN, _one_stream

@@ -13,8 +13,9 @@ import time
 
 import gevent
 
-AUTH_FAILURE_DELAY = 1.0
 from tests.support import Setup, recv_exact, running
+
+AUTH_FAILURE_DELAY = 1.0
 
 ALICE = b"\x01\x05alice\x06s3cret"
 

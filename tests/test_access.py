@@ -197,7 +197,8 @@ def test_proxy_users_file_errors(tmp_path):
 
 def test_parse_basic():
     assert parse_basic("Basic " + base64.b64encode(b"al:ice:p").decode()) == ("al", "ice:p")
-    assert parse_basic("basic " + base64.b64encode("j\u00f6:x".encode()).decode()) == ("j\u00f6", "x")
+    encoded = base64.b64encode("j\u00f6:x".encode()).decode()
+    assert parse_basic("basic " + encoded) == ("j\u00f6", "x")
     for bad in ("", "Bearer abc", "Basic !!!", "Basic " + base64.b64encode(b"nocolon").decode(),
                 "Basic " + base64.b64encode(b"\xff:x").decode()):
         assert parse_basic(bad) is None

@@ -68,11 +68,13 @@ def test_allow_private_lets_classes_through(ip, _reason):
 
 def test_message_format():
     acl = DestinationAcl()
-    with pytest.raises(NotAllowed, match=r"^destination 127\.0\.0\.1:22 is not allowed \(loopback\)$"):
+    with pytest.raises(NotAllowed,
+                       match=r"^destination 127\.0\.0\.1:22 is not allowed \(loopback\)$"):
         acl.check_address("127.0.0.1", 22)
     with pytest.raises(NotAllowed, match=r"^destination \[::1\]:22 is not allowed \(loopback\)$"):
         acl.check_address("::1", 22)
-    with pytest.raises(NotAllowed, match=r"^destination evil\.test:80 \(127\.0\.0\.1\) is not allowed \(loopback\)$"):
+    with pytest.raises(NotAllowed, match=r"^destination evil\.test:80 \(127\.0\.0\.1\) "
+                                         r"is not allowed \(loopback\)$"):
         acl.check_address("127.0.0.1", 80, host="evil.test")
     assert format_destination("::1", 1) == "[::1]:1"
     assert format_destination("example.com", 443) == "example.com:443"

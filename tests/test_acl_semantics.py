@@ -1,4 +1,5 @@
-"""``[acl] allow`` lists the only destinations; ``allow_private_to`` opens private ones (issue 10, item 3).
+"""``[acl] allow`` lists the only destinations; ``allow_private_to`` opens private ones
+(issue 10, item 3).
 
 Real ``afb server`` and ``afb client`` processes on loopback, the client with
 ``fast_open = false`` so that the SOCKS5 reply code is the server's verdict:

@@ -44,7 +44,8 @@ def test_keygen_output_and_refusal(keydir):
     assert stat.S_IMODE(os.stat(lines["e2e_key"]).st_mode) == 0o600
     assert len(base64.b64decode(lines["e2e public key"], validate=True)) == 32
     again = afb("keygen", "--dir", path)
-    assert again.returncode == 1 and "refusing to overwrite" in again.stderr and "--force" in again.stderr
+    assert again.returncode == 1
+    assert "refusing to overwrite" in again.stderr and "--force" in again.stderr
 
 
 def test_keygen_show_prints_the_pin_and_e2e_key_again(keydir, tmp_path):
@@ -66,7 +67,8 @@ def test_keygen_show_prints_the_pin_and_e2e_key_again(keydir, tmp_path):
 
 def test_token_issue_with_key(keydir, tmp_path):
     path, _ = keydir
-    result = afb("token", "issue", "--sub", "alice", "--ttl", "1h", "--key", os.path.join(path, "jwt.key"))
+    result = afb("token", "issue", "--sub", "alice", "--ttl", "1h",
+                 "--key", os.path.join(path, "jwt.key"))
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     with open(os.path.join(path, "jwt.pub"), "rb") as fh:
@@ -80,25 +82,29 @@ def test_token_issue_from_server_config_to_file(keydir, tmp_path):
     conf.write_text("[server]\nstate_dir = state\n[auth]\njwt_private_key = %s/jwt.key\n"
                     "audience = aud1\nissuer = me\n" % path)
     out = tmp_path / "alice.token"
-    result = afb("token", "issue", "--sub", "bob", "--ttl", "30d", "-c", str(conf), "--out", str(out))
+    result = afb("token", "issue", "--sub", "bob", "--ttl", "30d", "-c", str(conf),
+                 "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert str(out) in result.stdout and "eyJ" not in result.stdout
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     with open(os.path.join(path, "jwt.pub"), "rb") as fh:
-        claims = TokenVerifier(fh.read(), audience="aud1", issuer="me").verify(out.read_text().strip())
+        verifier = TokenVerifier(fh.read(), audience="aud1", issuer="me")
+        claims = verifier.verify(out.read_text().strip())
     assert claims["sub"] == "bob"
 
 
 def test_token_issue_errors(keydir, tmp_path):
     path, _ = keydir
-    bad_ttl = afb("token", "issue", "--sub", "a", "--ttl", "soon", "--key", os.path.join(path, "jwt.key"))
+    bad_ttl = afb("token", "issue", "--sub", "a", "--ttl", "soon",
+                  "--key", os.path.join(path, "jwt.key"))
     assert bad_ttl.returncode == 1 and "bad lifetime" in bad_ttl.stderr
     no_key = afb("token", "issue", "--sub", "a", "--key", str(tmp_path / "missing.key"))
     assert no_key.returncode == 1 and "missing.key" in no_key.stderr
     conf = tmp_path / "bad.conf"
     conf.write_text("[server]\nbogus = 1\n")
     bad_conf = afb("token", "issue", "--sub", "a", "-c", str(conf))
-    assert bad_conf.returncode == 2 and "%s:2: [server] bogus: unknown key" % conf in bad_conf.stderr
+    assert bad_conf.returncode == 2
+    assert "%s:2: [server] bogus: unknown key" % conf in bad_conf.stderr
 
 
 def test_config_check(tmp_path):

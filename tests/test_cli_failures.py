@@ -1,4 +1,5 @@
-"""Expected failures of the ``afb`` command end in one line and exit status 1 or 2, never a traceback.
+"""Expected failures of the ``afb`` command end in one line and exit status 1 or 2, never a
+traceback.
 
 Real ``afb`` processes (``python -m afb``): daemons that cannot have their
 listening socket (a port the test holds, an address of 192.0.2.0/24 that is
@@ -98,7 +99,8 @@ def test_a_reader_that_leaves_early(tmp_path, unbuffered):
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (1, "")
-    rotated = [name for name in os.listdir(keys) if re.match(r"^jwt-[0-9a-f]{16}\.(key|pub)$", name)]
+    rotated = [name for name in os.listdir(keys)
+               if re.match(r"^jwt-[0-9a-f]{16}\.(key|pub)$", name)]
     assert len(rotated) == 2        # the key was rotated all the same
 
 

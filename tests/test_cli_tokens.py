@@ -85,7 +85,7 @@ def test_issue_records_and_list_shows(site):
     assert stat.S_IMODE(os.stat(os.path.join(site.dir, "state", "afb.sqlite3")).st_mode) == 0o600
     out = site.listing()
     assert out.splitlines()[0].split() == ["JTI", "SUB", "ISSUED", "EXPIRES", "STATUS"]
-    line = [l for l in out.splitlines() if jti_of(token) in l][0]
+    line = [row for row in out.splitlines() if jti_of(token) in row][0]
     assert " alice " in line and line.endswith("valid")
 
 
@@ -112,7 +112,7 @@ def test_revoke_jti(site):
     assert "revoked token %s of alice" % jti_of(token) in result.stdout
     assert site.refused(token) == "token revoked (lost)"
     assert site.verify(other)["sub"] == "alice"
-    status = {l.split()[0]: l for l in site.listing().splitlines()[1:] if l.strip()}
+    status = {row.split()[0]: row for row in site.listing().splitlines()[1:] if row.strip()}
     assert status[jti_of(token)].endswith("token revoked (lost)")
     assert status[jti_of(other)].endswith("valid")
     unknown = afb("token", "revoke", "--jti", "feedface", "-c", site.conf)
@@ -135,7 +135,8 @@ def test_revoke_subject_then_new_token_works(site):
 
 def test_revoke_needs_jti_or_sub(site):
     result = afb("token", "revoke", "-c", site.conf)
-    assert result.returncode == 2 and "one of the arguments --jti --sub is required" in result.stderr
+    assert result.returncode == 2
+    assert "one of the arguments --jti --sub is required" in result.stderr
     both = afb("token", "revoke", "--jti", "a", "--sub", "b", "-c", site.conf)
     assert both.returncode == 2
 
@@ -145,7 +146,7 @@ def test_rotate_with_grace_then_past_grace(site):
     old_kid = jwt.get_unverified_header(before)["kid"]
     result = afb("keygen", "--rotate", "--dir", site.dir, "--grace", "1h")
     assert result.returncode == 0, result.stderr
-    lines = dict(l.split(": ", 1) for l in result.stdout.strip().splitlines() if ": " in l)
+    lines = dict(row.split(": ", 1) for row in result.stdout.strip().splitlines() if ": " in row)
     new_kid = re.match(r"(\w+) \(EdDSA\)$", lines["new signing key"]).group(1)
     assert lines["retired"].startswith(old_kid + " (verifies tokens until ")
     key_file = os.path.join(site.dir, "jwt-%s.key" % new_kid)

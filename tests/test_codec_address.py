@@ -4,7 +4,8 @@ import ipaddress
 import string
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from afb.codec.address import (
     ATYP_DOMAIN,

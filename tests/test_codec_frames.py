@@ -1,7 +1,8 @@
 """Tunnel frame codec: bytes in, values out."""
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from afb import PROTOCOL_VERSION
 from afb.codec import frames
@@ -17,7 +18,8 @@ def test_several_frames_in_one_message_are_split_without_copies():
                + frames.frame(frames.DATA, 1, b"hello")
                + frames.frame(frames.FIN, 1))
     parsed = list(frames.iter_frames(message))
-    assert [(t, s) for t, _f, s, _p in parsed] == [(frames.OPEN, 1), (frames.DATA, 1), (frames.FIN, 1)]
+    assert [(t, s) for t, _f, s, _p in parsed] == [(frames.OPEN, 1), (frames.DATA, 1),
+                                                    (frames.FIN, 1)]
     assert isinstance(parsed[1][3], memoryview) and bytes(parsed[1][3]) == b"hello"
     assert frames.parse_open(parsed[0][3])[:3] == (1, "example.com", 443)
     assert bytes(frames.parse_open(parsed[0][3])[3]) == b"GET"
@@ -45,9 +47,11 @@ def test_bad_address_type_in_open_carries_reply_0x08():
 
 def test_hello_round_trip_and_version_mismatch():
     payload = frames.hello_payload(PROTOCOL_VERSION, 65536, 1 << 20, b"s" * 16)
-    assert frames.parse_hello(payload, PROTOCOL_VERSION) == (PROTOCOL_VERSION, 65536, 1 << 20, b"s" * 16)
+    assert frames.parse_hello(payload, PROTOCOL_VERSION) == (
+        PROTOCOL_VERSION, 65536, 1 << 20, b"s" * 16)
     with pytest.raises(VersionMismatch) as info:
-        frames.parse_hello(frames.hello_payload(PROTOCOL_VERSION + 1, 65536, 1 << 20), PROTOCOL_VERSION)
+        frames.parse_hello(frames.hello_payload(PROTOCOL_VERSION + 1, 65536, 1 << 20),
+                           PROTOCOL_VERSION)
     assert info.value.peer_version == PROTOCOL_VERSION + 1
     assert info.value.close_code == 4001
     with pytest.raises(ProtocolError, match="magic"):

@@ -5,10 +5,17 @@ The expected statuses are what Debian's nginx answered to the same bytes
 """
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from afb.codec.http_head import (MAX_HEAD, TOO_LARGE, ChunkedSkipper, HeadReader, body_length,
-                                 normalize_path)
+from afb.codec.http_head import (
+    MAX_HEAD,
+    TOO_LARGE,
+    ChunkedSkipper,
+    HeadReader,
+    body_length,
+    normalize_path,
+)
 from afb.codec.proxy_protocol import proxy_v1_header
 from afb.errors import HttpRequestError
 
@@ -87,7 +94,8 @@ def test_too_large_and_simple_requests():
 
 
 @pytest.mark.parametrize("uri, path", [
-    ("/", "/"), ("//index.html", "/index.html"), ("/./a/../b/", "/b/"), ("/%69ndex.html?q", "/index.html"),
+    ("/", "/"), ("//index.html", "/index.html"), ("/./a/../b/", "/b/"),
+    ("/%69ndex.html?q", "/index.html"),
     ("/docs/..", "/"), ("/a/.", "/a/"), ("/a%2fb", "/a/b"),
 ])
 def test_normalize_path(uri, path):

@@ -1,7 +1,8 @@
 """afb.codec.socks5: the server-side SOCKS5 handshake state machine."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from afb.codec.address import encode_address
 from afb.codec.socks5 import (
@@ -306,7 +307,7 @@ def test_request_round_trip(host, port, command, tail):
 def test_random_split_points(data, cuts):
     data, authenticate = data
     points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
-    chunks = [b - a for a, b in zip(points, points[1:])] or [0]
+    chunks = [b - a for a, b in zip(points, points[1:], strict=False)] or [0]
     assert run(data, chunks, authenticate) == run_all(data, authenticate)
 
 
@@ -315,6 +316,6 @@ def test_random_split_points(data, cuts):
 def test_random_split_points_random_requests(host, port, tail, cuts):
     data = OFFER_USERPASS + userpass("alice", "s3cret") + request(host, port) + tail
     points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
-    chunks = [b - a for a, b in zip(points, points[1:])]
+    chunks = [b - a for a, b in zip(points, points[1:], strict=False)]
     assert run(data, chunks, check_user) == (
         "ok", OK_USERPASS + AUTH_OK, Request(CMD_CONNECT, host, port), tail)

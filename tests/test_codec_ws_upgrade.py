@@ -4,8 +4,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from afb.codec.ws_upgrade import (MAX_RESPONSE_HEAD, UpgradeResponse, accept_value,
-                                  check_accept, upgrade_request)
+from afb.codec.ws_upgrade import (
+    MAX_RESPONSE_HEAD,
+    UpgradeResponse,
+    accept_value,
+    check_accept,
+    upgrade_request,
+)
 from afb.errors import AfbError, ProtocolError
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="          # RFC 6455, 1.3

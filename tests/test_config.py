@@ -34,7 +34,8 @@ def errors_of(path, role):
     return info.value.errors
 
 
-@pytest.mark.parametrize("name,role", [("afb-server.conf", "server"), ("afb-client.conf", "client")])
+@pytest.mark.parametrize("name,role", [("afb-server.conf", "server"),
+                                       ("afb-client.conf", "client")])
 def test_shipped_conf_files_are_valid(name, role):
     cfg = load_config(os.path.join(ROOT, "conf", name), role)
     assert cfg.defaults == []  # every key is present in the shipped file
@@ -115,7 +116,8 @@ def test_bad_option_and_list_for_scalar(tmp_path):
 
 
 def test_unknown_key_and_unknown_section(tmp_path):
-    path = write(tmp_path, CLIENT_OK + "colour = blue\n[tunnel]\nping_interval = 5\n[extra]\nx = 1\n")
+    path = write(tmp_path,
+                 CLIENT_OK + "colour = blue\n[tunnel]\nping_interval = 5\n[extra]\nx = 1\n")
     assert errors_of(path, "client") == [
         "%s:4: [client] colour: unknown key" % path,
         "%s:7: [extra]: unknown section" % path,
@@ -154,7 +156,8 @@ def test_bad_server_url(tmp_path, url):
 def test_bad_pin(tmp_path, pin):
     path = write(tmp_path, CLIENT_OK + "pin = %s\n" % pin)
     errors = errors_of(path, "client")
-    assert len(errors) == 1 and errors[0].startswith("%s:4: [client] pin: pin must be sha256//" % path)
+    assert len(errors) == 1
+    assert errors[0].startswith("%s:4: [client] pin: pin must be sha256//" % path)
 
 
 def test_good_pin_and_proxies(tmp_path):
@@ -213,7 +216,8 @@ def test_relative_paths_resolved(tmp_path):
     assert cfg["auth"]["jwt_public_key"] == str(sub / "jwt.pub")
     assert cfg["auth"]["jwt_private_key"] == "/etc/afb/jwt.key"
     assert cfg["decoy"]["dir"] == str(sub / "site")
-    client = load_config(write(sub, "[client]\nserver = wss://h/\ntoken_file = t\n", "c.conf"), "client")
+    client = load_config(write(sub, "[client]\nserver = wss://h/\ntoken_file = t\n", "c.conf"),
+                         "client")
     assert client["client"]["token_file"] == str(sub / "t") and client["client"]["ca_file"] == ""
 
 
@@ -279,4 +283,5 @@ def test_parse_hostport_rejects(text):
 
 def test_key_where_a_section_belongs(tmp_path):
     path = write(tmp_path, "tunnel = 5\n" + CLIENT_OK)
-    assert errors_of(path, "client") == ["%s:1: tunnel: must be a [tunnel] section, not a key" % path]
+    assert errors_of(path, "client") == [
+        "%s:1: tunnel: must be a [tunnel] section, not a key" % path]

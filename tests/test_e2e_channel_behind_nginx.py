@@ -39,7 +39,6 @@ from tests.support import (
     wait_until,
 )
 
-
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (make apt-deps installs it)")
 
@@ -312,7 +311,7 @@ def _secrets(marker, request_line, port):
             "target host": TARGET_HOST.encode()}
 
 
-# --- the tests -------------------------------------------------------------------------------------
+# --- the tests ---------------------------------------------------------------------------
 
 def test_the_proxy_in_front_sees_only_ciphertext_with_e2e(fronted, echo):
     setup, relay, nginx = fronted

@@ -55,7 +55,8 @@ def test_only_the_entry_point_monkey_patches():
 def test_patching_leaves_importlib_metadata_unloaded_and_still_importable():
     out = _run("import sys, afb.entry as e; e.patch_gevent(); "
                "print('importlib.metadata' in sys.modules, 'email' in sys.modules); "
-               "import importlib.metadata as m; print(callable(m.version), m.version('gevent') > '')")
+               "import importlib.metadata as m; "
+               "print(callable(m.version), m.version('gevent') > '')")
     assert out.splitlines() == ["False False", "True True"]
 
 

@@ -9,7 +9,8 @@ request on a connection opened before the fuzzing is still answered after.
 import logging
 import socket
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from afb.apps.server import TunnelServer
 from tests import http_probes

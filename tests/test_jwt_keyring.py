@@ -14,10 +14,23 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from afb.errors import AuthError, ConfigError, SignedTokenRefused
-from afb.keys import (KEYRING_FILE, check_secret_file, generate_server_keys, key_id,
-                      make_jwt_keys, read_keyring, rotate_jwt_keys, write_keyring)
-from afb.policy.auth import (REQUIRED_CLAIMS, TokenVerifier, issue_token, load_signing_key,
-                             sign_token)
+from afb.keys import (
+    KEYRING_FILE,
+    check_secret_file,
+    generate_server_keys,
+    key_id,
+    make_jwt_keys,
+    read_keyring,
+    rotate_jwt_keys,
+    write_keyring,
+)
+from afb.policy.auth import (
+    REQUIRED_CLAIMS,
+    TokenVerifier,
+    issue_token,
+    load_signing_key,
+    sign_token,
+)
 from afb.policy.keyring import KeyRing, keyring_path, make_signer, make_verifier
 from afb.state import RevocationCache, StateStore
 from tests.support import b64, forge
@@ -127,7 +140,8 @@ FORGED = [
     ("alg none, no signature part", lambda e: forge({"alg": "none"}, claims_now())[:-1],
      "malformed token"),
     ("HS256 signed with the public key",
-     lambda e: forge({"alg": "HS256", "typ": "JWT", "kid": e.new}, claims_now(), key=e.public(e.new)),
+     lambda e: forge({"alg": "HS256", "typ": "JWT", "kid": e.new}, claims_now(),
+                     key=e.public(e.new)),
      "algorithm not allowed"),
     ("HS256 with the public key, no kid",
      lambda e: forge({"alg": "HS256"}, claims_now(), key=e.public(e.new)), "algorithm not allowed"),

@@ -2,8 +2,8 @@
 
 import base64
 import hashlib
-import ipaddress
 import io
+import ipaddress
 import logging
 import os
 import re

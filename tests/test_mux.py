@@ -53,7 +53,8 @@ def test_send_credit_take_and_grant():
 
 
 def _decode(parts):
-    return [(t, s, bytes(p)) for t, _f, s, p in frames.iter_frames(b"".join(bytes(p) for p in parts))]
+    message = b"".join(bytes(p) for p in parts)
+    return [(t, s, bytes(p)) for t, _f, s, p in frames.iter_frames(message)]
 
 
 def test_control_frames_jump_the_queue_and_stream_order_is_kept():

@@ -22,7 +22,6 @@ import ssl
 import time
 
 import gevent
-
 import pytest
 
 from afb.transport.decoy import BUILTIN_SITE

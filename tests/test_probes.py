@@ -252,8 +252,8 @@ def test_baselines_look_like_a_web_site(site):
 
 
 def test_the_valid_request_still_upgrades_with_its_token_in_place(site):
-    request = build("GET", site.path, "HTTP/1.1", upgrade_headers() + [site.auth(site.tokens["valid"])],
-                    port=site.port)
+    request = build("GET", site.path, "HTTP/1.1",
+                    upgrade_headers() + [site.auth(site.tokens["valid"])], port=site.port)
     status, lines, _ = tls_exchange(site.port, request)
     assert status == "HTTP/1.1 101 Switching Protocols"
     for line in readable(lines):

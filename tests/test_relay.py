@@ -135,7 +135,7 @@ def test_a_stalled_slice_does_not_pin_its_whole_message():
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
-        for stream, _relay_ in relays:
+        for stream, _ in relays:
             message = bytearray(POOL_BUFFER)
             stream.on_data(memoryview(message)[1000:1000 + 32 * KiB])
             del message

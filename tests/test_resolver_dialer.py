@@ -143,7 +143,8 @@ def test_single_flight():
     jobs = [gevent.spawn(r.resolve, "slow.test", 1000 + i) for i in range(10)]
     gevent.joinall(jobs, timeout=2, raise_error=True)
     assert dns.calls == ["slow.test"]
-    assert [j.value for j in jobs] == [[(socket.AF_INET, ("127.0.0.4", 1000 + i))] for i in range(10)]
+    assert [j.value for j in jobs] == [[(socket.AF_INET, ("127.0.0.4", 1000 + i))]
+                                       for i in range(10)]
     assert r.stats["joined"] == 9
 
 
@@ -163,7 +164,8 @@ def test_timeout():
     dns = FakeDns({"hang.test": ["127.0.0.5"]}, delay=1.0)
     r = Resolver(timeout=0.05, resolve_fn=dns)
     with gevent.Timeout(0.5):
-        with pytest.raises(HostUnreachable, match=r"^cannot resolve hang\.test: timed out after 0\.05s$"):
+        with pytest.raises(HostUnreachable,
+                           match=r"^cannot resolve hang\.test: timed out after 0\.05s$"):
             r.resolve("hang.test", 80)
         # timeouts are negatively cached too: no second hanging lookup
         with pytest.raises(HostUnreachable, match="timed out"):
@@ -214,7 +216,8 @@ def closed_port():
 
 def test_real_connect_allowed_by_rule(listener):
     port = listener.getsockname()[1]
-    dialer = Dialer(Resolver(), DestinationAcl(allow_private_to=["127.0.0.1/32:%d" % port]), connect_timeout=2)
+    dialer = Dialer(Resolver(), DestinationAcl(allow_private_to=["127.0.0.1/32:%d" % port]),
+                    connect_timeout=2)
     conn = dialer.dial("127.0.0.1", port)
     try:
         assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
@@ -233,7 +236,8 @@ def test_real_connect_falls_back_to_next_address(listener):
     # 127.0.0.1 accepts.
     port = listener.getsockname()[1]
     dns = FakeDns({"svc.test": ["::1", "127.0.0.1"]})
-    dialer = Dialer(Resolver(resolve_fn=dns), DestinationAcl(allow_private_to=["svc.test"]), connect_timeout=2)
+    dialer = Dialer(Resolver(resolve_fn=dns), DestinationAcl(allow_private_to=["svc.test"]),
+                    connect_timeout=2)
     conn = dialer.dial("svc.test", port)
     try:
         assert conn.getpeername()[:2] == ("127.0.0.1", port)
@@ -268,7 +272,8 @@ def test_name_resolving_to_loopback_refused():
     connect = RecordingConnect()
     dns = FakeDns({"evil.test": ["127.0.0.1"]})
     dialer = Dialer(Resolver(resolve_fn=dns), DestinationAcl(), connect_fn=connect)
-    with pytest.raises(NotAllowed, match=r"^destination evil\.test:80 \(127\.0\.0\.1\) is not allowed \(loopback\)$"):
+    with pytest.raises(NotAllowed, match=r"^destination evil\.test:80 \(127\.0\.0\.1\) "
+                                         r"is not allowed \(loopback\)$"):
         dialer.dial("evil.test", 80)
     assert connect.calls == []
     assert dns.calls == ["evil.test"]
@@ -278,7 +283,8 @@ def test_refused_addresses_are_skipped():
     sentinel = object()
     connect = RecordingConnect({"127.0.0.9": sentinel})
     dns = FakeDns({"mixed.test": ["10.0.0.1", "127.0.0.9"]})
-    dialer = Dialer(Resolver(resolve_fn=dns), DestinationAcl(allow_private_to=["127.0.0.9"]), connect_fn=connect)
+    dialer = Dialer(Resolver(resolve_fn=dns), DestinationAcl(allow_private_to=["127.0.0.9"]),
+                    connect_fn=connect)
     assert dialer.dial("mixed.test", 443) is sentinel
     assert [c[0] for c in connect.calls] == ["127.0.0.9"]
     assert dialer.dial_stats["skipped"] == 1
@@ -294,7 +300,8 @@ def test_name_deny_applies_before_resolution():
 
 
 def test_unresolvable_name():
-    dialer = Dialer(Resolver(resolve_fn=FakeDns({})), DestinationAcl(), connect_fn=RecordingConnect())
+    dialer = Dialer(Resolver(resolve_fn=FakeDns({})), DestinationAcl(),
+                    connect_fn=RecordingConnect())
     with pytest.raises(HostUnreachable, match=r"^cannot resolve nx\.test: "):
         dialer.dial("nx.test", 443)
     assert dialer.dial_stats["unresolved"] == 1
@@ -302,13 +309,16 @@ def test_unresolvable_name():
 
 @pytest.mark.parametrize("exc,cls,reply,text", [
     (socket.timeout("timed out"), TimedOut, REP_TTL_EXPIRED, "timed out after 3s"),
-    (OSError(errno.ETIMEDOUT, "Connection timed out"), TimedOut, REP_TTL_EXPIRED, "timed out after 3s"),
-    (OSError(errno.ENETUNREACH), NetworkUnreachable, REP_NETWORK_UNREACHABLE, "network is unreachable"),
+    (OSError(errno.ETIMEDOUT, "Connection timed out"), TimedOut, REP_TTL_EXPIRED,
+     "timed out after 3s"),
+    (OSError(errno.ENETUNREACH), NetworkUnreachable, REP_NETWORK_UNREACHABLE,
+     "network is unreachable"),
     (OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"), NetworkUnreachable,
      REP_NETWORK_UNREACHABLE, "cannot assign requested address"),
     (OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol"), NetworkUnreachable,
      REP_NETWORK_UNREACHABLE, "address family not supported by protocol"),
-    (OSError(errno.EHOSTUNREACH, "No route to host"), HostUnreachable, REP_HOST_UNREACHABLE, "no route to host"),
+    (OSError(errno.EHOSTUNREACH, "No route to host"), HostUnreachable, REP_HOST_UNREACHABLE,
+     "no route to host"),
     (OSError(errno.ECONNREFUSED, "Connection refused"), ConnectionRefused, REP_CONNECTION_REFUSED,
      "connection refused"),
     (OSError(errno.EACCES, "Permission denied"), DestinationError, REP_GENERAL_FAILURE,
@@ -316,7 +326,8 @@ def test_unresolvable_name():
 ])
 def test_connect_error_mapping(exc, cls, reply, text):
     connect = RecordingConnect(default=exc)
-    dialer = Dialer(Resolver(), DestinationAcl(allow_private_to=["127.0.0.7"]), connect_timeout=3, connect_fn=connect)
+    dialer = Dialer(Resolver(), DestinationAcl(allow_private_to=["127.0.0.7"]), connect_timeout=3,
+                    connect_fn=connect)
     with pytest.raises(DestinationError) as info:
         dialer.dial("127.0.0.7", 8443)
     assert type(info.value) is cls

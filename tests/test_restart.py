@@ -49,8 +49,8 @@ def test_a_server_replaced_on_its_port_loses_no_connection_and_delays_none(
     load = SteadyLoad(("127.0.0.1", setup.proxy_port), echo.port).start()
     gevent.sleep(0.5)                                      # load before the first restart
     for number in (1, 2):
-        server = replace_server(server, setup.server_conf, str(tmp_path / ("server-%d.log" % number)),
-                                setup.server_port)
+        server = replace_server(server, setup.server_conf,
+                                str(tmp_path / ("server-%d.log" % number)), setup.server_port)
         daemons.append(server)
         gevent.sleep(1.0)                                  # load on the new server (and old drains)
     load.stop()

@@ -64,7 +64,8 @@ def test_secret_path_answers_as_fast_as_a_wrong_path(tmp_path, capsys):
         server.stop()
     medians = {k: statistics.median(v) * 1e6 for k, v in times.items()}
     # the median of the differences of neighbouring samples follows load changes better
-    paired = statistics.median(a - b for a, b in zip(times["secret"], times["wrong"])) * 1e6
+    pairs = zip(times["secret"], times["wrong"], strict=True)
+    paired = statistics.median(a - b for a, b in pairs) * 1e6
     with capsys.disabled():
         print("\n[timing] median answer time: secret path %.0f us, wrong path %.0f us "
               "(median paired difference %+.0f us, %d samples each)"

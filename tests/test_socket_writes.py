@@ -5,8 +5,14 @@ import socket
 import gevent
 import gevent.socket
 
-from afb.transport.socket_writes import (IOV_MAX, JOIN_LIMIT, SMALL_PAYLOAD, send_whole,
-                                         sendall_coalesced, sendmsg_all)
+from afb.transport.socket_writes import (
+    IOV_MAX,
+    JOIN_LIMIT,
+    SMALL_PAYLOAD,
+    send_whole,
+    sendall_coalesced,
+    sendmsg_all,
+)
 
 
 def _pair():

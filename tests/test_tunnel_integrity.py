@@ -62,7 +62,8 @@ def test_200_concurrent_streams_up_to_4mib_each_way_arrive_intact(setup, daemons
         jobs = [gevent.spawn(_one_stream, proxy, target, os.urandom(16),
                              rng.randint(0, 4 << 20), rng.randint(0, 4 << 20)) for _ in range(200)]
         gevent.joinall(jobs, timeout=240, raise_error=True)
-        assert all(job.successful() for job in jobs), [job.exception for job in jobs if job.exception]
+        assert all(job.successful() for job in jobs), \
+            [job.exception for job in jobs if job.exception]
         for job in jobs:
             ident, up_hash, down_hash = job.value
             server_up, server_down = target.results[ident]

@@ -79,13 +79,13 @@ REQ_HEAD = b"\x05\x01\x00"
     (b"\x05\x00", b"\x05\xff"),                                       # no methods offered
     (b"\x05\x01\x02", b"\x05\xff"),                                   # only user/pass offered
     (REQ_HEAD + b"\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50", b"\x05\x00\x05\x07"),  # BIND
-    (REQ_HEAD + b"\x05\x09\x00\x01\x7f\x00\x00\x01\x00\x50", b"\x05\x00\x05\x07"),  # unknown command
+    (REQ_HEAD + b"\x05\x09\x00\x01\x7f\x00\x00\x01\x00\x50", b"\x05\x00\x05\x07"),  # unknown cmd
     (REQ_HEAD + b"\x05\x01\x00\x09\x7f\x00\x00\x01\x00\x50", b"\x05\x00\x05\x08"),  # bad ATYP
     (REQ_HEAD + b"\x05\x03\x00\x01\x7f\x00\x00\x01\x00\x50", b"\x05\x00\x05\x07"),  # UDP: later
     (b"\x04\x01\x00\x50\x7f\x00\x00\x01\x00", b""),                   # SOCKS4: closed
     (b"\x16\x03\x01\x02\x00\x01", b""),                               # TLS to the proxy port
     (b"FOO bar\r\n\r\n", b"HTTP/1.1 400"),
-    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 400"),          # origin-form: not a proxy request
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 400"),          # origin-form: no proxy
 ])
 def test_malformed_proxy_requests_get_a_clear_reply_and_one_log_line(
         tunnel, echo, caplog, payload, expected):
@@ -127,7 +127,8 @@ def _raw_tunnel(setup, token=None, hello=True, version=PROTOCOL_VERSION):
         ws = client_secure(ws, setup.e2e_public_key, hashlib.sha256(token.encode()).digest(),
                            None, 5)
     if hello:
-        ws.send_message([frames.frame(frames.HELLO, 0, frames.hello_payload(version, 65536, 1 << 20))])
+        hello = frames.hello_payload(version, 65536, 1 << 20)
+        ws.send_message([frames.frame(frames.HELLO, 0, hello)])
     return ws
 
 
@@ -242,7 +243,8 @@ def _socks_reply(proxy, host, port):
     sock = socket.create_connection(proxy, timeout=10)
     try:
         name = host.encode()
-        sock.sendall(b"\x05\x01\x00\x05\x01\x00\x03" + bytes([len(name)]) + name + struct.pack("!H", port))
+        sock.sendall(b"\x05\x01\x00\x05\x01\x00\x03" + bytes([len(name)]) + name
+                     + struct.pack("!H", port))
         assert recv_exact(sock, 2) == b"\x05\x00"
         return recv_exact(sock, 10)[1]
     finally:
@@ -271,7 +273,7 @@ def test_destination_acl_refuses_loopback_by_default(tmp_path, echo):
     setup = Setup(tmp_path, fast_open=False, allow_private=False)
     with InProcessTunnel(setup) as running:
         assert _socks_reply(running.proxy, "127.0.0.1", echo.port) == 0x02
-        assert _socks_reply(running.proxy, "localhost", echo.port) == 0x02   # resolved, then refused
+        assert _socks_reply(running.proxy, "localhost", echo.port) == 0x02   # resolved, refused
 
 
 def test_fast_open_failure_resets_the_app_connection(tunnel, caplog):

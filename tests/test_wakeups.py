@@ -9,8 +9,8 @@ from gevent.hub import get_hub
 
 from afb.apps.local_proxy import start_now
 from afb.codec import frames
-from afb.policy.acl import DestinationAcl
 from afb.codec import websocket as wsc
+from afb.policy.acl import DestinationAcl
 from afb.transport.dialer import Dialer
 from afb.transport.resolver import Resolver
 from afb.transport.session import Session

@@ -193,7 +193,8 @@ def test_ca_verification_without_pin(wss, certs):
     assert ws.recv_message() == b"verified"
     ws.close()
     with pytest.raises(TlsError):
-        wsclient.connect(url(port), headers=AUTH, ssl_context=tls.client_context(ca_file=other_cert),
+        wsclient.connect(url(port), headers=AUTH,
+                         ssl_context=tls.client_context(ca_file=other_cert),
                          timeout=5)
 
 
