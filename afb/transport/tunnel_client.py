@@ -364,7 +364,7 @@ class TunnelClient:
                 where = getattr(self.token_source, "path", "") or "the config's token"
                 log.error("tunnel closed by the server: %s; this client's token no longer works: "
                           "get a new one from the server's operator (afb token issue) and put it "
-                          "in %s (retrying every %.0f s)", refused, where, self.reconnect_max)
+                          "in %s (retrying every %g s)", refused, where, self.reconnect_max)
             elif session.draining and not self._stopping:
                 log.info("%s: drained and closed (%s)", session.label,
                          session.close_reason or "closed")
