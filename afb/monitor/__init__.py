@@ -1,0 +1,1 @@
+"""What the daemons tell about themselves: counters, snapshots, the control socket."""
