@@ -15,7 +15,7 @@ import time
 import gevent
 import pytest
 
-from afb.monitor import control_server
+from afb.transport import control_server
 from tests.support import EchoTarget, InProcessTunnel, Setup, socks_connect, wait_until
 
 
