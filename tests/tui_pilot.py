@@ -43,7 +43,8 @@ def table(app):
 def column(app, key):
     """The text of column ``key``, top to bottom."""
     t = table(app)
-    return [str(t.get_cell_at((row, t.get_column_index(key)))) for row in range(t.row_count)]
+    return [str(t.get_cell_at((row, t.get_column_index(key)))).strip()
+            for row in range(t.row_count)]
 
 
 def run(coro):
