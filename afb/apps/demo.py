@@ -150,8 +150,10 @@ Try it:
   curl -x http://127.0.0.1:{PROXY_PORT} https://example.org/      (HTTP CONNECT)
   export ALL_PROXY=socks5h://127.0.0.1:{PROXY_PORT}                (most tools)
 
-Dashboard: the terminal dashboard (`afb tui`) is not in this release yet;
-the log lines below show every tunnel and refused stream.
+Dashboard: in another terminal, in this folder, run
+  .venv/bin/afb tui
+it finds this demo by itself (the client's view; `--connect {directory}/server.sock`
+shows the server's).  The log lines below show every tunnel and refused stream.
 """
 
 
