@@ -31,7 +31,9 @@ def test_named_socket_wins_even_when_nothing_listens(tmp_path):
 def test_search_order_and_client_before_server(tmp_path):
     env = {"XDG_RUNTIME_DIR": str(tmp_path / "run"), "HOME": str(tmp_path / "home")}
     dirs = discovery.search_dirs(env, cwd=str(tmp_path))
-    assert dirs == ["/run/afb", str(tmp_path / "run" / "afb"), str(tmp_path / "demo"),
+    assert dirs == ["/run/afb", str(tmp_path / "run" / "afb"),
+                    str(tmp_path / "home" / ".local" / "state" / "afb"), "/var/lib/afb",
+                    str(tmp_path / "demo"),
                     str(tmp_path / "home" / ".local" / "share" / "afb" / "demo")]
     demo = tmp_path / "demo"
     demo.mkdir()
@@ -39,7 +41,8 @@ def test_search_order_and_client_before_server(tmp_path):
     try:
         assert [p.rsplit("/", 1)[1] for p in discovery.candidates(str(demo))] == [
             "client.sock", "server.sock", "aaa.sock"]
-        probe = lambda path: not path.startswith("/run/afb/") and discovery.accepts(path)  # noqa: E731
+        probe = lambda path: (not path.startswith(("/run/afb/", "/var/lib/afb/"))  # noqa: E731
+                              and discovery.accepts(path))
         assert discovery.discover(env, str(tmp_path), probe=probe) == str(demo / "client.sock")
     finally:
         for sock in socks:

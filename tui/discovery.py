@@ -2,8 +2,9 @@
 
 Order: ``--connect PATH``; the ``AFB_CONTROL_SOCKET`` environment variable;
 then the ``*.sock`` files that accept a connection in ``/run/afb/`` (the
-packaged daemons), ``$XDG_RUNTIME_DIR/afb/`` (a daemon run by a user),
-``./demo/`` (``make demo``) and ``~/.local/share/afb/demo/`` (``afb demo``
+packaged daemons), ``$XDG_RUNTIME_DIR/afb/`` and ``~/.local/state/afb/`` (a
+client run by a user), ``/var/lib/afb/`` (a server that could not write
+/run/afb), ``./demo/`` (``make demo``) and ``~/.local/share/afb/demo/`` (``afb demo``
 without ``--dir``).  In each folder ``client.sock`` comes before
 ``server.sock``: on a machine that runs both (the demo), the client's view
 (apps, the tunnel's RTT) is the one a user sitting there wants first.
@@ -34,8 +35,11 @@ def search_dirs(environ=None, cwd=None):
     runtime = environ.get("XDG_RUNTIME_DIR")
     if runtime:
         dirs.append(os.path.join(runtime, "afb"))
-    dirs.append(os.path.join(cwd or os.getcwd(), "demo"))
     home = environ.get("HOME")
+    if home:                    # a client run by a user without $XDG_RUNTIME_DIR
+        dirs.append(os.path.join(home, ".local", "state", "afb"))
+    dirs.append("/var/lib/afb")     # a server whose /run/afb could not be written
+    dirs.append(os.path.join(cwd or os.getcwd(), "demo"))
     if home:
         dirs.append(os.path.join(home, ".local", "share", "afb", "demo"))
     return dirs
