@@ -11,7 +11,7 @@ DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 TESTS ?= $(if $(filter tests tests/% ./tests ./tests/%,$(PYTEST_ARGS)),,tests)
 
-.PHONY: demo test lint bench bench-throughput venv apt-deps clean
+.PHONY: demo test lint bench bench-throughput venv apt-deps clean deb deb-test test-trixie roots
 
 venv: $(VENV)/.installed
 
@@ -53,5 +53,25 @@ bench: venv apt-deps
 bench-throughput: venv apt-deps
 	$(PY) bench/throughput $(BENCH_ARGS)
 
+# Debian 13 packages, built and tested in Debian 13 roots cached in
+# /var/cache/afb-build (packaging/mkroot; as root, needs debootstrap and
+# systemd-container: make apt-deps APT_PACKAGES="debootstrap systemd-container").
+roots:
+	packaging/mkroot build
+	packaging/mkroot boot
+
+# afb_*.deb and afb-tui_*.deb in dist/, built by dpkg-buildpackage in the build root;
+# lintian's report in dist/lintian.txt.
+deb:
+	packaging/build-deb dist
+
+# The .debs installed in a fresh copy of the boot root, under its systemd.
+deb-test: deb
+	packaging/deb-test dist
+
+# The test suite inside the build root against Debian 13's python3 packages.
+test-trixie:
+	packaging/test-in-root $(if $(PYTEST_ARGS),$(PYTEST_ARGS),tests)
+
 clean:
-	rm -rf $(VENV) build *.egg-info $(DEMO_DIR)
+	rm -rf $(VENV) build *.egg-info $(DEMO_DIR) dist
