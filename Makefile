@@ -65,9 +65,12 @@ roots:
 deb:
 	packaging/build-deb dist
 
-# The .debs installed in a fresh copy of the boot root, under its systemd.
+# The .debs installed in a fresh copy of the boot root, under its systemd, then
+# upgraded to a rebuild with a higher version (dist/upgrade/).
 deb-test: deb
-	packaging/deb-test dist
+	AFB_DEB_VERSION=$$(dpkg-parsechangelog -S Version 2>/dev/null || sed -n '1s/.*(\(.*\)).*/\1/p' debian/changelog)+upgradetest \
+	  packaging/build-deb dist/upgrade
+	packaging/deb-test dist dist/upgrade
 
 # The test suite inside the build root against Debian 13's python3 packages.
 test-trixie:
