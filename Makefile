@@ -11,7 +11,8 @@ DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 TESTS ?= $(if $(filter tests tests/% ./tests ./tests/%,$(PYTEST_ARGS)),,tests)
 
-.PHONY: demo test lint bench bench-throughput venv apt-deps clean test-tui-textual21 tui-demo bench-tui
+.PHONY: demo test lint bench bench-throughput venv apt-deps clean test-tui-textual21 tui-demo \
+	bench-tui deb deb-test test-trixie roots
 
 venv: $(VENV)/.installed
 
@@ -85,5 +86,28 @@ bench: venv apt-deps
 bench-throughput: venv apt-deps
 	$(PY) bench/throughput $(BENCH_ARGS)
 
+# Debian 13 packages, built and tested in Debian 13 roots cached in
+# /var/cache/afb-build (packaging/mkroot; as root, needs debootstrap and
+# systemd-container: make apt-deps APT_PACKAGES="debootstrap systemd-container").
+roots:
+	packaging/mkroot build
+	packaging/mkroot boot
+
+# afb_*.deb and afb-tui_*.deb in dist/, built by dpkg-buildpackage in the build root;
+# lintian's report in dist/lintian.txt.
+deb:
+	packaging/build-deb dist
+
+# The .debs installed in a fresh copy of the boot root, under its systemd, then
+# upgraded to a rebuild with a higher version (dist/upgrade/).
+deb-test: deb
+	AFB_DEB_VERSION=$$(dpkg-parsechangelog -S Version 2>/dev/null || sed -n '1s/.*(\(.*\)).*/\1/p' debian/changelog)+upgradetest \
+	  packaging/build-deb dist/upgrade
+	packaging/deb-test dist dist/upgrade
+
+# The test suite inside the build root against Debian 13's python3 packages.
+test-trixie:
+	packaging/test-in-root $(if $(PYTEST_ARGS),$(PYTEST_ARGS),tests)
+
 clean:
-	rm -rf $(VENV) build *.egg-info $(DEMO_DIR)
+	rm -rf $(VENV) build *.egg-info $(DEMO_DIR) dist

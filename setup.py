@@ -10,9 +10,10 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["afb", "afb.*", "tui", "tui.*"]),
     package_data={"afb": ["configspec/*.spec", "decoy/*"]},
+    # Floors are what Debian 13 (trixie) ships or older: the .deb runs on those.
     install_requires=[
         "gevent>=23.9",
-        "wsaccel>=0.6.6",
+        "wsaccel>=0.6.3",       # 0.6.3: what Debian 13 ships
         "PySocks>=1.7.1",
         "PyJWT>=2.8",
         "cryptography>=41",

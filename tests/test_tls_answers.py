@@ -97,6 +97,6 @@ def test_tls_answers_like_nginx(servers, case):
     ours = s_client(ports["afb"], base, CASES[case])
     if case not in ("TLS 1.1", "TLS 1.0"):
         assert theirs["lifetime hint"] == "300" and theirs["cipher"] != "(NONE)"
-    else:
-        assert theirs["alert"] == "alert internal error"
+    else:       # refused: OpenSSL 3.0 (Debian 12) sends "internal error", 3.5 (Debian 13) other
+        assert theirs["cipher"] in (None, "(NONE)"), theirs
     assert ours == theirs

@@ -15,7 +15,7 @@ import time
 import gevent
 from gevent.event import Event
 
-from afb import logsetup
+from afb import logsetup, sd_notify
 from afb.apps.client_reload import (
     keep_running_values,
     reload_plan,
@@ -71,6 +71,7 @@ class ProxyClient:
         self.monitor.listen = "%s:%d" % ("[%s]" % host if ":" in host else host, port)
         self.monitoring = start_monitoring(self.monitor, self.cfg, "client")
         self.tunnel.start()
+        sd_notify.notify("READY=1")
 
     def _tunnel_state(self, session):
         """The client's side of a TUNNEL dict (see :class:`~afb.monitor.stats.Monitor`)."""
@@ -95,6 +96,7 @@ class ProxyClient:
 
     def stop(self, timeout=None):
         timeout = self.cfg["client"]["drain_timeout"] if timeout is None else timeout
+        sd_notify.notify("STOPPING=1")
         self.proxy.close()
         self.tunnel.stop(drain_timeout=timeout)
         if self.monitoring is not None:

@@ -9,7 +9,7 @@ import time
 import gevent
 from gevent.event import Event
 
-from afb import ratelog
+from afb import ratelog, sd_notify
 from afb.apps.live_tokens import RevocationWatch, TokenRefresher
 from afb.apps.monitoring import start_monitoring
 from afb.apps.own_addresses import OwnAddressWatch, hostname_addresses
@@ -315,6 +315,7 @@ class TunnelServer:
         log.info("listening on %s://%s:%d%s", scheme, "[%s]" % host if ":" in host else host,
                  port, masked_path(self.cfg["server"]["path"]))
         self._housekeeper = gevent.spawn(self._housekeeping)
+        sd_notify.notify("READY=1")
 
     def _housekeeping(self, interval=HOUSEKEEPING_INTERVAL):
         """Periodic chores: summaries of rate-limited log lines."""
@@ -328,6 +329,7 @@ class TunnelServer:
             self._stopped.wait()
             return
         self.stopping = True
+        sd_notify.notify("STOPPING=1")
         self.revocation_watch.stop()
         self.own_watch.stop()
         timeout = self.cfg["server"]["drain_timeout"] if timeout is None else timeout

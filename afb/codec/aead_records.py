@@ -111,7 +111,12 @@ def _next_key(key):
 
 
 class RecordSealer:
-    """Seals one direction's records: a counter nonce, never reused."""
+    """Seals one direction's records: a counter nonce, never reused.
+
+    ``use_into``: None seals into a reused buffer when cryptography can
+    (:data:`HAVE_INTO`); False never does; True asks for it, and still falls
+    back where the library lacks ``encrypt_into`` (cryptography 43, Debian 13).
+    """
 
     def __init__(self, cipher, key, *, rekey_bytes=REKEY_BYTES, use_into=None):
         self.cipher = cipher
@@ -121,7 +126,7 @@ class RecordSealer:
         self._key = bytes(key)
         self._aead = _aead(cipher, self._key)
         self._since_rekey = 0
-        self._use_into = HAVE_INTO if use_into is None else bool(use_into)
+        self._use_into = HAVE_INTO and (use_into is None or bool(use_into))
         self._buf = bytearray(0)
         self._view = memoryview(self._buf)
         self._stage = bytearray(0)        # several parts gathered for encrypt_into
