@@ -34,7 +34,9 @@ def control_socket_path(cfg, role):
 
     Empty: ``/run/afb/ROLE.sock`` when /run/afb can be written (or made);
     else the server's ``state_dir``, the client's ``$XDG_RUNTIME_DIR/afb``
-    (or ``~/.local/state/afb``).
+    (or ``~/.local/state/afb``).  A config file named ``ROLE-NAME.conf``
+    (``afb-client@NAME``'s profiles) gets ``ROLE-NAME.sock``, so that
+    several clients on one machine each have their own.
     """
     section = cfg[role]
     configured = section.get("control_socket", "")
@@ -42,7 +44,8 @@ def control_socket_path(cfg, role):
         return None
     if configured:
         return configured
-    name = "%s.sock" % role
+    stem = os.path.splitext(os.path.basename(getattr(cfg, "filename", None) or ""))[0]
+    name = "%s.sock" % (stem if stem.startswith(role + "-") else role)
     if _writable(RUN_DIR):
         return os.path.join(RUN_DIR, name)
     folder = section["state_dir"] if role == "server" else _client_fallback_dir()

@@ -93,7 +93,7 @@ class _Connection:
 class ControlServer:
     """Serves one daemon's :class:`~afb.monitor.stats.Monitor` on the Unix socket ``path``."""
 
-    def __init__(self, path, monitor, mode=0o660, group="afb"):
+    def __init__(self, path, monitor, mode=0o660, group=None):
         self.path = path
         self.monitor = monitor
         self.logs = monitor.logs
@@ -274,8 +274,14 @@ def _ok():
     return {"v": proto.VERSION, "type": "ok"}
 
 
-def bind_unix(path, mode=0o660, group="afb"):
-    """A listening Unix socket at ``path`` (mode ``mode``, group ``group`` if it exists).
+#: The group whose members may use the control socket: the Debian package's system
+#: group (sysusers.d), else a local "afb" group; the first that exists.
+GROUPS = ("_afb", "afb")
+
+
+def bind_unix(path, mode=0o660, group=None):
+    """A listening Unix socket at ``path`` (mode ``mode``, group ``group`` or the first
+    of :data:`GROUPS` that exists; else the daemon's own group).
 
     A socket file left by a daemon that died is replaced; one a live daemon
     answers on is not (AfbError: another daemon runs with the same socket).
@@ -301,10 +307,12 @@ def bind_unix(path, mode=0o660, group="afb"):
     try:
         listener.bind(path)
         os.chmod(path, mode)
-        try:
-            os.chown(path, -1, grp.getgrnam(group).gr_gid)
-        except (KeyError, PermissionError):
-            pass
+        for name in (group,) if group else GROUPS:
+            try:
+                os.chown(path, -1, grp.getgrnam(name).gr_gid)
+                break
+            except (KeyError, PermissionError):
+                continue
         listener.listen(64)
     except OSError as exc:
         listener.close()
