@@ -9,7 +9,7 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["afb", "afb.*", "tui", "tui.*"]),
-    package_data={"afb": ["configspec/*.spec", "decoy/*"]},
+    package_data={"afb": ["configspec/*.spec", "decoy/*"], "tui": ["*.tcss"]},
     # Floors are what Debian 13 (trixie) ships or older: the .deb runs on those.
     install_requires=[
         "gevent>=23.9",
