@@ -18,6 +18,7 @@ setup(
         "cryptography>=41",
         "configobj>=5.0.8",
         "psutil>=5.9",
+        "prometheus-client>=0.16",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.2",
                              "ruff>=0.6"]},
