@@ -1,0 +1,1 @@
+"""Observability: the stats model, /metrics, usage reports and alerts (issue 11)."""
