@@ -82,6 +82,9 @@ class TunnelServer:
             buffer_limit=tunnel["max_buffer_per_user"],
             frame_rate=tunnel["max_frame_rate_per_user"])
         self.sessions = set()
+        #: Failed logins per client address since the alert loop last took them
+        #: (afb.monitor.monitoring): a plain dict add per failure.
+        self.auth_failures_by_source = {}
         self._housekeeper = None
         # Live tunnels' tokens: refreshes within their family; revocations close them.
         self.refresher = TokenRefresher(self.signer, self.verifier, self.state, cfg["auth"])
@@ -148,6 +151,8 @@ class TunnelServer:
                 raise AuthError("no token")
             claims = self.verifier.verify(token)
         except AuthError as exc:
+            sources = self.auth_failures_by_source      # read and emptied by the alert loop
+            sources[ip] = sources.get(ip, 0) + 1
             if self.throttle.failed(ip, failure_weight(exc)):
                 raise AuthError("%s; client %s banned for %.0f s after %d failures" % (
                     exc, ip, self.throttle.ban_time, self.throttle.max_failures)) from None
