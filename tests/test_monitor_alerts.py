@@ -223,3 +223,39 @@ def test_alert_command_runs_at_most_a_few_at_once(tmp_path, caplog):
 @pytest.mark.parametrize("command", ["", "   "])
 def test_no_command_runs_nothing(command):
     assert AlertCommand(command).run(ALERT, "active") is None
+
+
+# --- the loop's step (afb/monitor/monitoring.py) ------------------------------------
+
+def test_a_check_logs_lists_and_runs_the_command(tmp_path, caplog):
+    from afb.monitor import monitoring
+    from tests.monitor_fakes import FakeMonitor
+
+    out = tmp_path / "alerts.jsonl"
+
+    class App:
+        monitor = FakeMonitor(snapshot(role="client", totals={"rate_down": 12.1e6}), "client")
+        auth_failures_by_source = {"192.0.2.1": 2}
+
+    settings = dict(OFF, max_rate_down=10e6, clear_after=0, alert_command="%s %s" % (
+        script(tmp_path, 'cat >> "$1"\n'), out), alert_command_timeout=5.0)
+    app = App()
+    mon = monitoring.Monitoring(app, {"client": {"metrics_listen": ""}, "alerts": settings},
+                                "client")
+    assert mon.alerting and mon.metrics is None and mon.usage is None
+    caplog.set_level(logging.INFO, logger=monitoring.__name__)
+    started, _ = mon.check(now=100.0)
+    assert app.auth_failures_by_source == {}
+    assert [a["name"] for a in app.monitor.alerts] == ["bandwidth_down"]
+    assert app.monitor.readers == ["alerts"]
+    app.monitor.snap["totals"]["rate_down"] = 0.0
+    _, cleared = mon.check(now=107.0)
+    assert app.monitor.alerts == []
+    mon.command.wait(10)
+    assert [r.getMessage() for r in caplog.records] == [
+        "alert=bandwidth_down: download 12.1 MB/s > 10.0 MB/s",
+        "alert=bandwidth_down cleared after 7 s"]
+    sent = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(a["state"] for a in sent) == ["active", "cleared"]
+    assert {a["role"] for a in sent} == {"client"}
+    mon.stop()

@@ -21,9 +21,10 @@ intervals, exact because the Monitor resets its peak at each read.
 from memory: the day's rows as stored, plus what has passed since.  Rows
 older than ``report_days`` expire at start and at each midnight.
 
-Measured (bench/usage_flush.py, 1,000 users, on this 2-core VM): a read of
-the counters plus a flush takes about 6 ms of the loop and 15 ms in the
-store thread.
+Measured (bench/monitoring, 1,000 users active in every interval, a 2-core
+VM): ``sample()`` takes 2.4 ms of the loop (median; p99 2.7 ms), and the
+flush, 1,000 upserts in one transaction, 2.6 ms in the store thread (p99
+7.5 ms), none of it in the loop: every 5 s, about 0.05 % of one core.
 """
 
 import logging
