@@ -33,9 +33,12 @@ SPEC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configspec"
 PATH_KEYS = {
     "server": [("server", "cert"), ("server", "key"), ("server", "state_dir"),
                ("auth", "jwt_public_key"), ("auth", "jwt_private_key"), ("auth", "keyring"),
-               ("decoy", "dir"), ("e2e", "key")],
-    "client": [("client", "token_file"), ("client", "ca_file"), ("client", "users_file")],
+               ("decoy", "dir"), ("e2e", "key"), ("server", "control_socket")],
+    "client": [("client", "token_file"), ("client", "ca_file"), ("client", "users_file"),
+               ("client", "control_socket")],
 }
+#: Path values that are words, not paths (``control_socket = off``).
+_PATH_WORDS = ("off",)
 
 # --- error reporting ---------------------------------------------------------
 
@@ -187,7 +190,7 @@ def _acl_migration(acl, report):
 def _resolve_paths(cfg, role, base):
     for section, key in PATH_KEYS[role]:
         value = cfg[section][key]
-        if value:
+        if value and value not in _PATH_WORDS:
             value = os.path.expanduser(value)
             cfg[section][key] = os.path.normpath(os.path.join(base, value))
 

@@ -29,6 +29,9 @@ CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 #: Private-use close code: the peer speaks another tunnel protocol version.
 CLOSE_VERSION_MISMATCH = 4001
+#: The server's operator closed the tunnel (control socket ``disconnect_user``); not
+#: a refusal of the token: the client dials again as after any other close.
+CLOSE_BY_OPERATOR = 4003
 
 
 class AfbError(Exception):

@@ -439,7 +439,7 @@ key = {keys}/server.key
 state_dir = {state}
 log_level = {log_level}
 drain_timeout = 2
-
+{server_control}
 [auth]
 jwt_public_key = {keys}/jwt.pub
 jwt_private_key = {keys}/jwt.key
@@ -465,7 +465,7 @@ token_file = {keys}/client.token
 pin = {pin}
 log_level = {log_level}
 drain_timeout = 2
-
+{client_control}
 [e2e]
 server_key = {e2e_key}
 
@@ -556,6 +556,17 @@ def _allow_key(checkout):
         return "allow_private_to" if "allow_private_to" in handle.read() else "allow"
 
 
+def _control_lines(checkout, directory):
+    """``control_socket`` lines for both configs: the pair's own sockets in ``directory``
+    (never /run/afb, which several pairs would share), or none before the key existed."""
+    spec = os.path.join(checkout or REPO, "afb", "configspec", "server.spec")
+    with open(spec, encoding="utf-8") as handle:
+        if "control_socket" not in handle.read():
+            return {"server_control": "", "client_control": ""}
+    return {role + "_control": "control_socket = %s\n" % os.path.join(directory, role + ".sock")
+            for role in ("server", "client")}
+
+
 def afb_command(checkout=None):
     """``(argv prefix, env)`` that runs ``afb``: this checkout's, or ``checkout``'s (a
     directory holding another revision, see :func:`base_checkout`) with this venv."""
@@ -636,7 +647,7 @@ def start_afb_pair(directory, tls, procs=None, host=LOOPBACK, allow=(), path="/t
                pin=pin if tls else '""',
                e2e_mode="required" if e2e else "off", e2e_key=e2e_key if e2e else '""',
                allow=", ".join(allow) + ("," if len(allow) == 1 else "") if allow else '""',
-               allow_key=_allow_key(checkout),
+               allow_key=_allow_key(checkout), **_control_lines(checkout, directory),
                server_tunnel="".join("%s = %s\n" % kv for kv in dict(
                    # conc10k opens 10,000 streams in one tunnel (the default allows 2048 a user)
                    {"max_streams_per_user": 0}, **(server_tunnel or {})).items()),

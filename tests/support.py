@@ -192,6 +192,7 @@ key = server.key
 state_dir = state
 log_level = debug
 drain_timeout = 5
+control_socket = server.sock
 [auth]
 jwt_public_key = jwt.pub
 jwt_private_key = jwt.key
@@ -212,6 +213,7 @@ pin = {pin}
 fast_open = {fast_open}
 log_level = debug
 drain_timeout = 5
+control_socket = client.sock
 [e2e]
 server_key = {e2e_key}
 [tunnel]

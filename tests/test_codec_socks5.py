@@ -125,7 +125,7 @@ def test_userpass_success(username, password):
     parser = Socks5Parser(check_user)
     assert parser.receive(b"\x05\x02\x00\x02") == (OK_USERPASS, None)
     assert parser.receive(userpass(username, password)) == (AUTH_OK, None)
-    expected = Request(CMD_CONNECT, "example.com", 443)
+    expected = Request(CMD_CONNECT, "example.com", 443, username)    # who logged in, kept
     assert parser.receive(request("example.com", 443)) == (b"", expected)
     assert parser.method == METHOD_USERPASS and parser.username == username
 
@@ -134,14 +134,16 @@ def test_userpass_empty_fields_reach_authenticate():
     seen = []
     parser = Socks5Parser(lambda u, p: seen.append((u, p)) or True)
     out, req = parser.receive(OFFER_USERPASS + b"\x01\x00\x00" + request("h", 1))
-    assert (out, req, seen) == (OK_USERPASS + AUTH_OK, Request(CMD_CONNECT, "h", 1), [("", "")])
+    assert (out, req, seen) == (OK_USERPASS + AUTH_OK, Request(CMD_CONNECT, "h", 1, ""),
+                                [("", "")])
 
 
 def test_pipelined_phases_and_leftover():
     data = (OFFER_USERPASS + userpass("alice", "s3cret") + request("10.0.0.1", 22)
             + b"SSH-2.0-x\r\n")
     assert run_all(data, check_user) == (
-        "ok", OK_USERPASS + AUTH_OK, Request(CMD_CONNECT, "10.0.0.1", 22), b"SSH-2.0-x\r\n")
+        "ok", OK_USERPASS + AUTH_OK, Request(CMD_CONNECT, "10.0.0.1", 22, "alice"),
+        b"SSH-2.0-x\r\n")
 
 
 def test_leftover_after_request_in_separate_call():
@@ -318,4 +320,4 @@ def test_random_split_points_random_requests(host, port, tail, cuts):
     points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
     chunks = [b - a for a, b in zip(points, points[1:], strict=False)]
     assert run(data, chunks, check_user) == (
-        "ok", OK_USERPASS + AUTH_OK, Request(CMD_CONNECT, host, port), tail)
+        "ok", OK_USERPASS + AUTH_OK, Request(CMD_CONNECT, host, port, "alice"), tail)

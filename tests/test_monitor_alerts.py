@@ -225,10 +225,10 @@ def test_no_command_runs_nothing(command):
     assert AlertCommand(command).run(ALERT, "active") is None
 
 
-# --- the loop's step (afb/monitor/monitoring.py) ------------------------------------
+# --- the loop's step (afb/monitor/reporting.py) ------------------------------------
 
 def test_a_check_logs_lists_and_runs_the_command(tmp_path, caplog):
-    from afb.monitor import monitoring
+    from afb.monitor import reporting
     from tests.monitor_fakes import FakeMonitor
 
     out = tmp_path / "alerts.jsonl"
@@ -240,10 +240,10 @@ def test_a_check_logs_lists_and_runs_the_command(tmp_path, caplog):
     settings = dict(OFF, max_rate_down=10e6, clear_after=0, alert_command="%s %s" % (
         script(tmp_path, 'cat >> "$1"\n'), out), alert_command_timeout=5.0)
     app = App()
-    mon = monitoring.Monitoring(app, {"client": {"metrics_listen": ""}, "alerts": settings},
+    mon = reporting.Reporting(app, {"client": {"metrics_listen": ""}, "alerts": settings},
                                 "client")
     assert mon.alerting and mon.metrics is None and mon.usage is None
-    caplog.set_level(logging.INFO, logger=monitoring.__name__)
+    caplog.set_level(logging.INFO, logger=reporting.__name__)
     started, _ = mon.check(now=100.0)
     assert app.auth_failures_by_source == {}
     assert [a["name"] for a in app.monitor.alerts] == ["bandwidth_down"]

@@ -91,7 +91,7 @@ def test_metrics_server_serves_metrics_and_nothing_else():
 
 
 def test_a_busy_port_is_one_line():
-    from afb.monitor.monitoring import Monitoring
+    from afb.monitor.reporting import Reporting
 
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
@@ -105,7 +105,7 @@ def test_a_busy_port_is_one_line():
            "alerts": {"alert_command": "", "alert_command_timeout": 1.0}}
     try:
         with pytest.raises(AfbError) as info:
-            Monitoring(App(), cfg, "client")
+            Reporting(App(), cfg, "client")
     finally:
         holder.close()
     assert str(info.value) == (

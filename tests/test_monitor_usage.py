@@ -43,7 +43,7 @@ def test_days_split_at_utc_midnight(store):
     rec.sample(MIDNIGHT - 5)
     monitor.counters = {"alice": counters(150, 1500, 3, 10.0, 2)}
     rec.sample(MIDNIGHT)                # the recorder wakes at midnight
-    assert rec.today("alice") == {"bytes_up": 0, "bytes_down": 0}
+    assert rec.today("alice") == (0, 0)
     monitor.counters = {"alice": counters(160, 1600, 4, 15.0, 1),
                         "bob": counters(7, 8, 1, 1.0, 1)}
     rec.sample(MIDNIGHT + 5)
@@ -55,18 +55,17 @@ def test_days_split_at_utc_midnight(store):
          "streams": 1, "peak_streams": 1, "tunnel_seconds": 5.0},
         {"day": "2026-12-02", "user": "bob", "bytes_up": 7, "bytes_down": 8,
          "streams": 1, "peak_streams": 1, "tunnel_seconds": 1.0}]
-    assert rec.today("alice") == {"bytes_up": 10, "bytes_down": 100}
+    assert rec.today("alice") == (10, 100)
     # the live figures between two samples (the snapshot's USER bytes_*)
-    assert rec.today("alice", live_up=170, live_down=1700) == {"bytes_up": 20,
-                                                               "bytes_down": 200}
-    assert rec.today("nobody") == {"bytes_up": 0, "bytes_down": 0}
+    assert rec.today("alice", live_up=170, live_down=1700) == (20, 200)
+    assert rec.today("nobody") == (0, 0)
 
 
 def test_a_restarted_server_adds_to_the_day(store):
     for run in range(2):
         monitor = FakeMonitor()
         rec = recorder(store, monitor, MIDNIGHT + 100 + run)
-        assert rec.today("alice")["bytes_down"] == 1000 * run
+        assert rec.today("alice")[1] == 1000 * run
         monitor.counters = {"alice": counters(10, 1000, 1, 2.0, 4 - run)}
         rec.sample(MIDNIGHT + 200 + run)
         rec.flush()

@@ -10,6 +10,7 @@ invalid changes nothing -- each case one log line.
 
 import logging
 import signal
+import time
 
 import gevent
 from gevent.event import Event
@@ -22,10 +23,14 @@ from afb.apps.client_reload import (
     tunnel_settings,
 )
 from afb.apps.local_proxy import LocalProxy
+from afb.apps.monitoring import start_monitoring
 from afb.config import load_config
 from afb.config_values import parse_hostport
 from afb.errors import AfbError, ConfigError
 from afb.file_checks import client_file_checks, run_file_checks
+from afb.monitor.reporting import Reporting
+from afb.monitor.stats import Monitor
+from afb.policy import token_check
 from afb.policy.access import AuthThrottle, SourceAcl
 from afb.policy.client_token import ClientToken
 from afb.policy.proxy_users import ProxyUsers
@@ -55,15 +60,49 @@ class ProxyClient:
                                 throttle=AuthThrottle(client["max_auth_failures"],
                                                       client["auth_failure_window"],
                                                       client["ban_time"]))
+        self.monitor = Monitor("client", listen=client["listen"], server_url=self.tunnel.url,
+                               sessions=lambda: self.tunnel.sessions,
+                               tunnel_state=self._tunnel_state, reload=self.reload)
+        self.tunnel.tally = self.monitor.tally
+        self.monitoring = None
+        # /metrics (bound now: a busy port stops the start) and alerts.
+        self.reporting = Reporting(self, cfg, "client")
 
     def start(self):
         self.proxy.start()
+        host, port = self.proxy.address[:2]
+        self.monitor.listen = "%s:%d" % ("[%s]" % host if ":" in host else host, port)
+        self.monitoring = start_monitoring(self.monitor, self.cfg, "client")
+        self.monitoring.parts.append(self.reporting.start())
         self.tunnel.start()
+
+    def _tunnel_state(self, session):
+        """The client's side of a TUNNEL dict (see :class:`~afb.monitor.stats.Monitor`)."""
+        tunnel = self.tunnel
+        reconnects = max(0, tunnel.connects - 1)
+        if session is None:
+            down_for = (time.monotonic() - tunnel.down_since
+                        if tunnel.down_since is not None else 0.0)
+            return {"id": None, "peer": tunnel.url, "user": self._user(tunnel.token_source.last()),
+                    "state": "down" if tunnel.last_error else "connecting", "rtt": None,
+                    "reconnects": reconnects, "streams": 0, "cipher": None, "bytes_up": 0,
+                    "bytes_down": 0, "rate_up": 0.0, "rate_down": 0.0, "uptime": 0.0,
+                    "down_for": down_for, "error": tunnel.last_error or None}
+        state = "down" if session.closed else "draining" if session.draining else "open"
+        return {"state": state, "reconnects": reconnects,
+                "user": self._user(tunnel.token_for(session))}
+
+    @staticmethod
+    def _user(token):
+        claims = token_check.unverified_claims(token) if token else None
+        return claims.get("sub") if isinstance(claims, dict) else None
 
     def stop(self, timeout=None):
         timeout = self.cfg["client"]["drain_timeout"] if timeout is None else timeout
         self.proxy.close()
         self.tunnel.stop(drain_timeout=timeout)
+        if self.monitoring is not None:
+            self.monitoring.stop()
         log.info("stopped")
 
     def reload(self):
@@ -100,6 +139,7 @@ class ProxyClient:
                         ", ".join(plan.restart))
         if changed:
             self.tunnel.configure(**settings)
+            self.monitor.server_url = self.tunnel.url
             _warn_without_e2e(self.tunnel)
             self.tunnel.renew()
             log.info("SIGHUP: %s changed: opening a new tunnel; the current one serves until "

@@ -43,6 +43,8 @@ cert = server.crt
 key = server.key
 state_dir = state
 log_level = info
+# Where `afb tui` and scripts watch it (docs/control-protocol.rst).
+control_socket = server.sock
 
 [auth]
 jwt_public_key = jwt.pub
@@ -68,6 +70,8 @@ listen = 127.0.0.1:{proxy_port}
 token_file = client.token
 pin = {pin}
 log_level = info
+# Where `afb tui` (run from the project folder, no arguments) finds it.
+control_socket = client.sock
 
 [e2e]
 # The server's E2E public key (its e2e.key): end-to-end encryption on.

@@ -159,7 +159,7 @@ class LocalProxy:
 
     def _socks_request(self, sock, peer, request, leftover):
         self._auth_passed(peer)
-        args = (sock, peer, "socks5", request.host, request.port, leftover)
+        args = (sock, peer, "socks5", request.host, request.port, leftover, request.user)
         if self.fast_open and self.tunnel.live_session() is not None:
             self._open_or_close(*args)          # nothing on this path waits
         else:
@@ -183,10 +183,10 @@ class LocalProxy:
         else:
             self._open_or_close(sock, peer, *request)
 
-    def _open_or_close(self, sock, peer, kind, host, port, early):
+    def _open_or_close(self, sock, peer, kind, host, port, early, user=None):
         handed_off = False
         try:
-            handed_off = self._open(sock, peer, kind, host, port, early)
+            handed_off = self._open(sock, peer, kind, host, port, early, user)
         except (OSError, AfbError) as exc:
             log.info("%s: %s", peer, exc)
         finally:
@@ -207,6 +207,7 @@ class LocalProxy:
             data = sock.recv(8192)
             if not data:
                 return None
+        user = None
         if self.authenticate is not None:
             given = self._http_credentials(parser.headers)
             ip = peer.rpartition(":")[0]
@@ -219,9 +220,10 @@ class LocalProxy:
                          peer)
                 return None
             self._auth_passed(peer)
+            user = given[0]
         if request.method == "CONNECT":
-            return "connect", request.host, request.port, parser.leftover
-        return "http", request.host, request.port, request.forward + parser.leftover
+            return "connect", request.host, request.port, parser.leftover, user
+        return "http", request.host, request.port, request.forward + parser.leftover, user
 
     @staticmethod
     def _http_credentials(headers):
@@ -231,7 +233,9 @@ class LocalProxy:
                 return parse_basic(value) or ("", "")
         return None
 
-    def _open(self, sock, peer, kind, host, port, early):
+    def _open(self, sock, peer, kind, host, port, early, user=None):
+        """Open a stream for the app at ``peer`` (``user``: its proxy login); -> whether
+        the socket was handed to a relay."""
         try:
             session = self.tunnel.get_session(self.open_timeout)
         except AfbError as exc:
@@ -244,6 +248,7 @@ class LocalProxy:
             # OPEN (sent by open_stream, now) travels to the server.
             self._succeed(sock, kind)
         stream = session.open_stream(frames.CMD_CONNECT, host, port, early, wait=not optimistic)
+        stream.origin = (peer, user)
         if not optimistic:
             try:
                 stream.wait_open(self.open_timeout)

@@ -11,11 +11,15 @@ from gevent.event import Event
 
 from afb import ratelog
 from afb.apps.live_tokens import RevocationWatch, TokenRefresher
+from afb.apps.monitoring import start_monitoring
 from afb.apps.own_addresses import OwnAddressWatch, hostname_addresses
 from afb.codec import aead, frames
 from afb.config_values import parse_hostport
 from afb.errors import CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported, DestinationError
 from afb.keys import check_secret_file, load_static_key, spki_pin
+from afb.monitor.counters import count, count_destination_error
+from afb.monitor.reporting import Reporting
+from afb.monitor.stats import Monitor
 from afb.policy.access import AuthThrottle, SourceAcl, client_ip, failure_weight, parse_networks
 from afb.policy.acl import DestinationAcl
 from afb.policy.auth import token_from_headers
@@ -82,9 +86,14 @@ class TunnelServer:
             buffer_limit=tunnel["max_buffer_per_user"],
             frame_rate=tunnel["max_frame_rate_per_user"])
         self.sessions = set()
+        self.monitor = Monitor("server", listen=server["listen"], sessions=lambda: self.sessions,
+                               reload=self.reload_tls, live_users=self.users)
+        self.monitoring = None
         #: Failed logins per client address since the alert loop last took them
-        #: (afb.monitor.monitoring): a plain dict add per failure.
+        #: (afb.monitor.reporting): a plain dict add per failure.
         self.auth_failures_by_source = {}
+        # /metrics (bound now: a busy port stops the start), usage records, alerts.
+        self.reporting = Reporting(self, cfg, "server")
         self._housekeeper = None
         # Live tunnels' tokens: refreshes within their family; revocations close them.
         self.refresher = TokenRefresher(self.signer, self.verifier, self.state, cfg["auth"])
@@ -140,6 +149,7 @@ class TunnelServer:
         environ["afb.client_ip"] = ip
         refused = self.sources.check(ip)
         if refused:
+            count("source_refusals")
             raise AuthError("client %s %s of [access]" % (ip, refused))
         if self.throttle.is_banned(ip):
             raise AuthError("client %s is banned for %.0f s more after failed logins"
@@ -151,9 +161,11 @@ class TunnelServer:
                 raise AuthError("no token")
             claims = self.verifier.verify(token)
         except AuthError as exc:
+            count("auth_failures")
             sources = self.auth_failures_by_source      # read and emptied by the alert loop
             sources[ip] = sources.get(ip, 0) + 1
             if self.throttle.failed(ip, failure_weight(exc)):
+                count("bans")
                 raise AuthError("%s; client %s banned for %.0f s after %d failures" % (
                     exc, ip, self.throttle.ban_time, self.throttle.max_failures)) from None
             raise
@@ -169,6 +181,7 @@ class TunnelServer:
         try:
             user = self.users.enter(claims["sub"])
         except AfbError as exc:
+            count("limit_hits")
             _refusals.warning(claims["sub"], "tunnel refused", "%s: refused: %s", label, exc)
             ws.close(exc.close_code, str(exc))
             return
@@ -192,7 +205,8 @@ class TunnelServer:
                           on_refresh=self.refresher, admit=self._admit_stream,
                           idle_timeout=tunnel["idle_timeout"], label=label,
                           buffer_limit=tunnel["max_buffer"], frame_rate=tunnel["max_frame_rate"],
-                          user=user)
+                          user=user, tally=self.monitor.user_tally(claims["sub"]),
+                          peer=_peer(environ))
         session.claims = claims
         if "exp" in claims:
             session.expire_at(claims["exp"], grace=self.cfg["auth"]["leeway"])
@@ -273,6 +287,7 @@ class TunnelServer:
         """A dial ended: OPEN_FAIL with its SOCKS code, or OPEN_OK and relay."""
         stream.pending = None
         if error is not None:
+            count_destination_error(error)
             _dial_failures.info(session.label, "stream refused", "%s: open %s refused: %s",
                                 session.label, stream.target, error)
             session.refuse(stream, error)
@@ -297,12 +312,15 @@ class TunnelServer:
 
     def start(self):
         self.wsgi.start()
+        self.monitoring = start_monitoring(self.monitor, self.cfg, "server")
+        self.monitoring.parts.append(self.reporting.start())    # stopped before the store
         self.revocation_watch.start()
         self.own_watch.start()
         if self.listen[1] == 0:     # an ephemeral port: refuse the one we got
             self.dialer.acl = self.acl = self._make_acl(self.address[1])
         scheme = "wss" if self.ssl_context else "ws"
         host, port = self.address
+        self.monitor.listen = "%s:%d" % ("[%s]" % host if ":" in host else host, port)
         log.info("listening on %s://%s:%d%s", scheme, "[%s]" % host if ":" in host else host,
                  port, masked_path(self.cfg["server"]["path"]))
         self._housekeeper = gevent.spawn(self._housekeeping)
@@ -338,6 +356,8 @@ class TunnelServer:
         if self._housekeeper is not None:
             self._housekeeper.kill(block=False)
         ratelog.flush_all(now=float("inf"))
+        if self.monitoring is not None:
+            self.monitoring.stop()
         self.state.close()
         self._stopped.set()
         log.info("stopped")
@@ -383,6 +403,14 @@ def masked_path(path):
     further than the config: journald, support requests, screenshots.
     """
     return path if len(path) <= 4 else path[:4] + "\u2026"
+
+
+def _peer(environ):
+    """The client's address (as trusted proxies tell it) and port, for the monitor."""
+    ip = environ.get("afb.client_ip") or environ.get("REMOTE_ADDR", "?")
+    port = environ.get("REMOTE_PORT")
+    host = "[%s]" % ip if ":" in ip else ip
+    return "%s:%s" % (host, port) if port else host
 
 
 def _e2e_failure(exc):

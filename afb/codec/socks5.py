@@ -13,6 +13,7 @@ its phases).
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 from afb.codec.address import decode_address, encode_address
 from afb.errors import (
@@ -57,11 +58,12 @@ _FAILED = "failed"
 
 @dataclass(frozen=True)
 class Request:
-    """A complete SOCKS5 request: command and destination."""
+    """A complete SOCKS5 request: command, destination, and the user that logged in."""
 
     command: int
     host: str
     port: int
+    user: Optional[str] = None
 
 
 def reply(code, host="0.0.0.0", port=0):
@@ -222,7 +224,7 @@ class Socks5Parser:
         self.leftover = bytes(buf[end:])
         self._buf = bytearray()
         self._state = _DONE
-        return Request(command, host, port)
+        return Request(command, host, port, self.username)
 
 
 def _error(cls, message, response, reply=None):

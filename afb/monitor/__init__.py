@@ -1,1 +1,1 @@
-"""Observability: the stats model, /metrics, usage reports and alerts (issue 11)."""
+"""What the daemons tell about themselves: counters, snapshots, the control socket."""

@@ -3,7 +3,7 @@
 :class:`AlertEngine` takes the daemon's SNAPSHOT dict (docs/control-protocol.rst)
 once a second and returns the alerts that started and those that ended; it
 holds no socket, no greenlet and no clock of its own (``now`` comes in), so
-its tests feed fixed snapshots and a fake time.  :mod:`afb.monitor.monitoring`
+its tests feed fixed snapshots and a fake time.  :mod:`afb.monitor.reporting`
 runs it every second, logs each change in one line and runs ``alert_command``.
 
 Rules (0 turns one off), each alert named by a stable tag:

@@ -39,14 +39,12 @@ from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from afb.monitor.alerts import RULE_NAMES
+from afb.monitor.counters import ERROR_KINDS
 
 log = logging.getLogger(__name__)
 #: Users with series of their own; the others are summed as user="_other".
 TOP_USERS = 50
 OTHER = "_other"
-ERROR_KINDS = ("auth_failures", "decoy_answers", "acl_refusals", "source_refusals",
-               "dns_failures", "connect_timeouts", "connect_refused", "resets", "limit_hits",
-               "bans")
 
 
 class SnapshotCollector:

@@ -17,9 +17,10 @@ so every byte lands in the UTC day it passed in, give or take the timer's
 wake-up jitter (milliseconds).  The peak of a day is the largest peak of its
 intervals, exact because the Monitor resets its peak at each read.
 
-``today(user, live_up, live_down)`` gives the snapshot's ``today_bytes_*``
-from memory: the day's rows as stored, plus what has passed since.  Rows
-older than ``report_days`` expire at start and at each midnight.
+``today(user, live_up, live_down)`` (``Monitor.today``) gives the
+snapshot's ``today_bytes_*`` from memory: the day's rows as stored, plus
+what has passed since.  Rows older than ``report_days`` expire at start and
+at each midnight.
 
 Measured (bench/monitoring, 1,000 users active in every interval, a 2-core
 VM): ``sample()`` takes 2.4 ms of the loop (median; p99 2.7 ms), and the
@@ -136,18 +137,19 @@ class UsageRecorder:
     # --- what the snapshot asks ----------------------------------------------------
 
     def today(self, user, live_up=None, live_down=None):
-        """``{"bytes_up", "bytes_down"}`` of ``user`` today; ``live_*``: the user's
-        cumulative bytes now (the snapshot's USER ``bytes_*``), for the bytes since
-        the last sample."""
+        """``(bytes up, bytes down)`` of ``user`` today (``Monitor.today``); ``live_*``:
+        the user's cumulative bytes now (the snapshot's USER ``bytes_*``), for the
+        bytes since the last sample, else those are left out (at most
+        ``report_flush`` seconds of them)."""
         row = self._today.get(user)
         seen = self._seen.get(user) or {}
-        out = {}
+        out = []
         for field, live in (("bytes_up", live_up), ("bytes_down", live_down)):
             value = row[field] if row else 0
             if live is not None and live >= seen.get(field, 0):
                 value += live - seen.get(field, 0)
-            out[field] = value
-        return out
+            out.append(value)
+        return tuple(out)
 
     # --- the greenlet ----------------------------------------------------------------
 

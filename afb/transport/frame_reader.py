@@ -34,6 +34,7 @@ from gevent.event import Event
 from afb.codec import frames
 from afb.codec.websocket import describe_close
 from afb.errors import REP_GENERAL_FAILURE, AfbError, ProtocolError
+from afb.monitor.counters import count
 from afb.ratelog import LogLimiter
 from afb.transport.pacer import MESSAGE_UNITS, Allowance
 
@@ -210,11 +211,13 @@ class FrameReader:
         if late:
             return AfbError("server is shutting down")
         if len(self.streams) > session.max_streams:
+            count("limit_hits")
             return AfbError("too many streams (limit %d)" % session.max_streams)
         if session.admit is not None:
             try:
                 session.admit(session, stream)
             except AfbError as exc:
+                count("limit_hits")
                 return exc
         return None
 

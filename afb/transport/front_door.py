@@ -40,6 +40,7 @@ from gevent.socket import wait_read
 
 from afb.codec.http_head import ChunkedSkipper, HeadReader, body_length, normalize_path
 from afb.errors import HttpRequestError
+from afb.monitor.counters import count
 from afb.transport import tls
 from afb.transport.decoy import PLAIN_HTTP_DETAIL, error_response
 from afb.transport.listen_socket import reuse_port_listener
@@ -149,6 +150,7 @@ class FrontDoor(StreamServer):
             refused = "descriptor %d above the high-water mark %d" % (fd, self.admission.fd_mark)
         refused = refused or self.admission.admit(ip)
         if refused is not None:
+            count("source_refusals")
             self.limiter.info(ip, "connection refused before TLS",
                               "connection from %s closed at once: %s", ip, refused)
             close_socket(sock, abort=True)
@@ -257,6 +259,7 @@ class FrontDoor(StreamServer):
     # --- the decoy -------------------------------------------------------------------
 
     def _to_decoy(self, conn, sock, address, reader, head=None, error=None):
+        count("decoy_answers")
         if self.upstream is not None:
             up = self.upstream.connect(sock, address)
             if up is not None:

@@ -22,6 +22,7 @@ sockets).  Streams are opened by the client (odd ids); the server learns of
 them through ``on_open``.
 """
 
+import itertools
 import logging
 import os
 import time
@@ -41,6 +42,7 @@ from afb.errors import (
     ProtocolError,
     VersionMismatch,
 )
+from afb.monitor.counters import Tally, count
 from afb.mux.budget import ByteBudget
 from afb.transport.frame_reader import FrameReader
 from afb.transport.frame_writer import BATCH_LIMIT, FrameWriter
@@ -57,6 +59,8 @@ DEFAULT_BUFFER = 8 * 1024 * 1024
 DEFAULT_FRAME_RATE = 100_000
 #: What the reader's own answers may add to a full queue (see backlog_limit).
 BACKLOG_SLACK = 1 << 20
+#: Tunnels are numbered from 1 in the order they were made (the monitor's names).
+_numbers = itertools.count(1)
 
 
 class Session:
@@ -66,7 +70,7 @@ class Session:
                  max_message=1 << 20, max_streams=16384, ping_interval=20.0,
                  ping_timeout=15.0, on_open=None, on_refresh=None, admit=None,
                  idle_timeout=0.0, label="", buffer_limit=DEFAULT_BUFFER,
-                 frame_rate=DEFAULT_FRAME_RATE, user=None):
+                 frame_rate=DEFAULT_FRAME_RATE, user=None, tally=None, peer=""):
         """``on_open(session, stream, command)``: server, a client opened a stream
         (must not block); ``on_refresh(session) -> token``: server, a fresh token;
         ``admit(session, stream)``: server, raises AfbError to refuse a stream;
@@ -74,7 +78,10 @@ class Session:
         (:mod:`afb.mux.budget`); ``frame_rate``: work units per second its
         reader may spend (:mod:`afb.transport.pacer`); ``user``: the server's
         record of the tunnel's user, whose budgets and pacer are the parents
-        of this tunnel's (None: no parent)."""
+        of this tunnel's (None: no parent); ``tally``: the
+        :class:`~afb.monitor.counters.Tally` this tunnel's own adds to (its
+        user's, or the process's); ``peer``: who is at the other end (the
+        client's address, or the server's URL), for the monitor."""
         self.ws = ws
         self.client = client
         self.window = window
@@ -90,6 +97,9 @@ class Session:
         self.clock = time.monotonic
         self.claims = {}               # server: claims of the token in force
         self.session_id = os.urandom(16)
+        self.number = next(_numbers)   # the monitor's name for it: stream "number/id"
+        self.peer = peer
+        self.tally = Tally(parent=tally)   # what its ended streams carried
         self.peer_window = window
         self.streams = {}
         self.rtt = None
@@ -201,6 +211,9 @@ class Session:
         self.streams[stream_id] = stream
         if self.user is not None:
             self.user.streams += 1
+            self.tally.stream_opened(self.user.streams)
+        else:
+            self.tally.stream_opened(len(self.streams))
         self.drained.clear()
         return stream
 
@@ -234,6 +247,7 @@ class Session:
         """The stream is gone (ended or reset): out of the table."""
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
+            self.tally.stream_ended(stream)
             if self.user is not None:
                 self.user.streams -= 1
             if not self.streams:
@@ -262,6 +276,7 @@ class Session:
         if self.closed or self.close_reason:
             return
         self.close_reason = "peer does not read (%d bytes queued for it)" % self.down.used
+        count("limit_hits")
         log.warning("%s: %s; closing the tunnel", self.label, self.close_reason)
         gevent.spawn(self.close, CLOSE_POLICY_VIOLATION, "peer does not read")
 
@@ -301,6 +316,8 @@ class Session:
         self.writer.wake()
         self.state_changed.set()
         self.tokens.stop()
+        if not self.done.is_set():
+            self.tally.tunnel_ended(time.monotonic() - self.started_at)
         for greenlet in self._greenlets:
             if greenlet is not gevent.getcurrent():
                 greenlet.kill(block=False)

@@ -26,6 +26,7 @@ from gevent.event import AsyncResult
 from afb.buffers import detach
 from afb.codec import frames
 from afb.errors import REP_GENERAL_FAILURE, DestinationError, StreamReset, TimedOut, reply_reason
+from afb.monitor.counters import count
 from afb.mux.budget import ByteBudget
 from afb.mux.flow import ReceiveWindow, SendCredit
 
@@ -69,7 +70,7 @@ class Stream:
 
     __slots__ = ("session", "id", "host", "port", "credit", "window", "bytes_in", "bytes_out",
                  "remote_fin", "local_fin", "reset_error", "sink", "_early", "_result",
-                 "reply_later", "pending", "opened_at", "__weakref__")
+                 "reply_later", "pending", "opened_at", "origin", "__weakref__")
 
     def __init__(self, session, stream_id, host, port, send_window, recv_window, recv_max):
         self.session = session
@@ -89,6 +90,7 @@ class Stream:
         self.reply_later = False   # server: the client does not wait for OPEN_OK
         self.pending = None        # server: cancels the dial still in progress
         self.opened_at = session.clock()
+        self.origin = None         # client: (the app's address, its proxy user or None)
 
     def __repr__(self):
         return "<Stream %d %s>" % (self.id, self.target)
@@ -206,6 +208,8 @@ class Stream:
     def on_reset(self, reply, message, by_peer=True):
         if self.reset_error is not None:
             return
+        if not self.session.closed:     # a tunnel's end is not a reset of each stream
+            count("resets")
         text = message or reply_reason(reply)
         self.reset_error = StreamReset("stream to %s reset%s: %s" % (
             self.target, " by peer" if by_peer else "", text), reply=reply)

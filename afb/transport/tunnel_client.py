@@ -91,6 +91,8 @@ class TunnelClient:
         self.drain_timeout = drain_timeout
         self.session = None
         self.sessions = set()        # the current one and any still draining
+        self.tally = None            # the monitor's Tally that the sessions' tallies add to
+        self.down_since = time.monotonic()   # no published session since then (None: one is)
         self.connects = 0
         self.last_error = ""
         self._delay = reconnect_min
@@ -182,8 +184,13 @@ class TunnelClient:
             self._ready.wait(left)
         raise TunnelUnavailable("client is stopping")
 
+    def token_for(self, session):
+        """The token ``session`` was opened with ("" if unknown)."""
+        return self._tokens.get(session, "")
+
     def _publish(self, session):
         self.session = session
+        self.down_since = None
         self.sessions.add(session)
         self._ready.set()
         session.state_changed.rawlink(lambda _event: self._unpublish(session))
@@ -192,6 +199,7 @@ class TunnelClient:
         """``session`` takes no new streams any more (GOAWAY, closed): wake the connector."""
         if self.session is session:
             self.session = None
+            self.down_since = time.monotonic()
             self._ready.clear()
             self._wake.set()
 
@@ -340,7 +348,8 @@ class TunnelClient:
                                self.e2e_cipher, self.connect_timeout)
         session = Session(ws, client=True, window=self.window, max_message=self.max_message,
                           ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
-                          buffer_limit=self.buffer_limit, label="tunnel to %s" % self.url)
+                          buffer_limit=self.buffer_limit, label="tunnel to %s" % self.url,
+                          tally=self.tally, peer=self.url)
         try:
             session.handshake(timeout=self.connect_timeout)
         except BaseException:

@@ -106,6 +106,8 @@ class TunnelUpgrade:
             return False
         ip = address[0] if isinstance(address, tuple) else str(address)
         env = head.environ(ip)
+        if isinstance(address, tuple) and len(address) > 1:
+            env["REMOTE_PORT"] = str(address[1])
         principal, reason = None, None
         try:
             principal = self.authorize(env)

@@ -1,10 +1,11 @@
-"""What a daemon starts for issue 11's parts 3-5: /metrics, usage records, alerts.
+"""What a daemon reports outwards (issue 11, parts 3-5): /metrics, usage records, alerts.
 
-A daemon makes its :class:`Monitoring` in its constructor, once its
-``monitor`` and (server) state store exist: the metrics socket is bound
-there, so a busy port is one "cannot start" line.  ``start()`` with the
-daemon; ``stop()`` before the store closes, so the last usage increments
-are written.  Everything here reads the Monitor
+A daemon makes its :class:`Reporting` in its constructor, once its
+``monitor`` (:class:`afb.monitor.stats.Monitor`) and (server) state store
+exist: the metrics socket is bound there, so a busy port is one "cannot
+start" line.  ``start()`` returns it for the daemon's
+:class:`afb.apps.monitoring.Monitoring` parts, whose ``stop()`` runs before
+the store closes, so the last usage increments are written.  Everything here reads the Monitor
 from outside on a timer or at a scrape; none of it is on the data path.
 
 The alert loop wakes once a second: a snapshot (``reader="alerts"``, its
@@ -39,7 +40,7 @@ _RULE_KEYS = ("max_rate_up", "max_rate_down", "max_errors_per_minute", "max_rss"
               "tunnel_down_after")
 
 
-class Monitoring:
+class Reporting:
     """The metrics server, the usage recorder (server) and the alert loop of one daemon."""
 
     def __init__(self, app, cfg, role):
@@ -67,7 +68,7 @@ class Monitoring:
             self.usage = UsageRecorder(app.monitor.usage_counters, app.state,
                                        keep_days=server["report_days"],
                                        flush_interval=server["report_flush"])
-            app.monitor.usage = self.usage      # the snapshot's today_bytes_* (USER)
+            app.monitor.today = self.usage.today    # the snapshot's today_bytes_* (USER)
         self.engine = AlertEngine(self.settings, role, now=time.time())
         self.command = AlertCommand(self.settings["alert_command"],
                                     self.settings["alert_command_timeout"], role)
@@ -77,12 +78,14 @@ class Monitoring:
         return any(self.settings.get(key) for key in _RULE_KEYS)
 
     def start(self):
+        """Start the parts -> self (a part of the daemon's Monitoring, for its stop())."""
         if self.usage is not None:
             self.usage.start()
         if self.metrics is not None:
             self.metrics.start()
         if self.alerting:
             self._alerts = gevent.spawn(self._alert_loop)
+        return self
 
     def _alert_loop(self):
         failed = False
