@@ -111,7 +111,7 @@ def test_a_missing_public_key_names_keygen(setup, tmp_path):
     os.unlink(os.path.join(setup.dir, "jwt-keys.json"))         # single-key mode
     os.unlink(os.path.join(setup.dir, "jwt.pub"))
     refused("server", setup.server_conf, [
-        "%s:11: [auth] jwt_public_key: %s does not exist; make it with afb keygen --dir %s, or "
+        "%s:12: [auth] jwt_public_key: %s does not exist; make it with afb keygen --dir %s, or "
         "fix the path" % (setup.server_conf, os.path.join(setup.dir, "jwt.pub"), setup.dir)])
 
 
