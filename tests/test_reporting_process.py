@@ -17,6 +17,7 @@ from gevent.server import StreamServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ROOT, Daemon, Setup, free_port, running, wait_log, wait_port, wait_until
+from tests.test_monitor_process import ask
 from tests.test_startup_checks import put
 
 BODY = 3_000_000
@@ -123,6 +124,10 @@ def test_metrics_report_and_an_alert_of_real_daemons(tmp_path):
             curl("--socks5-hostname", "127.0.0.1:%d" % setup.proxy_port, url)
             assert wait_until(lambda: json.loads(report(setup.server_conf, "--format", "json"))[0][
                 "bytes_down"] == target.sent, 10)
+            # the snapshot's today_bytes_*: the day's rows of both runs, from the usage store
+            users = ask(str(tmp_path / "server.sock"), {"cmd": "snapshot"})["users"]
+            assert [(u["user"], u["today_bytes_up"], u["today_bytes_down"]) for u in users] == [
+                ("tester", target.received, target.sent)]
         table = report(setup.server_conf, "--since", "today")
         # DAY USER UP DOWN STREAMS PEAK TUNNEL: two downloads of 3 MB, one at a time
         assert table.splitlines()[1].split()[1:8] == [
