@@ -25,10 +25,11 @@ when ``metrics_listen`` is a bare port.  Only ``/metrics`` answers; any
 other path is a 404.  The socket is bound when :class:`MetricsServer` is
 made, so a busy port stops the daemon at start with one line.
 
-Measured (bench/monitoring, a 2-core VM): with 1,000 users, the collector
-and prometheus-client's rendering of the 14 KB page take 1.1 ms of the loop
-(median; p99 1.3 ms), the snapshot itself not counted (that is the stats
-model's cost); a whole scrape with curl, its start-up included, 7.5 ms.
+Measured (bench/monitoring, a 2-core VM): with 1,000 users, a scrape takes
+2.6 ms of the loop (median; p99 3.0 ms): the Monitor's snapshot 1.3 ms, the
+collector and prometheus-client's rendering of the 14 KB page 1.2 ms (the
+50-user cap keeps the page small); a whole scrape with curl, curl's start-up
+included, 7.5 ms.
 """
 
 import logging
