@@ -259,3 +259,20 @@ def test_a_check_logs_lists_and_runs_the_command(tmp_path, caplog):
     assert sorted(a["state"] for a in sent) == ["active", "cleared"]
     assert {a["role"] for a in sent} == {"client"}
     mon.stop()
+
+
+def test_sighup_settings_start_the_loop():
+    from afb.monitor import reporting
+    from tests.monitor_fakes import FakeMonitor
+
+    class App:
+        monitor = FakeMonitor(snapshot(role="client"), "client")
+
+    settings = dict(OFF, alert_command="", alert_command_timeout=5.0)
+    mon = reporting.Reporting(App(), {"client": {"metrics_listen": ""}, "alerts": settings},
+                              "client").start()
+    assert mon._alerts is None              # every rule off: no loop, no snapshots
+    mon.configure(dict(settings, max_fds=1))
+    assert mon._alerts is not None and mon.engine.settings["max_fds"] == 1
+    mon.stop()
+    assert mon._alerts.dead

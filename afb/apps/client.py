@@ -162,6 +162,7 @@ class ProxyClient:
         self.proxy.sources = SourceAcl(allow=client["allow_sources"])
         if client["log_level"] != self.cfg["client"]["log_level"]:
             logsetup.configure(client["log_level"])
+        self.reporting.configure(cfg["alerts"])
 
     def serve_until_signal(self):
         stop = Event()

@@ -87,6 +87,16 @@ class Reporting:
             self._alerts = gevent.spawn(self._alert_loop)
         return self
 
+    def configure(self, settings):
+        """New ``[alerts]`` settings (client SIGHUP): active alerts stay active and are
+        judged by the new rules from the next second on."""
+        self.settings = dict(settings)
+        self.engine.settings = self.settings
+        self.command = AlertCommand(self.settings["alert_command"],
+                                    self.settings["alert_command_timeout"], self.role)
+        if self.alerting and self._alerts is None and not self._stopped:
+            self._alerts = gevent.spawn(self._alert_loop)
+
     def _alert_loop(self):
         failed = False
         while True:
