@@ -182,3 +182,28 @@ def test_any_text_is_a_day_or_a_value_error(text):
     except ValueError:
         return
     datetime.date.fromisoformat(day)
+
+
+def test_afb_report_command(tmp_path, capsys):
+    from afb.cli import main
+
+    conf = tmp_path / "server.conf"
+    conf.write_text("[server]\nstate_dir = state\n")
+    assert main(["report", "-c", str(conf)]) == 0          # no state folder yet: no rows
+    assert capsys.readouterr().out == "no usage recorded in that period\n"
+    store = StateStore(str(tmp_path / "state" / "afb.sqlite3"))
+    store.add_usage([dict(ROWS[0], day=day) for day in ("2026-11-30", "2026-12-01")]
+                    + [ROWS[1]])
+    store.close()
+    assert main(["report", "-c", str(conf), "--since", "2026-12-01", "--user", "alice",
+                 "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["2026-12-01,alice,1500,2500000,3,2,3725.5"]
+    assert main(["report", "-c", str(conf), "--until", "2026-11-30", "--format", "json"]) == 0
+    assert [r["day"] for r in json.loads(capsys.readouterr().out)] == ["2026-11-30"]
+    assert main(["report", "-c", str(conf), "--since", "2026-12-02", "--until", "2026-12-01"]) == 1
+    assert capsys.readouterr().err == ("afb report: --since 2026-12-02 is after --until "
+                                       "2026-12-01\n")
+    with pytest.raises(SystemExit) as info:
+        main(["report", "-c", str(conf), "--since", "last week"])
+    assert info.value.code == 2
+    assert "argument --since: 'last week' is not a date" in capsys.readouterr().err

@@ -163,12 +163,19 @@ class UsageRecorder:
     def _run(self):
         import gevent
 
+        failed = False
         while True:
             now = self.clock()
             wake = min(now + self.flush_interval, next_midnight(now))
             gevent.sleep(max(0.0, wake - now))
-            self.sample()
-            self.flush()
+            try:
+                self.sample()
+                self.flush()
+                failed = False
+            except Exception:  # noqa: BLE001 - a bug here must not end the records for good
+                if not failed:
+                    log.exception("usage: recording failed")
+                failed = True
 
     def stop(self):
         """Last sample and flush (before the store closes)."""
