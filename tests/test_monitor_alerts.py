@@ -276,3 +276,27 @@ def test_sighup_settings_start_the_loop():
     assert mon._alerts is not None and mon.engine.settings["max_fds"] == 1
     mon.stop()
     assert mon._alerts.dead
+
+
+def test_the_server_counts_failed_logins_per_address(tmp_path):
+    from afb.apps.server import TunnelServer
+    from afb.errors import AuthError
+    from tests.support import Setup
+
+    server = TunnelServer(Setup(tmp_path).server_cfg())
+    try:
+        for token in (None, "not.a.token", None):
+            environ = {"REMOTE_ADDR": "192.0.2.9"}
+            if token:
+                environ["HTTP_AUTHORIZATION"] = "Bearer " + token
+            with pytest.raises(AuthError):
+                server._authorize(environ)
+        assert server.auth_failures_by_source == {"192.0.2.9": 3}
+        server.reporting.configure(dict(server.cfg["alerts"], max_auth_failures_per_source=2))
+        started, _ = server.reporting.check(now=1.0)
+        assert [(a["name"], a["subject"]) for a in started] == [
+            ("auth_failures_source", "192.0.2.9")]
+        assert server.auth_failures_by_source == {}
+    finally:
+        server.reporting.stop()
+        server.state.close()
