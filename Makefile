@@ -11,7 +11,7 @@ DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 TESTS ?= $(if $(filter tests tests/% ./tests ./tests/%,$(PYTEST_ARGS)),,tests)
 
-.PHONY: demo test lint bench bench-throughput venv apt-deps clean
+.PHONY: demo test lint bench bench-throughput venv apt-deps clean test-tui-textual21 tui-demo bench-tui
 
 venv: $(VENV)/.installed
 
@@ -39,6 +39,38 @@ demo: venv
 # As root: some tests make network namespaces (ip netns) and mount namespaces.
 test: venv apt-deps
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=300 $(PYTEST_ARGS) $(TESTS)
+
+# The dashboard's tests again on Debian 13's python3-textual (2.1): a second venv
+# pinned to textual 2.1.2, so that no newer Textual API creeps into tui/.  Without
+# tests/conftest.py (--noconftest): it gevent-patches, and the TUI never runs patched.
+# The snapshot tests are left out there: their SVGs are made with the newest Textual,
+# whose rendering differs in details from 2.1's; the Pilot tests all run.
+TEXTUAL21_VENV ?= .venv-textual21
+TUI_TESTS = $(wildcard tests/test_tui_*.py)
+
+$(TEXTUAL21_VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(TEXTUAL21_VENV)
+	$(TEXTUAL21_VENV)/bin/pip install -q --upgrade pip
+	$(TEXTUAL21_VENV)/bin/pip install -q -e . textual==2.1.2 pytest pytest-asyncio \
+	  pytest-timeout pytest-textual-snapshot
+	@touch $@
+
+test-tui-textual21: $(TEXTUAL21_VENV)/.installed
+	$(TEXTUAL21_VENV)/bin/python -c 'import textual; print("textual", textual.__version__)'
+	$(TEXTUAL21_VENV)/bin/python -m pytest -q -p no:cacheprovider --noconftest --timeout=300 \
+	  -m 'not bench and not snapshot' $(TUI_TESTS)
+
+# The dashboard against the running `make demo`, in tmux, for a person to look at
+# (start `make demo` in another terminal first; TUI_ARGS e.g. --connect demo/server.sock).
+TUI_ARGS ?=
+tui-demo: venv
+	@command -v tmux >/dev/null || $(MAKE) --no-print-directory apt-deps APT_PACKAGES=tmux
+	@ls $(DEMO_DIR)/*.sock >/dev/null 2>&1 || echo "no control socket in $(DEMO_DIR)/ yet: is \`make demo\` running? The dashboard waits for it."
+	tmux new-session -A -s afb-tui '$(VENV)/bin/afb tui $(TUI_ARGS)'
+
+# The dashboard's refresh time and CPU with 2,000 live streams (a fake daemon).
+bench-tui: venv
+	$(PY) bench/tui $(BENCH_ARGS)
 
 # The linter (ruff; rules in pyproject.toml) on the code, its tests and the benchmarks.
 lint: venv

@@ -19,9 +19,10 @@ setup(
         "configobj>=5.0.8",
         "psutil>=5.9",
         "prometheus-client>=0.16",
+        "textual>=2.1",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.2",
-                             "ruff>=0.6"]},
+                             "ruff>=0.6", "pytest-textual-snapshot>=1.0"]},
     # Optional: WebSocket masking in C, 64 bits at a time; without a compiler
     # afb falls back to wsaccel.
     ext_modules=[Extension("afb._xormask", ["afb/_xormask.c"], optional=True,

@@ -70,6 +70,17 @@ def cmd_demo(args):
     return run_demo(args.dir)
 
 
+def cmd_tui(args):
+    """The dashboard, in this process: gevent was never loaded (afb/entry.py)."""
+    try:
+        from tui.app import run
+    except ImportError as exc:
+        _err("afb tui: the dashboard needs Textual (pip install 'textual>=2.1', or the "
+             "afb-tui package): %s" % exc)
+        return EXIT_FAILURE
+    return run(args.connect)
+
+
 def cmd_keygen(args):
     from afb.keys import DEFAULT_NAMES, generate_server_keys
 
@@ -224,6 +235,15 @@ def build_parser():
     p.add_argument("--dir", default=None, help="folder for its keys, token and configs, reused "
                                                "on the next run (default %s)" % DEFAULT_DEMO_DIR)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("tui", help="terminal dashboard of a running afb client or server",
+                       description="Live connections, bandwidth, logs and alerts of a running "
+                                   "afb client or server, read from its control socket.")
+    p.add_argument("--connect", metavar="SOCKET",
+                   help="the daemon's control socket (default: $AFB_CONTROL_SOCKET, else the "
+                        "first answering *.sock in /run/afb, $XDG_RUNTIME_DIR/afb, ./demo, "
+                        "%s; client.sock first)" % DEFAULT_DEMO_DIR)
+    p.set_defaults(func=cmd_tui)
 
     p = sub.add_parser("keygen", help="create the server's TLS key, certificate, JWT keys and "
                                       "E2E key")

@@ -44,3 +44,12 @@ def http_target(request):
     host = "[%s]" % request.param if ":" in request.param else request.param
     yield "http://%s:%d" % (host, server.server_port), BLOB
     server.stop()
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    """tests/test_tui_*.py: one child pytest each, unpatched (tests/tui_isolation.py says why)."""
+    if module_path.name.startswith("test_tui_"):
+        from tests.tui_isolation import TuiFile
+
+        return TuiFile.from_parent(parent, path=module_path)
+    return None

@@ -15,7 +15,7 @@ import time
 import gevent
 import pytest
 
-from afb.monitor import control_server
+from afb.transport import control_server
 from tests.support import EchoTarget, InProcessTunnel, Setup, socks_connect, wait_until
 
 
@@ -238,3 +238,37 @@ def test_a_live_socket_is_not_taken_over_and_a_stale_one_is(tmp_path):
     second = control_server.bind_unix(path)      # the file was left: replaced
     assert oct(os.stat(path).st_mode & 0o777) == "0o660"
     second.close()
+
+
+def test_errors_are_counted_by_kind(tunnel):
+    import ssl
+
+    from tests.support import free_port
+
+    client, server = Reader(tunnel.client_sock), Reader(tunnel.server_sock)
+    try:
+        before = (client.ask({"cmd": "snapshot"})["errors"],
+                  server.ask({"cmd": "snapshot"})["errors"])
+        closed_port = free_port()
+        for port in (closed_port, tunnel.setup.server_port):   # refused; the server itself
+            with pytest.raises(OSError):
+                socks_connect(tunnel.proxy, "127.0.0.1", port).recv(1)
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        with context.wrap_socket(socket.create_connection(
+                ("127.0.0.1", tunnel.setup.server_port))) as probe:   # a visitor: the decoy
+            probe.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert probe.recv(100).startswith(b"HTTP/1.1 200")
+
+        def grew(reader, old):
+            new = reader.ask({"cmd": "snapshot"})["errors"]
+            return {kind: new[kind] - old[kind] for kind in new if new[kind] != old[kind]}
+        # Both daemons run in this process and share its counters (a daemon has a
+        # process of its own otherwise): each refusal counts on the server, which
+        # refused, and on the client, which was told.  A refusal is no reset.
+        wait_until(lambda: grew(server, before[1]).get("decoy_answers"), 5)
+        expected = {"connect_refused": 2, "acl_refusals": 2, "decoy_answers": 1}
+        assert grew(server, before[1]) == grew(client, before[0]) == expected
+    finally:
+        client.close()
+        server.close()

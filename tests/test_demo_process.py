@@ -49,6 +49,21 @@ if up:
     peer, _ = target.accept()
     app.sendall(b"x")
     result["echo"] = peer.recv(1).decode()            # one idle stream, left open
+    while not any("refused stream" in line for line in out):   # the banner's last line
+        line = demo.stdout.readline()
+        if not line:
+            break
+        out.append(line)
+    named = [w for line in out for w in line.split() if w.endswith("client.sock")]
+    if named:                                          # what `afb tui` would read
+        control = socket.socket(socket.AF_UNIX)
+        control.settimeout(10)
+        control.connect(named[0])
+        control.sendall(b'{"v": 1, "cmd": "streams"}\n')
+        answer = b""
+        while not answer.endswith(b"\n"):
+            answer += control.recv(65536)
+        result["dashboard_streams"] = json.loads(answer)["total"]
     started = time.monotonic()
     demo.send_signal(signal.SIGTERM)
     demo.wait(30)
@@ -89,6 +104,8 @@ def test_the_banner_commands_work_and_sigterm_stops_at_once(ns, tmp_path):
     assert subprocess.run([own, "config", "check", str(conf)], capture_output=True,
                           timeout=60).returncode == 0
     assert out["seconds"] < 1.0, out["output"]          # was 2.0: the client drained 2 s
+    assert "%s tui --connect %s" % (own, tmp_path / "demo" / "client.sock") in out["output"]
+    assert out["dashboard_streams"] == 1                # the socket it names shows the stream
 
 
 def test_a_port_in_use_is_one_line(ns, tmp_path):

@@ -64,3 +64,18 @@ def test_a_patched_daemon_can_still_spawn_a_process_after_the_hub_ran():
     out = _run("import afb.entry as e; e.patch_gevent(); import gevent, subprocess; "
                "gevent.sleep(0); print(subprocess.run(['true'], timeout=10).returncode)")
     assert out == "0"
+
+
+def test_the_dashboard_never_loads_gevent():
+    """``afb tui`` and ``tui.app`` stay gevent-free (the entry point never patches for tui)."""
+    out = _run("import sys, contextlib, io; from afb.entry import main\n"
+               "with contextlib.redirect_stdout(io.StringIO()) as text:\n"
+               "    try:\n"
+               "        main(['tui', '--help'])\n"
+               "    except SystemExit as exit:\n"
+               "        code = exit.code\n"
+               "import tui.app, tui.__main__\n"
+               "print(code, '--connect SOCKET' in text.getvalue(), 'gevent' in sys.modules)")
+    assert out.splitlines()[-1] == "0 True False"
+    out = _run("import sys, tui.app; print('gevent' in sys.modules, 'textual' in sys.modules)")
+    assert out == "False True"

@@ -125,12 +125,28 @@ def afb_command(search_path=None):
     return own, ""
 
 
+def tui_command(afb, directory, cwd=None, home=None):
+    """``(how to open the dashboard on this demo, where to type it)``.
+
+    ``afb tui`` finds a demo by itself in ``./demo`` and in afb demo's default
+    folder (tui/discovery.py); a demo elsewhere is named with ``--connect``.
+    """
+    cwd = cwd or os.getcwd()
+    home = home or os.path.expanduser("~")
+    if directory == os.path.join(home, ".local", "share", "afb", "demo"):
+        return "%s tui" % afb, ""
+    if directory == os.path.join(cwd, "demo"):
+        return "%s tui" % afb, " in this folder (%s)" % cwd
+    return "%s tui --connect %s" % (afb, os.path.join(directory, "client.sock")), ""
+
+
 def banner(directory, paths, pin):
     afb, note = afb_command()
     reuse = "\n".join(["reuse them:  %s server -c %s" % (afb, paths["server"]),
                        "             %s client -c %s" % (afb, paths["client"])]
                       + (["             " + note] if note else []))
     reuse = reuse.replace("\n", "\n           ")
+    tui, dashboard_where = tui_command(afb, directory)
     return f"""
 afb demo is running (Ctrl-C or SIGTERM stops it).
 
@@ -150,8 +166,10 @@ Try it:
   curl -x http://127.0.0.1:{PROXY_PORT} https://example.org/      (HTTP CONNECT)
   export ALL_PROXY=socks5h://127.0.0.1:{PROXY_PORT}                (most tools)
 
-Dashboard: the terminal dashboard (`afb tui`) is not in this release yet;
-the log lines below show every tunnel and refused stream.
+Dashboard: in another terminal{dashboard_where}, run
+  {tui}
+(the client's view; `--connect {directory}/server.sock` shows the server's).
+The log lines below show every tunnel and refused stream.
 """
 
 

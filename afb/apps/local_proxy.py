@@ -34,6 +34,7 @@ from afb.errors import (
     TimedOut,
     reply_reason,
 )
+from afb.monitor.counters import count, count_destination_error
 from afb.policy.proxy_users import parse_basic
 from afb.ratelog import LogLimiter
 from afb.transport.acceptor import Acceptor
@@ -121,6 +122,7 @@ class LocalProxy:
         if self.sources is not None:
             refused = self.sources.check(address[0])
             if refused:
+                count("source_refusals")
                 log.warning("%s: connection refused: source %s ([client] allow_sources)",
                             peer, refused)
                 close_socket(sock)
@@ -147,7 +149,9 @@ class LocalProxy:
 
     def _auth_failed(self, ip, peer):
         """Count a failed login of ``ip``; -> the delay before its refusal."""
+        count("auth_failures")
         if self.throttle.failed(ip):
+            count("bans")
             log.warning("%s: banned for %.0f s after %d failed logins ([client] "
                         "max_auth_failures)", peer, self.throttle.ban_time,
                         self.throttle.max_failures)
@@ -253,6 +257,7 @@ class LocalProxy:
             try:
                 stream.wait_open(self.open_timeout)
             except DestinationError as exc:
+                count_destination_error(exc)
                 if stream.reset_error is None:
                     stream.reset(exc.reply, "client gave up waiting")
                 self._fail(sock, kind, exc)
@@ -269,6 +274,7 @@ class LocalProxy:
         stream = relay.stream
         error = stream.reset_error
         if error is not None and stream.bytes_in == 0 and error.reply != REP_GENERAL_FAILURE:
+            count_destination_error(error)      # fast_open: OPEN_FAIL came as the reset
             log.info("%s: %s", stream.target, reply_reason(error.reply))
 
     @staticmethod

@@ -12,7 +12,7 @@ import logging
 import os
 
 from afb.errors import AfbError
-from afb.monitor.control_server import ControlServer
+from afb.transport.control_server import ControlServer
 
 log = logging.getLogger(__name__)
 

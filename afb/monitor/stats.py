@@ -13,6 +13,7 @@ reader that asks once a second costs the daemon that, and the data path
 nothing.  The shape of every dict is docs/control-protocol.rst.
 """
 
+import heapq
 import os
 import time
 
@@ -108,14 +109,13 @@ class Monitor:
         now, wall = self.clock(), self.wall()
         fresh = {}
         sessions = list(self.sessions())
-        tunnels, rows = [], []
+        tunnels, candidates = [], []
         live_in = live_out = 0
         user_live = {}
         for session in sessions:
-            entry, session_rows, s_in, s_out = self._tunnel(session, rates, fresh, now, wall,
-                                                            streams)
+            entry, s_in, s_out = self._tunnel(session, rates, fresh, now,
+                                              candidates if streams else None)
             tunnels.append(entry)
-            rows.extend(session_rows)
             live_in += s_in
             live_out += s_out
             name = entry["user"]
@@ -145,25 +145,27 @@ class Monitor:
             "alerts": list(self.alerts),
         }
         if streams:
-            rows.sort(key=lambda row: row["opened"], reverse=True)
-            snap["streams"] = rows if limit is None else rows[:limit]
+            # Rows for the newest ``limit`` streams only: a row costs microseconds, and
+            # 10,000 of them a second would be the dashboard's whole cost.
+            if limit is not None and limit < len(candidates):
+                candidates = heapq.nlargest(limit, candidates, key=lambda c: c[1].opened_at)
+            else:
+                candidates.sort(key=lambda c: c[1].opened_at, reverse=True)
+            snap["streams"] = [self._row(rates, fresh, now, wall, *c) for c in candidates]
         rates.seen = fresh if streams else {**_streams_seen(rates.seen), **fresh}
         return snap
 
-    def _tunnel(self, session, rates, fresh, now, wall, with_streams):
-        """-> (TUNNEL, its STREAM rows if asked, live bytes in, live bytes out)."""
+    def _tunnel(self, session, rates, fresh, now, candidates):
+        """-> (TUNNEL, live bytes in, live bytes out); ``(session, stream, user)`` of each
+        stream appended to ``candidates`` unless that is None."""
         live_in = live_out = 0
-        rows = []
         info = self.tunnel_state(session) or {}
         user = info.get("user", session.claims.get("sub"))
         for stream in list(session.streams.values()):
             live_in += stream.bytes_in
             live_out += stream.bytes_out
-            if with_streams:
-                row = stream_row(self, session, stream, user, now, wall)
-                row["rate_up"], row["rate_down"] = rates.rates(
-                    fresh, row["id"], now, row["bytes_up"], row["bytes_down"], stream.opened_at)
-                rows.append(row)
+            if candidates is not None:
+                candidates.append((session, stream, user))
         up, down = self.up_down(session.tally.bytes_in + live_in,
                                 session.tally.bytes_out + live_out)
         rate_up, rate_down = rates.rates(fresh, session.number, now, up, down,
@@ -174,7 +176,13 @@ class Monitor:
                  "streams": len(session.streams), "cipher": tunnel_cipher(session),
                  "bytes_up": up, "bytes_down": down, "rate_up": rate_up, "rate_down": rate_down,
                  "uptime": now - session.started_at}
-        return entry, rows, live_in, live_out
+        return entry, live_in, live_out
+
+    def _row(self, rates, fresh, now, wall, session, stream, user):
+        row = stream_row(self, session, stream, user, now, wall)
+        row["rate_up"], row["rate_down"] = rates.rates(
+            fresh, row["id"], now, row["bytes_up"], row["bytes_down"], stream.opened_at)
+        return row
 
     def _users(self, user_live, rates, fresh, now):
         users = []

@@ -70,8 +70,8 @@ class FrameReader:
         }
         if session.client:
             self.handlers.update({frames.OPEN: self._open_at_a_client,
-                                  frames.OPEN_OK: self._open_ok, frames.OPEN_FAIL: self._reset,
-                                  frames.TOKEN: self._token})
+                                  frames.OPEN_OK: self._open_ok,
+                                  frames.OPEN_FAIL: self._open_failed, frames.TOKEN: self._token})
         else:
             self.handlers.update({frames.OPEN: self._open, frames.REFRESH: self._refresh})
 
@@ -160,7 +160,14 @@ class FrameReader:
             stream.on_fin()
 
     def _reset(self, _flags, stream_id, payload):
-        """RST, and OPEN_FAIL on a client: the stream ends with the peer's code."""
+        """RST: the peer reset the stream (counted), with its code."""
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            count("resets")
+            stream.on_reset(*frames.parse_reason(payload))
+
+    def _open_failed(self, _flags, stream_id, payload):
+        """OPEN_FAIL on a client: the stream ends with the destination's code."""
         stream = self.streams.get(stream_id)
         if stream is not None:
             stream.on_reset(*frames.parse_reason(payload))

@@ -166,6 +166,7 @@ class Stream:
     def reset(self, reply=REP_GENERAL_FAILURE, message=""):
         """Abort the stream both ways and tell the peer (RST)."""
         if self.reset_error is None:
+            count("resets")
             self.session.send_reset(self, reply, message)
             self.on_reset(reply, message or "reset locally", by_peer=False)
 
@@ -208,8 +209,6 @@ class Stream:
     def on_reset(self, reply, message, by_peer=True):
         if self.reset_error is not None:
             return
-        if not self.session.closed:     # a tunnel's end is not a reset of each stream
-            count("resets")
         text = message or reply_reason(reply)
         self.reset_error = StreamReset("stream to %s reset%s: %s" % (
             self.target, " by peer" if by_peer else "", text), reply=reply)

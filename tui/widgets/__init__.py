@@ -1,0 +1,1 @@
+"""The dashboard's widgets, one per module; each takes plain snapshot dicts."""
