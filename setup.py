@@ -19,6 +19,7 @@ setup(
         "cryptography>=41",
         "configobj>=5.0.8",
         "psutil>=5.9",
+        "prometheus-client>=0.16",
     ],
     # The dashboard (tui/, `afb tui`) is its own Debian package, afb-tui: a router
     # that runs only the client does not install Textual.

@@ -2,7 +2,7 @@
 
 :mod:`afb.entry` patches gevent first for ``server``, ``client`` and ``demo``;
 this module never imports gevent and loads the daemons lazily, and the
-``token`` commands from :mod:`afb.cli_tokens`.
+``token`` commands from :mod:`afb.cli_tokens`, ``report`` from :mod:`afb.cli_report`.
 """
 
 import argparse
@@ -295,6 +295,10 @@ def build_parser():
     t = tsub.add_parser("list", help="list issued tokens and revocations")
     t.add_argument("-c", "--config", help="server config (default %s)" % DEFAULT_SERVER_CONF)
     t.set_defaults(func=_tokens("cmd_token_list"))
+
+    from afb import cli_report
+
+    cli_report.add_parser(sub).set_defaults(func=cli_report.cmd_report)
 
     p = sub.add_parser("config", help="configuration files")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")

@@ -205,6 +205,59 @@ def _check_byte_size(value, min=None, max=None, *args, **kwargs):
     return size
 
 
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)\s*(b/s|bps|bit/s|bit|b)?\s*$",
+                      re.IGNORECASE)
+_RATE_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def parse_rate(text):
+    """Bytes per second from ``0``, ``1500``, ``10M``, ``10MB/s``, ``2.5G``, ``80Mbit``.
+
+    Decimal units (k = 1000, M = 10^6), as network rates are quoted; a
+    ``bit`` / ``bit/s`` / ``bps`` suffix means bits (divided by 8).
+    """
+    match = _RATE_RE.match(str(text))
+    if not match:
+        raise ValueError('bad rate "%s" (use e.g. 0, 500K, 10M, 10MB/s, 80Mbit)' % (text,))
+    value = float(match.group(1)) * _RATE_UNITS[match.group(2).lower()]
+    unit = (match.group(3) or "").lower()
+    return value / 8 if unit.startswith("bit") or unit == "bps" else value
+
+
+def _check_rate(value, *args, **kwargs):
+    """A rate in bytes per second (see parse_rate); 0 turns the rule off."""
+    try:
+        return parse_rate(_check_str(value))
+    except ValueError as exc:
+        raise InvalidValue(str(exc)) from None
+
+
+def parse_local_listen(text):
+    """``""`` -> None (off); ``"9100"`` -> ``("127.0.0.1", 9100)``; ``host:port`` as is.
+
+    A bare port means loopback: a metrics page tells whoever reads it who
+    uses the tunnel and how much, so reaching it from elsewhere takes an
+    address written on purpose.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    if text.isdigit():
+        if not 1 <= int(text) <= 65535:
+            raise ValueError("bad port %r (1-65535)" % text)
+        return "127.0.0.1", int(text)
+    return parse_hostport(text)
+
+
+def _check_local_listen(value, *args, **kwargs):
+    try:
+        parse_local_listen(_check_str(value))
+    except ValueError as exc:
+        raise InvalidValue("%s (a port, e.g. 9100, means 127.0.0.1:9100; empty: off)"
+                           % exc) from None
+    return value.strip()
+
+
 def _check_e2e_public_key(value, *args, **kwargs):
     """Empty (E2E off) or the server's X25519 public key: base64 of 32 bytes."""
     if _check_str(value).strip() == "":
@@ -235,6 +288,22 @@ def _check_cipher_list(value, *args, **kwargs):
     return value
 
 
+def split_command(text):
+    """``alert_command`` -> argv (shell-like quoting, no shell); [] when empty."""
+    import shlex
+
+    return shlex.split(text)
+
+
+def _check_command(value, *args, **kwargs):
+    try:
+        split_command(_check_str(value))
+    except ValueError as exc:
+        raise InvalidValue("cannot split the command: %s (quote it as in a shell)"
+                           % exc) from None
+    return value
+
+
 def make_validator():
     return Validator({
         "hostport": _check_hostport,
@@ -251,4 +320,7 @@ def make_validator():
         "cookie_name": _check_cookie_name,
         "e2e_public_key": _check_e2e_public_key,
         "cipher_list": _check_cipher_list,
+        "rate": _check_rate,
+        "local_listen": _check_local_listen,
+        "command": _check_command,
     })

@@ -18,7 +18,8 @@ created, started or bound.
   decoy folder, ``[acl] allow`` entries naming one of the host's addresses;
 * client: the server URL (not the example's placeholder), the token file
   (0600, not empty, a JWT) or a config holding the token inline (0600),
-  the users file and the CA file (trusted, readable, well formed).
+  the users file and the CA file (trusted, readable, well formed);
+* both: ``[alerts] alert_command``'s program (found, executable).
 
 ``afb client`` also runs the client rows itself
 (:func:`run_file_checks`, first problem raised), as ``afb server``'s
@@ -192,6 +193,31 @@ def check_allow_names_no_own_address(entries):
                           "this host's other ports, move it to allow_private_to" % entry)
 
 
+def check_alert_command(command):
+    """``[alerts] alert_command``'s program exists and may be run (it runs without a shell)."""
+    import shutil
+
+    from afb.config_values import split_command
+
+    program = split_command(command)[0]
+    if "/" not in program:
+        if shutil.which(program) is None:
+            raise _refuse("%s is not found in PATH (%s); give its full path" % (
+                program, os.environ.get("PATH", "")))
+        return
+    if not os.path.isfile(program):
+        raise _refuse("%s does not exist or is not a file" % program)
+    if not os.access(program, os.X_OK):
+        raise _refuse("%s is not executable; fix: chmod +x %s" % (program, program))
+
+
+def _alert_rows(cfg):
+    command = cfg["alerts"]["alert_command"] if "alerts" in cfg else ""
+    if not command.strip():
+        return []
+    return [("alerts", "alert_command", None, lambda _path: check_alert_command(command))]
+
+
 def client_file_checks(cfg):
     """The ``(section, key, path, check)`` rows of a client config."""
     client = cfg["client"]
@@ -207,7 +233,7 @@ def client_file_checks(cfg):
         rows.append(("client", "users_file", client["users_file"], check_users_file))
     if client["ca_file"]:     # whoever may write it may add a CA that signs their server
         rows.append(("client", "ca_file", client["ca_file"], check_ca_file))
-    return rows
+    return rows + _alert_rows(cfg)
 
 
 def server_file_checks(cfg):
@@ -236,7 +262,7 @@ def server_file_checks(cfg):
     if cfg["acl"]["allow"]:
         rows.append(("acl", "allow", None,
                      lambda _path: check_allow_names_no_own_address(cfg["acl"]["allow"])))
-    return rows
+    return rows + _alert_rows(cfg)
 
 
 def run_file_checks(rows):

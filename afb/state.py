@@ -35,6 +35,11 @@ several servers) can implement the same methods:
     newest refresh (``refreshes``: how many there were).
 ``purge_expired(now=None, keep=PURGE_KEEP)``
     drop token and jti-revocation rows expired more than ``keep`` s ago.
+``add_usage(rows)`` / ``usage(since, until, user) -> [dict]`` / ``purge_usage(before)``
+    usage per UTC day and user (:mod:`afb.monitor.usage`): ``add_usage`` adds
+    the increments of a flush (``peak_streams``: the larger one stays);
+    ``usage`` lists rows with ``since <= day <= until`` ("YYYY-MM-DD", None:
+    no bound); ``purge_usage`` drops the days before ``before``.
 ``close()``
 
 :class:`RevocationCache` puts a short cache (2 s by default) in front of
@@ -51,7 +56,8 @@ from afb.policy.lineage import family_of, family_of_jti, with_reason
 
 DB_NAME = "afb.sqlite3"
 #: 2: token families (tokens.fam, tokens.refreshes), revocations indexed by time.
-SCHEMA_VERSION = 2
+#: 3: usage per day and user (a new table: CREATE TABLE IF NOT EXISTS migrates).
+SCHEMA_VERSION = 3
 #: Rows are purged this long after their token expired (> any clock leeway).
 PURGE_KEEP = 86400
 #: Seconds a running server may use a cached revocation answer.
@@ -67,7 +73,13 @@ CREATE TABLE IF NOT EXISTS revoked_jti (
 CREATE TABLE IF NOT EXISTS revoked_sub (
     sub TEXT PRIMARY KEY, before_ts REAL NOT NULL, reason TEXT NOT NULL DEFAULT '',
     revoked_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS usage (
+    day TEXT NOT NULL, user TEXT NOT NULL, bytes_up INTEGER NOT NULL DEFAULT 0,
+    bytes_down INTEGER NOT NULL DEFAULT 0, streams INTEGER NOT NULL DEFAULT 0,
+    peak_streams INTEGER NOT NULL DEFAULT 0, tunnel_seconds REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (day, user));
 """
+USAGE_FIELDS = ("bytes_up", "bytes_down", "streams", "peak_streams", "tunnel_seconds")
 # After the migration: the indexes need its columns.
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS tokens_sub ON tokens (sub);
@@ -314,6 +326,33 @@ class StateStore:
             b = self._db.execute("DELETE FROM revoked_jti WHERE exp IS NOT NULL AND exp < ?",
                                  (limit,)).rowcount
         return a + b
+
+    # --- usage per day and user ------------------------------------------------------
+
+    def add_usage(self, rows):
+        """Add the increments ``[{"day", "user", *USAGE_FIELDS}]`` in one transaction."""
+        with self._write():
+            self._db.executemany(
+                "INSERT INTO usage (day, user, bytes_up, bytes_down, streams, peak_streams, "
+                "tunnel_seconds) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, user) DO UPDATE "
+                "SET bytes_up = bytes_up + excluded.bytes_up, "
+                "bytes_down = bytes_down + excluded.bytes_down, "
+                "streams = streams + excluded.streams, "
+                "peak_streams = MAX(peak_streams, excluded.peak_streams), "
+                "tunnel_seconds = tunnel_seconds + excluded.tunnel_seconds",
+                [(r["day"], r["user"]) + tuple(r[f] for f in USAGE_FIELDS) for r in rows])
+
+    def usage(self, since=None, until=None, user=None):
+        """Rows ``{"day", "user", *USAGE_FIELDS}`` by day then user (module doc)."""
+        return [dict(r) for r in self._query(
+            "SELECT day, user, %s FROM usage WHERE (? IS NULL OR day >= ?) AND "
+            "(? IS NULL OR day <= ?) AND (? IS NULL OR user = ?) ORDER BY day, user"
+            % ", ".join(USAGE_FIELDS), (since, since, until, until, user, user))]
+
+    def purge_usage(self, before):
+        """Drop the usage rows of the days before ``before`` ("YYYY-MM-DD") -> rows removed."""
+        with self._write():
+            return self._db.execute("DELETE FROM usage WHERE day < ?", (before,)).rowcount
 
 
 class RevocationCache:

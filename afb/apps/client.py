@@ -28,6 +28,7 @@ from afb.config import load_config
 from afb.config_values import parse_hostport
 from afb.errors import AfbError, ConfigError
 from afb.file_checks import client_file_checks, run_file_checks
+from afb.monitor.reporting import Reporting
 from afb.monitor.stats import Monitor
 from afb.policy import token_check
 from afb.policy.access import AuthThrottle, SourceAcl
@@ -64,12 +65,15 @@ class ProxyClient:
                                tunnel_state=self._tunnel_state, reload=self.reload)
         self.tunnel.tally = self.monitor.tally
         self.monitoring = None
+        # /metrics (bound now: a busy port stops the start) and alerts.
+        self.reporting = Reporting(self, cfg, "client")
 
     def start(self):
         self.proxy.start()
         host, port = self.proxy.address[:2]
         self.monitor.listen = "%s:%d" % ("[%s]" % host if ":" in host else host, port)
         self.monitoring = start_monitoring(self.monitor, self.cfg, "client")
+        self.monitoring.parts.append(self.reporting.start())
         self.tunnel.start()
         sd_notify.notify("READY=1")
 
@@ -160,6 +164,7 @@ class ProxyClient:
         self.proxy.sources = SourceAcl(allow=client["allow_sources"])
         if client["log_level"] != self.cfg["client"]["log_level"]:
             logsetup.configure(client["log_level"])
+        self.reporting.configure(cfg["alerts"])
 
     def serve_until_signal(self):
         stop = Event()

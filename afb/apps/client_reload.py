@@ -21,7 +21,7 @@ TUNNEL_KEYS = (("client", "server"), ("client", "pin"), ("client", "ca_file"),
 #: (section, key) that only a restart applies.
 RESTART_KEYS = (("client", "listen"), ("client", "users_file"),
                 ("client", "max_auth_failures"), ("client", "auth_failure_window"),
-                ("client", "ban_time"))
+                ("client", "ban_time"), ("client", "metrics_listen"))
 #: Where the token comes from: the caller compares the tokens themselves.
 TOKEN_KEYS = (("client", "token"), ("client", "token_file"))
 
@@ -66,7 +66,7 @@ class Plan:
 def reload_plan(old, new):
     """The :class:`Plan` from the running config ``old`` to the new one ``new``."""
     plan = Plan()
-    for section in ("client", "tunnel", "e2e"):
+    for section in ("client", "tunnel", "e2e", "alerts"):
         for key in new[section]:
             if old[section].get(key) == new[section][key] or (section, key) in TOKEN_KEYS:
                 continue

@@ -18,6 +18,7 @@ from afb.config_values import parse_hostport
 from afb.errors import CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported, DestinationError
 from afb.keys import check_secret_file, load_static_key, spki_pin
 from afb.monitor.counters import count, count_destination_error
+from afb.monitor.reporting import Reporting
 from afb.monitor.stats import Monitor
 from afb.policy.access import AuthThrottle, SourceAcl, client_ip, failure_weight, parse_networks
 from afb.policy.acl import DestinationAcl
@@ -88,6 +89,11 @@ class TunnelServer:
         self.monitor = Monitor("server", listen=server["listen"], sessions=lambda: self.sessions,
                                reload=self.reload_tls, live_users=self.users)
         self.monitoring = None
+        #: Failed logins per client address since the alert loop last took them
+        #: (afb.monitor.reporting): a plain dict add per failure.
+        self.auth_failures_by_source = {}
+        # /metrics (bound now: a busy port stops the start), usage records, alerts.
+        self.reporting = Reporting(self, cfg, "server")
         self._housekeeper = None
         # Live tunnels' tokens: refreshes within their family; revocations close them.
         self.refresher = TokenRefresher(self.signer, self.verifier, self.state, cfg["auth"])
@@ -156,6 +162,8 @@ class TunnelServer:
             claims = self.verifier.verify(token)
         except AuthError as exc:
             count("auth_failures")
+            sources = self.auth_failures_by_source      # read and emptied by the alert loop
+            sources[ip] = sources.get(ip, 0) + 1
             if self.throttle.failed(ip, failure_weight(exc)):
                 count("bans")
                 raise AuthError("%s; client %s banned for %.0f s after %d failures" % (
@@ -305,6 +313,7 @@ class TunnelServer:
     def start(self):
         self.wsgi.start()
         self.monitoring = start_monitoring(self.monitor, self.cfg, "server")
+        self.monitoring.parts.append(self.reporting.start())    # stopped before the store
         self.revocation_watch.start()
         self.own_watch.start()
         if self.listen[1] == 0:     # an ephemeral port: refuse the one we got

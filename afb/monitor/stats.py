@@ -79,7 +79,7 @@ class Monitor:
         self.tally = Tally()            # the whole process; users' tallies add to it
         self.user_tallies = {}          # server: user -> Tally, for as long as the process runs
         self.alerts = []                # active ALERT dicts (the alert loop sets them)
-        self.today = None               # user -> (bytes up, bytes down) today, from usage
+        self.today = None               # (user, up, down now) -> (up, down) today, from usage
         self.logs = LogRing(log_size)
         self._readers = {}
         self._process = psutil.Process()
@@ -194,7 +194,7 @@ class Monitor:
             up, down = self.up_down(tally.bytes_in + s_in, tally.bytes_out + s_out)
             rate_up, rate_down = rates.rates(fresh, ("user", name), now, up, down,
                                              self.started_mono)
-            today = self.today(name) if self.today is not None else (0, 0)
+            today = self.today(name, up, down) if self.today is not None else (0, 0)
             users.append({"user": name, "tunnels": record.tunnels if record else 0,
                           "streams": record.streams if record else 0,
                           "peak_streams": max(tally.peak, record.streams if record else 0),
