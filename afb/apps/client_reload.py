@@ -21,7 +21,8 @@ TUNNEL_KEYS = (("client", "server"), ("client", "pin"), ("client", "ca_file"),
 #: (section, key) that only a restart applies.
 RESTART_KEYS = (("client", "listen"), ("client", "users_file"),
                 ("client", "max_auth_failures"), ("client", "auth_failure_window"),
-                ("client", "ban_time"), ("client", "metrics_listen"))
+                ("client", "ban_time"), ("client", "metrics_listen"),
+                ("client", "control_socket"))
 #: Where the token comes from: the caller compares the tokens themselves.
 TOKEN_KEYS = (("client", "token"), ("client", "token_file"))
 

@@ -1,6 +1,5 @@
 """``afb server``: the WebSocket tunnel endpoint that forwards streams to destinations."""
 
-import hashlib
 import logging
 import signal
 import sqlite3
@@ -13,10 +12,11 @@ from afb import ratelog, sd_notify
 from afb.apps.live_tokens import RevocationWatch, TokenRefresher
 from afb.apps.monitoring import start_monitoring
 from afb.apps.own_addresses import OwnAddressWatch, hostname_addresses
-from afb.codec import aead, frames
+from afb.apps.server_e2e import E2eAcceptor
+from afb.codec import frames
 from afb.config_values import parse_hostport
 from afb.errors import CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported, DestinationError
-from afb.keys import check_secret_file, load_static_key, spki_pin
+from afb.keys import check_secret_file, spki_pin
 from afb.monitor.counters import count, count_destination_error
 from afb.monitor.reporting import Reporting
 from afb.monitor.stats import Monitor
@@ -30,12 +30,11 @@ from afb.transport import tls
 from afb.transport.dialer import Dialer
 from afb.transport.relay import SocketRelay
 from afb.transport.resolver import Resolver
-from afb.transport.secure_channel import server_accept
 from afb.transport.session import Session
 from afb.transport.sockets import close_socket
 from afb.transport.store_thread import StoreThread
 from afb.transport.users import UserRegistry
-from afb.transport.wsserver import front_door_options, make_server
+from afb.transport.wsserver import front_door_options, make_server, masked_path
 
 log = logging.getLogger(__name__)
 #: Seconds between two rounds of the server's periodic chores.
@@ -80,7 +79,7 @@ class TunnelServer:
                              recv_buffer=tunnel["socket_buffer"])
         self.ssl_context = tls.server_context(server["cert"], server["key"]) \
             if server["tls"] else None
-        self._load_e2e(cfg["e2e"])
+        self.e2e = E2eAcceptor(cfg["e2e"])
         self.users = UserRegistry(
             max_tunnels=tunnel["max_tunnels_per_user"], max_streams=tunnel["max_streams_per_user"],
             buffer_limit=tunnel["max_buffer_per_user"],
@@ -105,15 +104,6 @@ class TunnelServer:
             self.listen, self._on_tunnel, authorize=self._authorize, path=server["path"],
             ssl_context=self.ssl_context, max_message=tunnel["max_message"],
             reuse_port=server["reuse_port"], **front_door_options(cfg))
-
-    def _load_e2e(self, e2e):
-        """The E2E static key and ciphers ([e2e]); a 0600 key file unless mode = off."""
-        self.e2e_mode = e2e["mode"]
-        self.e2e_key = None
-        self.e2e_ciphers = tuple(aead.cipher_id(name) for name in e2e["ciphers"])
-        if self.e2e_mode != "off":
-            check_secret_file(e2e["key"], "E2E private key ([e2e] key; made by afb keygen)")
-            self.e2e_key = load_static_key(e2e["key"])
 
     def _make_acl(self, port):
         """The destination ACL; the host's own addresses are refused on ``port`` always
@@ -234,26 +224,10 @@ class TunnelServer:
                      session.close_reason or "done")
 
     def _secure(self, ws, environ, label):
-        """The E2E channel on a new tunnel ([e2e] mode), or None (one log line) if it failed.
-
-        The channel binding is SHA-256 of the token that authorized the upgrade.
-        """
-        if self.e2e_mode == "off":
-            return ws
+        """The E2E channel on a new tunnel ([e2e] mode), or None (one log line) if it failed."""
         auth = self.cfg["auth"]
         token = token_from_headers(environ, auth["token_place"], auth["token_cookie"]) or ""
-        try:
-            secure = server_accept(ws, self.e2e_key, hashlib.sha256(token.encode()).digest(),
-                                   self.e2e_ciphers, self.cfg["server"]["handshake_timeout"],
-                                   self.e2e_mode)
-        except (AfbError, OSError) as exc:
-            log.warning("%s: %s", label, _e2e_failure(exc))
-            return None
-        if secure is ws or not hasattr(secure, "cipher"):
-            log.debug("%s: no E2E (plain client; [e2e] mode = optional)", label)
-        else:
-            log.debug("%s: E2E channel up (%s)", label, aead.cipher_name(secure.cipher))
-        return secure
+        return self.e2e.secure(ws, token, self.cfg["server"]["handshake_timeout"], label)
 
     def _admit_stream(self, session, stream):
         """Per-user stream limit, over all of the user's tunnels (dials included)."""
@@ -398,26 +372,12 @@ class TunnelServer:
         self.stop()
 
 
-def masked_path(path):
-    """The tunnel path as the log shows it: its first 4 characters, then an ellipsis.
-
-    The path is a secret (every other path gets the decoy), and logs travel
-    further than the config: journald, support requests, screenshots.
-    """
-    return path if len(path) <= 4 else path[:4] + "\u2026"
-
-
 def _peer(environ):
     """The client's address (as trusted proxies tell it) and port, for the monitor."""
     ip = environ.get("afb.client_ip") or environ.get("REMOTE_ADDR", "?")
     port = environ.get("REMOTE_PORT")
     host = "[%s]" % ip if ":" in ip else ip
     return "%s:%s" % (host, port) if port else host
-
-
-def _e2e_failure(exc):
-    text = str(exc) or type(exc).__name__
-    return text if text.startswith("E2E ") else "E2E handshake failed: " + text
 
 
 def run_server(cfg):

@@ -210,3 +210,12 @@ def make_server(listen, on_tunnel, *, authorize, path="/", ssl_context=None, dec
 
 
 __all__ = ["make_server", "front_door_options", "check_upgrade", "TunnelUpgrade", "GUID"]
+
+
+def masked_path(path):
+    """The tunnel path as the log shows it: its first 4 characters, then an ellipsis.
+
+    The path is a secret (every other path gets the decoy), and logs travel
+    further than the config: journald, support requests, screenshots.
+    """
+    return path if len(path) <= 4 else path[:4] + "\u2026"
