@@ -87,15 +87,17 @@ bench-throughput: venv apt-deps
 	$(PY) bench/throughput $(BENCH_ARGS)
 
 # Debian 13 packages, built and tested in Debian 13 roots cached in
-# /var/cache/afb-build (packaging/mkroot; as root, needs debootstrap and
-# systemd-container: make apt-deps APT_PACKAGES="debootstrap systemd-container").
+# /var/cache/afb-build (packaging/mkroot; as root; debootstrap and
+# systemd-container come from apt when missing).
+ROOT_TOOLS = debootstrap systemd-container
 roots:
+	@$(MAKE) --no-print-directory apt-deps APT_PACKAGES="$(ROOT_TOOLS)"
 	packaging/mkroot build
 	packaging/mkroot boot
 
 # afb_*.deb and afb-tui_*.deb in dist/, built by dpkg-buildpackage in the build root;
 # lintian's report in dist/lintian.txt.
-deb:
+deb: roots
 	packaging/build-deb dist
 
 # The .debs installed in a fresh copy of the boot root, under its systemd, then
@@ -106,7 +108,7 @@ deb-test: deb
 	packaging/deb-test dist dist/upgrade
 
 # The test suite inside the build root against Debian 13's python3 packages.
-test-trixie:
+test-trixie: roots
 	packaging/test-in-root $(if $(PYTEST_ARGS),$(PYTEST_ARGS),tests)
 
 clean:
