@@ -153,6 +153,18 @@ def _usage(parser):
     return formatter.format_help().strip()
 
 
+def _invocation(formatter, action):
+    """``\\fB-c\\fR, \\fB--config\\fR \\fICONFIG\\fR``: as Python 3.13's --help writes
+    it, on every Python (3.11 repeats the metavar after each option string)."""
+    if not action.option_strings:
+        return italic(formatter._format_action_invocation(action))
+    tag = ", ".join(bold(option) for option in action.option_strings)
+    if action.nargs == 0:
+        return tag
+    metavar = formatter._get_default_metavar_for_optional(action)
+    return tag + " " + italic(formatter._format_args(action, metavar))
+
+
 def _options(parser):
     formatter = argparse.HelpFormatter(parser.prog, width=10000)
     out = []
@@ -160,9 +172,7 @@ def _options(parser):
         if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) \
                 or action.help is argparse.SUPPRESS:
             continue
-        invocation = formatter._format_action_invocation(action)
-        words = invocation.split(" ")
-        tag = " ".join(bold(w) if w.startswith("-") else italic(w) for w in words)
+        tag = _invocation(formatter, action)
         help_text = _sentence(formatter._expand_help(action)) if action.help else ""
         if action.required and action.option_strings:
             help_text += " Required."
