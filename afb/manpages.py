@@ -102,6 +102,11 @@ def title(name, section, date):
             ".nh"]
 
 
+def tagged(font, entries):
+    """``.TP`` paragraphs: (tag in ``font``, text) each."""
+    return [text for tag, body in entries for text in (".TP", font(tag), line(esc(body)))]
+
+
 def paragraphs(lines, break_macro=".IP"):
     """Comment lines (without ``# ``) -> roff lines: ``""`` ends a paragraph (a new one
     starts with ``break_macro``), indented lines (examples, the nginx block) stay as they are."""
@@ -211,22 +216,17 @@ def command_page(parser, date):
                 ".PP", line(esc(_sentence(sub.description or help_text)))]
         out += _options(sub)
     out += [".SH OPTIONS"] + _options(parser)
-    out += [".SH \"EXIT STATUS\"",
-            ".TP", bold(str(EXIT_OK)), "Success.",
-            ".TP", bold(str(EXIT_FAILURE)), line(esc("Failure: a check found problems, a file "
-                                                    "could not be written, a daemon could not "
-                                                    "listen.")),
-            ".TP", bold(str(EXIT_CONFIG)), line(esc("A configuration that cannot be used, or "
-                                                   "a wrong command line."))]
-    out += [".SH FILES",
-            ".TP", italic(DEFAULT_SERVER_CONF), "afb server's configuration, see afb.conf(5).",
-            ".TP", italic(DEFAULT_CLIENT_CONF), "afb client's configuration, see afb.conf(5).",
-            ".TP", italic(DEFAULT_KEY_DIR),
-            line(esc("Keys, certificate and key ring made by afb keygen.")),
-            ".TP", italic("/var/lib/afb"), line(esc("The server's state store (tokens, "
-                                                     "revocations, usage).")),
-            ".TP", italic("/run/afb/*.sock"), line(esc("Control sockets of the running "
-                                                        "daemons (afb tui)."))]
+    out += [".SH \"EXIT STATUS\""] + tagged(bold, [
+        (str(EXIT_OK), "Success."),
+        (str(EXIT_FAILURE), "Failure: a check found problems, a file could not be written, "
+                            "a daemon could not listen."),
+        (str(EXIT_CONFIG), "A configuration that cannot be used, or a wrong command line.")])
+    out += [".SH FILES"] + tagged(italic, [
+        (DEFAULT_SERVER_CONF, "afb server's configuration, see afb.conf(5)."),
+        (DEFAULT_CLIENT_CONF, "afb client's configuration, see afb.conf(5)."),
+        (DEFAULT_KEY_DIR, "Keys, certificate and key ring made by afb keygen."),
+        ("/var/lib/afb", "The server's state store (tokens, revocations, usage)."),
+        ("/run/afb/*.sock", "Control sockets of the running daemons (afb tui).")])
     out += [".SH \"SEE ALSO\"", "\\fBafb.conf\\fR(5), \\fBsystemctl\\fR(1), "
             "\\fBjournalctl\\fR(1)"]
     return "\n".join(out) + "\n"
@@ -351,8 +351,7 @@ def conf_page(conf_dir, spec_dir, date):
                      "file carries above it.  The installed /etc/afb/*.conf files hold the "
                      "same comments.")),
             ".SH \"VALUE TYPES\""]
-    for check in used:
-        out += [".TP", italic(check), line(esc(VALUE_TYPES[check]))]
+    out += tagged(italic, [(check, VALUE_TYPES[check]) for check in used])
     for role in ROLES:
         conf_path = os.path.join(conf_dir, "afb-%s.conf" % role)
         header, entries = read_conf(conf_path)
@@ -367,12 +366,11 @@ def conf_page(conf_dir, spec_dir, date):
                     out += [".TP" if i == 0 else ".TQ", key_tag(name, *specs[role][(section,
                                                                                  name)])]
                 out += paragraphs(prose)
-    out += [".SH FILES",
-            ".TP", italic("/etc/afb/server.conf"), "afb server's configuration.",
-            ".TP", italic("/etc/afb/client.conf"), line(esc("afb client's configuration "
-                                                             "(client-NAME.conf: more "
-                                                             "profiles, afb-client@NAME).")),
-            ".SH \"SEE ALSO\"", "\\fBafb\\fR(1)"]
+    out += [".SH FILES"] + tagged(italic, [
+        ("/etc/afb/server.conf", "afb server's configuration."),
+        ("/etc/afb/client.conf", "afb client's configuration (client-NAME.conf: more "
+                                 "profiles, afb-client@NAME).")])
+    out += [".SH \"SEE ALSO\"", "\\fBafb\\fR(1)"]
     return "\n".join(out) + "\n"
 
 
