@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the test suite drives for real (curl as a SOCKS/HTTP client,
-# nginx as a TLS-terminating reverse proxy in front of afb server).
-APT_PACKAGES ?= curl ca-certificates nginx iproute2
+# nginx as a TLS-terminating reverse proxy in front of afb server; groff and man
+# check the generated man pages).
+APT_PACKAGES ?= curl ca-certificates nginx iproute2 groff-base man-db
 DEMO_DIR ?= demo
 # `make test` runs pytest with PYTEST_ARGS on TESTS: the whole tests/ folder,
 # unless PYTEST_ARGS names tests itself (make test PYTEST_ARGS=tests/test_cli.py).
@@ -12,7 +13,7 @@ PYTEST_ARGS ?=
 TESTS ?= $(if $(filter tests tests/% ./tests ./tests/%,$(PYTEST_ARGS)),,tests)
 
 .PHONY: demo test lint bench bench-throughput venv apt-deps clean test-tui-textual21 tui-demo \
-	bench-tui deb deb-test test-trixie roots
+	bench-tui deb deb-test test-trixie roots man
 
 venv: $(VENV)/.installed
 
@@ -76,6 +77,11 @@ bench-tui: venv
 # The linter (ruff; rules in pyproject.toml) on the code, its tests and the benchmarks.
 lint: venv
 	$(VENV)/bin/ruff check afb tests bench $(wildcard tui)
+
+# afb(1) and afb.conf(5) in build/man/, as the Debian build makes them (standard
+# library only: no venv needed); then e.g. man -l build/man/afb.conf.5
+man:
+	$(PYTHON) -m afb.manpages --out build/man
 
 # Side by side with rival tunnels (installs them from Debian; ~25 min):
 # JSON and markdown land in bench/results/.  BENCH_ARGS e.g. --size 256M --repeat 1
