@@ -17,8 +17,6 @@ import heapq
 import os
 import time
 
-import psutil
-
 from afb import __version__
 from afb.errors import CLOSE_BY_OPERATOR, REP_GENERAL_FAILURE
 from afb.monitor.counters import ERROR_KINDS, ERRORS, Tally
@@ -82,7 +80,7 @@ class Monitor:
         self.today = None               # (user, up, down now) -> (up, down) today, from usage
         self.logs = LogRing(log_size)
         self._readers = {}
-        self._process = psutil.Process()
+        self._process = None            # psutil.Process, made at the first snapshot
 
     # --- what the daemons call ---------------------------------------------------
 
@@ -204,6 +202,12 @@ class Monitor:
         return users
 
     def _process_stats(self, rates, now):
+        # psutil is loaded when someone first asks (2.5 MiB a client that nobody
+        # watches does without; bench/footprint).
+        import psutil
+
+        if self._process is None:
+            self._process = psutil.Process()
         try:
             with self._process.oneshot():
                 rss = self._process.memory_info().rss
