@@ -216,7 +216,8 @@ def cmd_restore(args):
         manifest, problems, state = _stage(args, etc, staging)
         if problems:
             _err("afb config restore: refused, %s unchanged: %d problem(s) in the archive's "
-                 "configs (as afb config check says them):" % (etc, len(problems)), *problems)
+                 "configs (afb config check's lines, paths as restored):"
+                 % (etc, len(problems)), *problems)
             return EXIT_FAILURE
         aside = _swap(etc, state, staging)
     except BackupError as exc:
@@ -267,7 +268,7 @@ def _stage(args, etc, staging):
             problems += _check(path, name.startswith("server") and "server" or "client",
                                _mapper(targets["etc"], etc, staged))
     for real, copy in staged.items():
-        problems = [line.replace(copy, "(archive) " + real) for line in problems]
+        problems = [line.replace(copy, real) for line in problems]
     return manifest, problems, state
 
 
