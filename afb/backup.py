@@ -9,27 +9,15 @@ while the server writes; its ``-wal``/``-shm`` files are left out.  Symbolic
 links, sockets and other special files are never archived, and a restore
 refuses an archive holding one (:func:`member_problem`).
 
-Encrypted archives (``.tar.gz.enc``) wrap those bytes; every integer is big-endian::
-
-    header (39 bytes, also the associated data of every chunk)
-      magic      6  b"AFBBAK"
-      version    1  1
-      cipher     1  1 = AES-256-GCM
-      log2_n     1  scrypt N = 2**log2_n (written: 16)
-      r, p       2  scrypt r and p (written: 8, 1)
-      reserved   1  0
-      chunk      4  plaintext bytes per chunk (written: 65536)
-      salt      16  scrypt salt (random)
-      prefix     7  nonce prefix (random)
-    chunks: AES-256-GCM(key, nonce, plaintext, header) = ciphertext + 16-byte tag
-      every chunk but the last holds exactly ``chunk`` plaintext bytes;
-      nonce = prefix + chunk number (4 bytes, from 0) + last flag (1 byte: 1 on the last)
-
-The key is scrypt(passphrase UTF-8, salt, N, r, p, 32 bytes).  The last flag
-in the nonce (the STREAM construction, as in age and Tink) makes a truncated
-file fail authentication like a changed byte; the header as associated data
-makes a changed parameter fail too.  Readers accept scrypt memory up to
-256 MiB and chunks up to 16 MiB, so a hostile header cannot exhaust memory.
+Encrypted archives (``.tar.gz.enc``) are those bytes in chunks sealed with
+AES-256-GCM under a key derived by scrypt from a passphrase, behind a 39-byte
+header (magic ``AFBBAK``, version, cipher, scrypt parameters and salt, chunk
+size, nonce prefix) that is the associated data of every chunk; the nonce
+ends with the chunk number and a last-chunk flag (the STREAM construction, as
+in age and Tink), so a reordered or truncated file fails authentication like
+a changed byte.  ``docs/backup.rst`` has the byte layout.  Readers refuse
+scrypt memory above 256 MiB and chunks above 16 MiB before deriving a key,
+so a hostile header cannot exhaust memory.
 
 The encryption is sans-IO (:class:`Sealer`, :class:`Opener`,
 :func:`parse_header`); the file functions here read and write file objects.

@@ -9,6 +9,7 @@ and the staged ones into place.  Any refusal leaves both untouched.
 Loaded by :mod:`afb.cli` when a config command runs; never imports gevent.
 """
 
+import errno
 import getpass
 import os
 import re
@@ -311,12 +312,18 @@ def _swap(etc, state, staging):
             aside.append("%s.replaced-%s" % (target, stamp))
         os.makedirs(os.path.dirname(target), exist_ok=True)
         try:
-            os.rename(staged, target)
-        except OSError as exc:
-            if exc.errno != 18:                       # EXDEV: another file system
-                raise
-            shutil.copytree(staged, target, copy_function=shutil.copy2)
-            _copy_owners(staged, target)
+            try:
+                os.rename(staged, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:          # another file system: copy
+                    raise
+                shutil.copytree(staged, target, copy_function=shutil.copy2)
+                _copy_owners(staged, target)
+        except OSError:
+            if aside and aside[-1].startswith(target + ".replaced-"):
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(aside.pop(), target)        # put the replaced folder back
+            raise
     return aside
 
 
