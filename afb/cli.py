@@ -2,7 +2,8 @@
 
 :mod:`afb.entry` patches gevent first for ``server``, ``client`` and ``demo``;
 this module never imports gevent and loads the daemons lazily, and the
-``token`` commands from :mod:`afb.cli_tokens`, ``report`` from :mod:`afb.cli_report`.
+``token`` commands from :mod:`afb.cli_tokens`, ``report`` from :mod:`afb.cli_report`,
+``config backup|restore`` from :mod:`afb.cli_backup`.
 """
 
 import argparse
@@ -311,6 +312,9 @@ def build_parser():
     c.add_argument("--role", choices=("server", "client"),
                    help="file kind (default: guessed from its [server]/[client] section)")
     c.set_defaults(func=cmd_config_check)
+    from afb import cli_backup
+
+    cli_backup.add_parsers(csub)
     return parser
 
 

@@ -257,14 +257,19 @@ def _startup_lines(path, cfg, role):
     return report.lines()
 
 
-def load_for_start(path, role):
+def load_for_start(path, role, remap=None):
     """:func:`load_config`, then every check the daemon makes before it starts.
 
     ConfigError lists every problem, the file's and those of the files it
     names (:func:`afb.file_checks.startup_problems`), each with the line of
-    its key where the file has one.
+    its key where the file has one.  ``remap(cfg, role)``, if given, may change
+    the loaded config's paths before the files are checked: ``afb config
+    restore`` checks a config unpacked in a staging folder against the files
+    unpacked beside it, not those of ``/etc/afb``.
     """
     cfg = load_config(path, role)
+    if remap is not None:
+        remap(cfg, role)
     lines = _startup_lines(path, cfg, role)
     if lines:
         raise ConfigError("%s: %d problem(s) that stop afb %s" % (path, len(lines), role),
@@ -272,15 +277,15 @@ def load_for_start(path, role):
     return cfg
 
 
-def check_config(path, role=None):
+def check_config(path, role=None, remap=None):
     """Every problem of the config file ``path`` as a list of lines (empty if OK).
 
     The lines ``afb ROLE -c PATH`` would refuse to start with
-    (:func:`load_for_start`); ``role`` is guessed from the file's sections
-    when None.
+    (:func:`load_for_start`, ``remap`` as there); ``role`` is guessed from
+    the file's sections when None.
     """
     try:
-        load_for_start(path, role or guess_role(path))
+        load_for_start(path, role or guess_role(path), remap=remap)
     except ConfigError as exc:
         return exc.errors or [str(exc)]
     return []
