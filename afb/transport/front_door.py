@@ -207,6 +207,7 @@ class FrontDoor(StreamServer):
                 tls.close_gracefully(opened[-1])
             for each in opened:
                 close_socket(each)
+            tls.clear_openssl_errors()      # nothing this connection left may hurt another
 
     def _route(self, sock, address, release, opened):
         deadline = time.monotonic() + self.header_timeout

@@ -104,6 +104,43 @@ def set_session_timeout(ctx, seconds):
         return False
 
 
+def _load_err_clear():
+    """libcrypto's ``ERR_clear_error`` -- of the libcrypto the ssl module uses -- or None."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libcrypto" in line}
+        for path in sorted(paths):
+            function = ctypes.CDLL(path).ERR_clear_error
+            function.restype = None
+            function.argtypes = []
+            return function
+    except (OSError, AttributeError):
+        pass
+    return None
+
+
+_err_clear = _load_err_clear()
+
+
+def clear_openssl_errors():
+    """Empty OpenSSL's per-thread error queue.
+
+    CPython's ssl module does not clear it before SSL_read/SSL_write
+    (python/cpython#148594), and with greenlets every TLS connection of the
+    daemon shares one thread: an error left by one connection (a prober's
+    handshake that failed, a reset) made the next write of another -- a
+    tunnel -- fail with a stale "Broken pipe" (seen with Debian 13's Python
+    3.13 and OpenSSL 3.5: a TLS connect and close killed a tunnel 2 times in
+    5, tests/test_daemon_lifecycle.py).  Called where a TLS connection ends
+    with an error, so the queue is empty again before any other connection
+    runs.
+    """
+    if _err_clear is not None:
+        _err_clear()
+
+
 def close_gracefully(sock):
     """Send a TLS close_notify (as nginx does before it closes), without waiting for
     the peer's; then the caller closes the socket.  Plain sockets: nothing."""
