@@ -17,7 +17,7 @@ import pytest
 
 from tests.abuse import rss
 from tests.qos_support import EndlessSource, HttpTarget, Reader, curl, second_client, wait_proxy
-from tests.support import ROOT, Daemon, Setup, running
+from tests.support import ROOT, Daemon, Setup, running, socks_open, wait_until
 
 MIB = 1024 * 1024
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/curl"), reason="needs curl")
@@ -165,7 +165,7 @@ def test_a_limit_changed_with_sighup_applies_to_a_transfer_in_flight(tmp_path):
     print("before SIGHUP %.0f B/s, after %.0f B/s" % (before, after))
     assert abs(before - MIB) <= 0.10 * MIB
     assert abs(after - MIB / 2) <= 0.10 * MIB / 2
-    user = next(u for u in snapshot["users"] if u["name"] == "tester")
+    user = next(u for u in snapshot["users"] if u["user"] == "tester")
     assert user["rate_limit_down"] == MIB // 2
     assert user["throttled_down"] > 5
 
@@ -177,28 +177,32 @@ def _snapshot(path):
 
 
 def test_new_streams_per_second_are_limited(tmp_path):
-    setup = Setup(tmp_path, server_extra="[qos]\nmax_new_streams_per_second = 5\n")
-    target = HttpTarget()
+    """The 6th stream within a second gets SOCKS5 reply 0x01 (the client waits for
+    OPEN_OK: fast_open off), is counted, and a second later streams open again."""
+    setup = Setup(tmp_path, fast_open=False,
+                  server_extra="[qos]\nmax_new_streams_per_second = 5\n")
+    source = EndlessSource()
+    proxy = ("127.0.0.1", setup.proxy_port)
     try:
         with running("server", setup, tmp_path / "server.log"), \
                 running("client", setup, tmp_path / "client.log"):
-            codes = []
+            wait_until(lambda: socks_open(proxy, source.port)[1] == 0, 20)
+            gevent.sleep(1.2)
+            replies = []
             for _ in range(12):
-                proc = subprocess.run(
-                    ["curl", "-sS", "-o", "/dev/null", "--max-time", "10", "--socks5-hostname",
-                     "127.0.0.1:%d" % setup.proxy_port, "http://127.0.0.1:%d/10" % target.port],
-                    capture_output=True, text=True, timeout=20)
-                codes.append(proc.returncode)
+                sock, reply = socks_open(proxy, source.port)
+                sock.close()
+                replies.append(reply)
             snapshot = _snapshot(str(tmp_path / "server.sock"))
             gevent.sleep(1.2)
-            again = subprocess.run(
-                ["curl", "-sS", "-o", "/dev/null", "--max-time", "10", "--socks5-hostname",
-                 "127.0.0.1:%d" % setup.proxy_port, "http://127.0.0.1:%d/10" % target.port],
-                capture_output=True, text=True, timeout=20).returncode
+            sock, again = socks_open(proxy, source.port)
+            sock.close()
     finally:
-        target.close()
-    print(json.dumps(codes))
-    assert codes[:5] == [0] * 5
-    assert codes.count(97) >= 4        # curl: the SOCKS5 proxy refused (reply 0x01)
-    assert snapshot["errors"]["limit_hits"] >= 4
+        source.close()
+    print(replies)
+    assert replies[:5] == [0] * 5
+    assert replies.count(1) >= 5
+    assert snapshot["errors"]["limit_hits"] >= 5
+    user = next(u for u in snapshot["users"] if u["user"] == "tester")
+    assert user["refused_streams"] == replies.count(1)
     assert again == 0

@@ -198,7 +198,8 @@ class Monitor:
                           "peak_streams": max(tally.peak, record.streams if record else 0),
                           "bytes_up": up, "bytes_down": down,
                           "rate_up": rate_up, "rate_down": rate_down,
-                          "today_bytes_up": today[0], "today_bytes_down": today[1]})
+                          "today_bytes_up": today[0], "today_bytes_down": today[1],
+                          **_qos(record)})
         return users
 
     def _process_stats(self, rates, now):
@@ -279,6 +280,19 @@ class Monitor:
 
     def forget_reader(self, reader):
         self._readers.pop(reader, None)
+
+
+def _qos(record):
+    """A live user's limits and what they cost it (issue 13); zeros when it has none."""
+    down = getattr(record, "shape_down", None)
+    up = getattr(record, "shape_up", None)
+    return {"rate_limit_down": round(down.rate) if down is not None else 0,
+            "rate_limit_up": round(up.rate) if up is not None else 0,
+            "throttled_down": round(down.throttled_seconds(), 3) if down is not None else 0.0,
+            "throttled_up": round(up.throttled_seconds(), 3) if up is not None else 0.0,
+            "queued_down": record.down.used if down is not None else 0,
+            "queued_up": record.up.used if up is not None else 0,
+            "refused_streams": record.refused_opens if down is not None else 0}
 
 
 def _session_state(session):
