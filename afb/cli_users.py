@@ -11,11 +11,12 @@ import argparse
 import sqlite3
 
 from afb.cli_common import DEFAULT_SERVER_CONF, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, _err, _load
-from afb.config_values import parse_rate
 
 
 def rate_argument(text):
     """argparse type of ``--down`` / ``--up``: a rate (10M, 500K, 80Mbit; 0 = unlimited)."""
+    from afb.config_values import parse_rate  # configobj: only when the command runs
+
     try:
         return parse_rate(text)
     except ValueError as exc:

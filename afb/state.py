@@ -375,7 +375,7 @@ class StateStore:
         with self._write():
             row = self._first("SELECT rate_down, rate_up, weight FROM user_limits WHERE user = ?",
                               (user,))
-            current = dict(zip(fields, row)) if row else dict.fromkeys(fields)
+            current = dict(zip(fields, row, strict=True)) if row else dict.fromkeys(fields)
             current.update({k: v for k, v in values.items() if v is not None})
             self._db.execute(
                 "INSERT OR REPLACE INTO user_limits (user, rate_down, rate_up, weight, "

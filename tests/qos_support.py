@@ -125,7 +125,7 @@ def curl(proxy_port, url, *extra, timeout=40):
          "%{size_download} %{size_upload} %{time_total} %{speed_download} %{speed_upload}",
          *extra, url], capture_output=True, text=True, timeout=timeout + 10, check=True)
     names = ("size_download", "size_upload", "time_total", "speed_download", "speed_upload")
-    return dict(zip(names, (float(v) for v in out.stdout.split())))
+    return dict(zip(names, (float(v) for v in out.stdout.split()), strict=True))
 
 
 def second_client(setup, user):

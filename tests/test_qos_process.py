@@ -5,7 +5,6 @@ loopback; the server's ``[qos]`` limits it.  Figures are over seconds, with
 the margins the issue sets (the machine is shared: each test stays < 20 s).
 """
 
-import json
 import os
 import signal
 import subprocess

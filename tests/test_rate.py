@@ -116,7 +116,7 @@ def test_the_active_shares_never_exceed_the_cap(cap, users):
     assert set(shares) == set(users)
     active = [k for k, (_w, used, more, _l) in users.items() if used or more]
     assert sum(shares[k] for k in active) <= cap * (1 + 1e-9)
-    for key, (_w, used, more, limit) in users.items():
+    for key, (_w, _used, _more, limit) in users.items():
         assert shares[key] >= 0
         if limit:
             assert shares[key] <= limit * (1 + 1e-9)

@@ -125,18 +125,32 @@ class SnapshotCollector:
                                     labels=["user"])
         tunnels = GaugeMetricFamily("afb_user_tunnels_open", "Tunnels a user has open now",
                                     labels=["user"])
+        throttled = CounterMetricFamily(
+            "afb_user_throttled_seconds_total", "Seconds a user's transfers waited for its "
+            "rate limit ([qos]; its live tunnels)", labels=["user", "direction"])
+        queued = GaugeMetricFamily("afb_user_queued_bytes", "Bytes afb holds for a user now",
+                                   labels=["user", "direction"])
+        limit = GaugeMetricFamily("afb_user_rate_limit_bytes_per_second", "A user's rate "
+                                  "limit in force (0: none)", labels=["user", "direction"])
         rows = [(u["user"], u) for u in shown]
         if rest:
             rows.append((OTHER, {field: sum(u.get(field, 0) for u in rest)
                                  for field in ("bytes_up", "bytes_down", "streams",
-                                               "tunnels")}))
+                                               "tunnels", "throttled_up", "throttled_down",
+                                               "queued_up", "queued_down")}))
         for name, user in rows:
             traffic.add_metric([name, "up"], user.get("bytes_up", 0))
             traffic.add_metric([name, "down"], user.get("bytes_down", 0))
             streams.add_metric([name], user.get("streams", 0))
             tunnels.add_metric([name], user.get("tunnels", 0))
+            for direction in ("up", "down"):
+                throttled.add_metric([name, direction], user.get("throttled_" + direction, 0))
+                queued.add_metric([name, direction], user.get("queued_" + direction, 0))
+                if name != OTHER:
+                    limit.add_metric([name, direction], user.get("rate_limit_" + direction, 0))
         return [_gauge("afb_users", "Users listed by the server (connected, or seen since "
-                       "the start)", len(users)), traffic, streams, tunnels]
+                       "the start)", len(users)), traffic, streams, tunnels, throttled, queued,
+                limit]
 
 
 def _gauge(name, doc, value):
