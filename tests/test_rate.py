@@ -125,3 +125,10 @@ def test_the_active_shares_never_exceed_the_cap(cap, users):
     per_weight = {round(shares[k] / users[k][0], 3) for k in greedy}
     assert len(per_weight) <= 1
     assert FLOOR > 0
+
+
+def test_a_lone_user_below_the_cap_may_use_all_of_it():
+    """Nobody was throttled: the rest of the cap is shared too (work-conserving)."""
+    assert fair_shares(1e9, {"a": (1, 5e8, False, 0)}) == {"a": 1e9}
+    shares = fair_shares(1e9, {"a": (1, 1e8, False, 0), "b": (3, 1e8, False, 2e8)})
+    assert shares["b"] == 2e8 and shares["a"] == pytest.approx(8e8)

@@ -12,7 +12,10 @@ credit* (up), so memory stays bounded by the windows and budgets.
 :func:`fair_shares` splits a total cap between users by weight, max-min
 fair and work-conserving: a user who used less than its share last period
 keeps what it used (plus headroom, to grow), and the rest is split among
-the users who wanted more (were throttled).  It is re-run every
+the users who wanted more (were throttled), or among all of them when none
+did.  (The first version kept the rest unassigned: a lone user under a cap
+could grow by only a quarter per period, and a never-binding cap cost 11 %
+of a loopback download; bench/qos.)  It is re-run every
 ``period`` seconds (:data:`SHARE_PERIOD`) by the server; a user who stops
 leaves its share to the others at the next run.
 
@@ -111,7 +114,8 @@ def fair_shares(cap, users):
     Weighted max-min fairness by water-filling: a user whose demand (what
     it used, times :data:`HEADROOM`, or its own limit) is below its weighted
     share of what is left gets its demand; the others split the rest by
-    weight.  Users who moved nothing and wanted nothing are not counted:
+    weight.  When every user got its demand, what is left is shared among
+    them by weight too (work-conserving: a lone user gets the whole cap).  Users who moved nothing and wanted nothing are not counted:
     they get the share a newcomer would (so a new transfer starts at once).
     """
     demands = {}
@@ -139,6 +143,16 @@ def fair_shares(cap, users):
         for key in satisfied:
             shares[key] = active.pop(key)[1]
             left -= shares[key]
+    if not active and left > 0:
+        # Everyone got what it asked for: the rest goes to them too, by weight
+        # (within their own limits), so no one waits while the cap has room.
+        open_ = {key: weight for key, (weight, _) in demands.items()
+                 if not users[key][3] or shares[key] < users[key][3]}
+        total_weight = sum(open_.values())
+        for key, weight in open_.items():
+            extra = left * weight / total_weight
+            limit = users[key][3]
+            shares[key] = min(shares[key] + extra, limit) if limit else shares[key] + extra
     active_weight = sum(weight for weight, _ in demands.values())
     for key in idle:
         weight, _used, _more, limit = users[key]
