@@ -148,11 +148,21 @@ def fair_shares(cap, users):
         # (within their own limits), so no one waits while the cap has room.
         open_ = {key: weight for key, (weight, _) in demands.items()
                  if not users[key][3] or shares[key] < users[key][3]}
-        total_weight = sum(open_.values())
-        for key, weight in open_.items():
-            extra = left * weight / total_weight
-            limit = users[key][3]
-            shares[key] = min(shares[key] + extra, limit) if limit else shares[key] + extra
+        while open_ and left > 0:
+            total_weight = sum(open_.values())
+            pool = left
+            capped = False
+            for key, weight in list(open_.items()):
+                limit = users[key][3]
+                share = shares[key] + pool * weight / total_weight
+                if limit and share >= limit:
+                    share = limit
+                    capped = True
+                    del open_[key]
+                left -= share - shares[key]
+                shares[key] = share
+            if not capped:
+                break
     active_weight = sum(weight for weight, _ in demands.values())
     for key in idle:
         weight, _used, _more, limit = users[key]
