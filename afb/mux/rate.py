@@ -115,8 +115,9 @@ def fair_shares(cap, users):
     it used, times :data:`HEADROOM`, or its own limit) is below its weighted
     share of what is left gets its demand; the others split the rest by
     weight.  When every user got its demand, what is left is shared among
-    them by weight too (work-conserving: a lone user gets the whole cap).  Users who moved nothing and wanted nothing are not counted:
-    they get the share a newcomer would (so a new transfer starts at once).
+    them by weight too (work-conserving: a lone user gets the whole cap).
+    Users who moved nothing and wanted nothing are not counted: they get
+    the share a newcomer would (so a new transfer starts at once).
     """
     demands = {}
     idle = []
