@@ -205,3 +205,35 @@ def test_new_streams_per_second_are_limited(tmp_path):
     user = next(u for u in snapshot["users"] if u["user"] == "tester")
     assert user["refused_streams"] == replies.count(1)
     assert again == 0
+
+
+def test_a_lan_device_limited_on_the_client(tmp_path):
+    """[qos] on the client: 1 MB/s down per device, 3 new streams a second (HTTP 429)."""
+    setup = Setup(tmp_path, fast_open=False, client_extra="[qos]\ndevice_rate_down = 1M\n"
+                                                          "max_new_streams_per_second = 3\n")
+    target = HttpTarget()
+    try:
+        with running("server", setup, tmp_path / "server.log"), \
+                running("client", setup, tmp_path / "client.log"):
+            wait_until(lambda: curl(setup.proxy_port, "http://127.0.0.1:%d/10" % target.port,
+                                    timeout=5)["size_download"] == 10, 20)
+            gevent.sleep(1.2)
+            result = curl(setup.proxy_port, "http://127.0.0.1:%d/%d" % (target.port, 8_000_000))
+            codes = []
+            for _ in range(6):
+                out = subprocess.run(
+                    ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+                     "--proxy", "http://127.0.0.1:%d" % setup.proxy_port,
+                     "http://127.0.0.1:%d/10" % target.port],
+                    capture_output=True, text=True, timeout=20)
+                codes.append(out.stdout)
+            snapshot = _snapshot(str(tmp_path / "client.sock"))
+    finally:
+        target.close()
+    rate = result["size_download"] / result["time_total"]
+    print("device down: %.0f B/s (%.3f of 1 MB/s); HTTP codes %s" % (rate, rate / 1e6, codes))
+    assert abs(rate - 1e6) <= 0.10 * 1e6
+    assert codes[:3] == ["200"] * 3 and codes.count("429") >= 2
+    device = snapshot["devices"][0]
+    assert device["device"] == "127.0.0.1" and device["rate_limit_down"] == 1_000_000
+    assert device["throttled_down"] > 3 and device["refused_streams"] >= 2

@@ -274,7 +274,9 @@ class TunnelServer:
             close_socket(sock)
             return
         # The early data goes to the destination before OPEN_OK goes back.
-        SocketRelay(sock, stream).start()
+        user = session.user     # its rate limits: reading the destination, credit to the client
+        SocketRelay(sock, stream, shapers=(user.shape_down, user.shape_up) if user is not None
+                    else (None, None)).start()
         session.accept(stream)
 
     def _serve_stream(self, session, stream, command):

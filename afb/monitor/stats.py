@@ -69,6 +69,7 @@ class Monitor:
         self.tunnel_state = tunnel_state or (lambda session: None)
         self.reload = reload
         self.live_users = live_users
+        self.devices = None             # client: the LAN devices' limits (afb.transport.shaper)
         self.clock = clock
         self.wall = wall
         self.started = wall()
@@ -142,6 +143,8 @@ class Monitor:
             "users": self._users(user_live, rates, fresh, now) if self.role == "server" else [],
             "alerts": list(self.alerts),
         }
+        if self.devices is not None:
+            snap["devices"] = self.devices.rows()
         if streams:
             # Rows for the newest ``limit`` streams only: a row costs microseconds, and
             # 10,000 of them a second would be the dashboard's whole cost.

@@ -96,11 +96,13 @@ class TokenBucket:
         return missing / self.rate if missing > 0 else 0.0
 
     def configure(self, rate, burst=None, now=0.0):
-        """A new rate (a reload, a new fair share); saved tokens are kept (up to the burst)."""
+        """A new rate (a reload, a new fair share); saved tokens are kept (up to the
+        burst), an unlimited bucket that gets a rate starts full."""
+        was_unlimited = not self.rate
         self._refill(now)
         self.rate = float(rate or 0)
         self.burst = float(burst or default_burst(self.rate))
-        if self.tokens > self.burst:
+        if self.tokens > self.burst or was_unlimited:
             self.tokens = self.burst
         self.stamp = now
 

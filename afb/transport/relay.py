@@ -22,11 +22,13 @@ Memory the peer can make us hold is bounded per tunnel and per user
 has drained it; bytes waiting in ``out`` are charged to its ``up`` budget,
 which the session's reader respects.
 
-On the server, a user's bandwidth limit (:mod:`afb.transport.shaper`) is
-back-pressure of the same kind: down, reading pauses while the user's
-shaper has no tokens and resumes on its timer; up, the credit for bytes the
-socket took is handed back only as fast as the shaper allows.  Without a
-limit this costs a ``None`` test and an attribute read per read and write.
+Bandwidth limits (:mod:`afb.transport.shaper`: a server's user, a client's
+LAN device) are back-pressure of the same kind: ``shapers = (read,
+credit)``; reading the socket pauses while the ``read`` shaper has no
+tokens and resumes on its timer; the credit for bytes the socket took is
+handed back to the peer only as fast as the ``credit`` shaper allows.
+Without a limit this costs a ``None`` test (and an attribute read) per read
+and write.
 """
 
 import errno
@@ -65,9 +67,9 @@ class SocketRelay:
 
     __slots__ = ("sock", "stream", "fd", "out", "out_bytes", "local_eof", "write_closed",
                  "closed", "down", "up", "_reader", "_writer", "_reading", "_on_close",
-                 "shape_down", "shape_up", "held")
+                 "shape_read", "shape_credit", "held")
 
-    def __init__(self, sock, stream, on_close=None):
+    def __init__(self, sock, stream, on_close=None, shapers=(None, None)):
         self.sock = sock
         self.stream = stream
         self.fd = sock.fileno()
@@ -82,10 +84,8 @@ class SocketRelay:
         self.closed = False
         self.down = stream.session.down   # frames queued for the peer: gates reading
         self.up = stream.session.up       # bytes in `out`: charged here
-        user = stream.session.user
-        # The user's rate limits (server); None on the client.
-        self.shape_down = user.shape_down if user is not None else None
-        self.shape_up = user.shape_up if user is not None else None
+        # Rate limits: reading the socket, handing credit back (None: none).
+        self.shape_read, self.shape_credit = shapers
         self.held = 0               # credit the up shaper holds back (not data)
         self._on_close = on_close
         loop = gevent.get_hub().loop
@@ -107,7 +107,7 @@ class SocketRelay:
             if self.down.exhausted:
                 self.down.wait(self.credit_available)
                 return
-            shaper = self.shape_down
+            shaper = self.shape_read
             if shaper is not None and shaper.limited and not shaper.ready(MIN_GRANT):
                 shaper.wait(self.credit_available)
                 return
@@ -132,7 +132,7 @@ class SocketRelay:
             self.down.wait(self.credit_available)
             return
         size = credit if credit < READ_CHUNK else READ_CHUNK
-        shaper = self.shape_down
+        shaper = self.shape_read
         if shaper is not None and shaper.limited:
             size = shaper.ready(size)
             if not size:    # over the user's rate: wait for tokens
@@ -217,7 +217,7 @@ class SocketRelay:
 
     def _consumed(self, n):
         """The socket took ``n`` bytes: credit back to the peer, at the user's rate."""
-        shaper = self.shape_up
+        shaper = self.shape_credit
         if shaper is None or not shaper.limited:
             self.stream.consumed(n)
             return
@@ -228,7 +228,7 @@ class SocketRelay:
         held = self.held
         if self.closed or not held:
             return
-        shaper = self.shape_up
+        shaper = self.shape_credit
         granted = shaper.ready(held) if shaper.limited else held
         if granted:
             if shaper.limited:
@@ -278,9 +278,10 @@ class SocketRelay:
             self.up.release(self.out_bytes)
         self.out_bytes = 0
         self.down.forget(self.credit_available)
-        if self.shape_down is not None:
-            self.shape_down.forget(self.credit_available)
-            self.shape_up.forget(self._release_credit)
+        if self.shape_read is not None:
+            self.shape_read.forget(self.credit_available)
+        if self.shape_credit is not None:
+            self.shape_credit.forget(self._release_credit)
         close_socket(self.sock, abort=abort)
         if self._on_close is not None:
             self._on_close(self)

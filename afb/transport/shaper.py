@@ -43,7 +43,7 @@ from afb.mux.rate import MIN_GRANT, SHARE_PERIOD, TokenBucket, fair_shares
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Shaper", "Qos", "qos_settings"]
+__all__ = ["Shaper", "Qos", "Devices", "qos_settings", "client_qos_settings"]
 
 
 class Shaper:
@@ -291,3 +291,118 @@ class Qos:
         if self._loop is not None:
             self._loop.kill(block=False)
             self._loop = None
+
+
+#: Device records kept without streams before idle ones are dropped.
+MAX_IDLE_DEVICES = 256
+
+
+class Devices:
+    """The client's LAN devices (issue 13, part 4): a :class:`Qos` keyed by device.
+
+    A device is the app's proxy login (RFC 1929 / Basic) when ``users_file``
+    is set, else its source address.  :meth:`acquire` / :meth:`release` go
+    around each relay; new streams a second are counted per device
+    (:meth:`admit`).  A record outlives its streams (its bucket of new streams
+    must, or a device opening one short stream after the other would never
+    be limited): past :data:`MAX_IDLE_DEVICES` records, those without
+    streams whose bucket is full again are dropped.  On the client the relay
+    *reads* the device's upload and hands *credit* back for its download, so
+    :meth:`acquire` returns ``(up shaper, down shaper)``.
+    """
+
+    def __init__(self, settings=None, clock=time.monotonic):
+        self.clock = clock
+        self.qos = Qos(_as_user_settings(settings or {}), clock=clock)
+        self.devices = {}           # name -> [relays, opens TokenBucket or None, refused]
+
+    @property
+    def limited(self):
+        s = self.qos.settings
+        return any(s.get(key) for key in ("user_rate_down", "user_rate_up", "max_down",
+                                          "max_up", "max_new_streams_per_second"))
+
+    def configure(self, settings):
+        self.qos.configure(_as_user_settings(settings), {})
+        for record in self.devices.values():
+            record[1] = self._opens(record[1])
+
+    def _opens(self, bucket):
+        rate = self.qos.new_streams_rate
+        if not rate:
+            return None
+        if bucket is None:
+            return TokenBucket(rate, rate, self.clock())
+        bucket.configure(rate, rate, self.clock())
+        return bucket
+
+    def _record(self, name):
+        record = self.devices.get(name)
+        if record is None:
+            if len(self.devices) >= MAX_IDLE_DEVICES:
+                self._sweep()
+            record = self.devices[name] = [0, self._opens(None), 0]
+            self.qos.shapers_for(name)
+        return record
+
+    def _sweep(self):
+        now = self.clock()
+        for name, (relays, opens, _refused) in list(self.devices.items()):
+            if not relays and (opens is None or opens.allowance(now) >= opens.burst):
+                self._drop(name)
+
+    def admit(self, name):
+        """True if device ``name`` may open one more stream now (counted), else False."""
+        record = self._record(name)
+        opens = record[1]
+        if opens is not None and not opens.take(1, self.clock()):
+            record[2] += 1
+            return False
+        return True
+
+    def acquire(self, name):
+        """A relay of ``name`` starts: -> its ``(read, credit)`` shapers."""
+        record = self._record(name)
+        record[0] += 1
+        down, up = self.qos.users[name]
+        return up, down
+
+    def release(self, name):
+        record = self.devices.get(name)
+        if record is not None:
+            record[0] -= 1
+
+    def _drop(self, name):
+        del self.devices[name]
+        self.qos.drop(name)
+
+    def rows(self):
+        """DEVICE dicts for the client's snapshot."""
+        out = []
+        for name, (relays, _opens, refused) in sorted(self.devices.items()):
+            down, up = self.qos.users[name]
+            out.append({"device": name, "streams": relays,
+                        "rate_limit_down": round(down.rate), "rate_limit_up": round(up.rate),
+                        "throttled_down": round(down.throttled_seconds(), 3),
+                        "throttled_up": round(up.throttled_seconds(), 3),
+                        "refused_streams": refused})
+        return out
+
+    def close(self):
+        self.qos.close()
+
+
+def _as_user_settings(settings):
+    """A client's ``[qos]`` (device_rate_*) as :class:`Qos` settings (user_rate_*)."""
+    out = dict(settings)
+    for direction in ("down", "up"):
+        if "device_rate_" + direction in out:
+            out["user_rate_" + direction] = out.pop("device_rate_" + direction)
+    return out
+
+
+def client_qos_settings(section):
+    """The client's ``[qos]`` section as plain numbers (floats, bytes/s)."""
+    return {key: float(section.get(key, 0) or 0) for key in (
+        "device_rate_down", "device_rate_up", "burst", "max_down", "max_up",
+        "max_new_streams_per_second")}

@@ -1,0 +1,61 @@
+"""Qos and Devices of afb.transport.shaper: limits applied, overrides, reloads (issue 13)."""
+
+from afb.transport.shaper import Devices, Qos
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_defaults_overrides_and_a_reload_reach_live_users():
+    clock = Clock()
+    qos = Qos({"user_rate_down": 1e6}, {"alice": {"rate_down": 5e6, "rate_up": None,
+                                                  "weight": None}}, clock=clock)
+    alice_down, alice_up = qos.shapers_for("alice")
+    bob_down, bob_up = qos.shapers_for("bob")
+    assert (alice_down.rate, alice_up.rate, bob_down.rate, bob_up.rate) == (5e6, 0, 1e6, 0)
+    assert alice_down.limited and not alice_up.limited
+    qos.configure({"user_rate_down": 0, "user_rate_up": 2e6}, {})
+    assert (alice_down.rate, alice_up.rate, bob_down.rate) == (0, 2e6, 0)
+    assert not alice_down.limited and alice_up.limited
+
+
+def test_the_ready_bytes_follow_the_bucket():
+    clock = Clock()
+    qos = Qos({"user_rate_down": 1e6, "burst": 100_000}, {}, clock=clock)
+    down, _up = qos.shapers_for("alice")
+    assert down.ready(256 * 1024) == 100_000
+    down.spend(100_000)
+    assert down.ready(256 * 1024) == 0
+    clock.now += 0.0625
+    assert down.ready(256 * 1024) == 62_500
+    assert down.moved == 100_000
+
+
+def test_a_newcomer_under_a_cap_gets_its_weighted_share_at_once():
+    qos = Qos({"max_down": 3e6}, {"alice": {"rate_down": None, "rate_up": None, "weight": 2}},
+              clock=Clock())
+    qos.shapers_for("bob")
+    alice_down, _ = qos.shapers_for("alice")
+    assert alice_down.rate == 2e6
+    qos.close()
+
+
+def test_new_streams_a_second_per_device():
+    clock = Clock()
+    devices = Devices({"max_new_streams_per_second": 2, "device_rate_up": 1e6}, clock=clock)
+    assert devices.limited
+    assert [devices.admit("10.0.0.5") for _ in range(3)] == [True, True, False]
+    assert devices.admit("10.0.0.6")
+    read, credit = devices.acquire("10.0.0.5")
+    assert read.rate == 1e6 and credit.rate == 0      # the client reads the device's upload
+    devices.release("10.0.0.5")
+    clock.now += 0.5
+    assert devices.admit("10.0.0.5") and not devices.admit("10.0.0.5")
+    row = next(r for r in devices.rows() if r["device"] == "10.0.0.5")
+    assert row["refused_streams"] == 2 and row["rate_limit_up"] == 1_000_000
+    assert not Devices({}).limited
