@@ -59,3 +59,29 @@ def test_new_streams_a_second_per_device():
     row = next(r for r in devices.rows() if r["device"] == "10.0.0.5")
     assert row["refused_streams"] == 2 and row["rate_limit_up"] == 1_000_000
     assert not Devices({}).limited
+
+
+def test_the_server_reads_qos_again_on_reload(tmp_path):
+    """SIGHUP (reload): [qos] of the file and the store's rows reach a live user; a
+    file that is not valid any more changes nothing."""
+    from afb.apps.server import TunnelServer
+    from tests.support import Setup
+
+    setup = Setup(tmp_path, server_extra="[qos]\nuser_rate_down = 1M\n")
+    server = TunnelServer(setup.server_cfg())
+    try:
+        user = server.users.enter("alice")
+        assert user.shape_down.rate == 1e6 and not user.shape_up.limited
+        with open(setup.server_conf, "a") as handle:
+            handle.write("user_rate_up = 2M\n")
+        server.state.set_user_limits("alice", rate_down=5e6)
+        assert server.reload_qos()
+        assert (user.shape_down.rate, user.shape_up.rate) == (5e6, 2e6)
+        with open(setup.server_conf, "a") as handle:
+            handle.write("max_down = lots\n")
+        assert not server.reload_qos()
+        assert (user.shape_down.rate, user.shape_up.rate) == (5e6, 2e6)
+    finally:
+        server.wsgi.close()
+        server.qos.close()
+        server.state.close()
