@@ -76,7 +76,7 @@ def cmd_user_limit(args):
             store.set_user_limits(args.user, rate_down=args.down, rate_up=args.up,
                                   weight=args.weight)
             row = store.user_limits()[args.user]
-            print("%s: down %s, up %s, weight %s" % (args.user, _rate(row["rate_down"]),
+            print("%s: down %s, up %s, weight %g" % (args.user, _rate(row["rate_down"]),
                                                      _rate(row["rate_up"]), row["weight"] or 1))
     except sqlite3.Error as exc:
         _err("afb user limit: state store: %s" % exc)
