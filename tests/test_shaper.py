@@ -85,3 +85,37 @@ def test_the_server_reads_qos_again_on_reload(tmp_path):
         server.wsgi.close()
         server.qos.close()
         server.state.close()
+
+
+def test_devices_and_users_on_metrics():
+    from afb.monitor.metrics import SnapshotCollector
+
+    class Monitor:
+        role = "client"
+
+        def snapshot(self, **_kwargs):
+            return {"role": self.role, "totals": {}, "tunnels": [], "errors": {}, "alerts": [],
+                    "users": [{"user": "alice", "throttled_down": 2.5, "rate_limit_down": 10,
+                               "queued_down": 7}],
+                    "devices": [{"device": "10.0.0.5", "rate_limit_down": 1000000,
+                                 "rate_limit_up": 0, "throttled_down": 1.5,
+                                 "throttled_up": 0.0, "refused_streams": 3}]}
+
+    monitor = Monitor()
+    names = {}
+    for family in SnapshotCollector(monitor).collect():
+        for sample in family.samples:
+            names[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert names[("afb_device_throttled_seconds_total",
+                  (("device", "10.0.0.5"), ("direction", "down")))] == 1.5
+    assert names[("afb_device_streams_refused_total", (("device", "10.0.0.5"),))] == 3
+    monitor.role = "server"
+    names = {}
+    for family in SnapshotCollector(monitor).collect():
+        for sample in family.samples:
+            names[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert names[("afb_user_throttled_seconds_total",
+                  (("direction", "down"), ("user", "alice")))] == 2.5
+    assert names[("afb_user_rate_limit_bytes_per_second",
+                  (("direction", "down"), ("user", "alice")))] == 10
+    assert names[("afb_user_queued_bytes", (("direction", "down"), ("user", "alice")))] == 7

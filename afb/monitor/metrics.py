@@ -83,6 +83,8 @@ class SnapshotCollector:
         out.extend(self._tunnels(snapshot.get("tunnels") or ()))
         if role == "server":
             out.extend(self._users(snapshot.get("users") or ()))
+        if snapshot.get("devices"):
+            out.extend(self._devices(snapshot["devices"]))
         errors = CounterMetricFamily("afb_errors_total", "Errors since the start, by kind",
                                      labels=["kind"])
         found = snapshot.get("errors") or {}
@@ -151,6 +153,25 @@ class SnapshotCollector:
         return [_gauge("afb_users", "Users listed by the server (connected, or seen since "
                        "the start)", len(users)), traffic, streams, tunnels, throttled, queued,
                 limit]
+
+
+    def _devices(self, devices):
+        """The client's LAN devices with [qos] limits (the first ``top_users`` by name)."""
+        throttled = CounterMetricFamily(
+            "afb_device_throttled_seconds_total", "Seconds a LAN device's transfers waited "
+            "for its rate limit ([qos])", labels=["device", "direction"])
+        limit = GaugeMetricFamily("afb_device_rate_limit_bytes_per_second", "A LAN device's "
+                                  "rate limit in force (0: none)", labels=["device", "direction"])
+        refused = CounterMetricFamily("afb_device_streams_refused_total", "Streams of a LAN "
+                                      "device refused by max_new_streams_per_second",
+                                      labels=["device"])
+        for device in devices[:self.top_users]:
+            name = device["device"]
+            for direction in ("up", "down"):
+                throttled.add_metric([name, direction], device.get("throttled_" + direction, 0))
+                limit.add_metric([name, direction], device.get("rate_limit_" + direction, 0))
+            refused.add_metric([name], device.get("refused_streams", 0))
+        return [throttled, limit, refused]
 
 
 def _gauge(name, doc, value):
