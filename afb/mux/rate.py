@@ -14,8 +14,7 @@ fair and work-conserving: a user who used less than its share last period
 keeps what it used (plus headroom, to grow), and the rest is split among
 the users who wanted more (were throttled), or among all of them when none
 did.  (The first version kept the rest unassigned: a lone user under a cap
-could grow by only a quarter per period, and a never-binding cap cost 11 %
-of a loopback download; bench/qos.)  It is re-run every
+could then grow by only a quarter per period.)  It is re-run every
 ``period`` seconds (:data:`SHARE_PERIOD`) by the server; a user who stops
 leaves its share to the others at the next run.
 
