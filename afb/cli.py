@@ -301,6 +301,11 @@ def build_parser():
 
     cli_report.add_parser(sub).set_defaults(func=cli_report.cmd_report)
 
+    from afb import cli_users
+
+    user = cli_users.add_parser(sub)
+    user.set_defaults(func=lambda args, parser=user: _usage(parser))
+
     p = sub.add_parser("config", help="configuration files")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     p.set_defaults(func=lambda args, parser=p: _usage(parser))

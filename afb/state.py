@@ -40,6 +40,10 @@ several servers) can implement the same methods:
     the increments of a flush (``peak_streams``: the larger one stays);
     ``usage`` lists rows with ``since <= day <= until`` ("YYYY-MM-DD", None:
     no bound); ``purge_usage`` drops the days before ``before``.
+``set_user_limits(user, rate_down=, rate_up=, weight=)`` / ``clear_user_limits(user)`` /
+``user_limits() -> {user: dict}``
+    per-user bandwidth limits and fair-share weights (:mod:`afb.transport.shaper`),
+    read by the server at start and on SIGHUP.
 ``close()``
 
 :class:`RevocationCache` puts a short cache (2 s by default) in front of
@@ -57,7 +61,8 @@ from afb.policy.lineage import family_of, family_of_jti, with_reason
 DB_NAME = "afb.sqlite3"
 #: 2: token families (tokens.fam, tokens.refreshes), revocations indexed by time.
 #: 3: usage per day and user (a new table: CREATE TABLE IF NOT EXISTS migrates).
-SCHEMA_VERSION = 3
+#: 4: per-user bandwidth limits (user_limits, a new table too).
+SCHEMA_VERSION = 4
 #: Rows are purged this long after their token expired (> any clock leeway).
 PURGE_KEEP = 86400
 #: Seconds a running server may use a cached revocation answer.
@@ -78,6 +83,9 @@ CREATE TABLE IF NOT EXISTS usage (
     bytes_down INTEGER NOT NULL DEFAULT 0, streams INTEGER NOT NULL DEFAULT 0,
     peak_streams INTEGER NOT NULL DEFAULT 0, tunnel_seconds REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (day, user));
+CREATE TABLE IF NOT EXISTS user_limits (
+    user TEXT PRIMARY KEY, rate_down REAL, rate_up REAL, weight REAL,
+    changed_at REAL NOT NULL);
 """
 USAGE_FIELDS = ("bytes_up", "bytes_down", "streams", "peak_streams", "tunnel_seconds")
 # After the migration: the indexes need its columns.
@@ -353,6 +361,39 @@ class StateStore:
         """Drop the usage rows of the days before ``before`` ("YYYY-MM-DD") -> rows removed."""
         with self._write():
             return self._db.execute("DELETE FROM usage WHERE day < ?", (before,)).rowcount
+
+
+    # --- per-user limits (issue 13) --------------------------------------------------
+
+    def set_user_limits(self, user, **values):
+        """Set some of ``rate_down``, ``rate_up`` (bytes/s, 0: unlimited), ``weight``
+        of ``user``; a value None leaves it as it was (unset: the config's default)."""
+        fields = ("rate_down", "rate_up", "weight")
+        unknown = set(values) - set(fields)
+        if unknown:
+            raise ValueError("unknown limit(s): %s" % ", ".join(sorted(unknown)))
+        with self._write():
+            row = self._first("SELECT rate_down, rate_up, weight FROM user_limits WHERE user = ?",
+                              (user,))
+            current = dict(zip(fields, row, strict=True)) if row else dict.fromkeys(fields)
+            current.update({k: v for k, v in values.items() if v is not None})
+            self._db.execute(
+                "INSERT OR REPLACE INTO user_limits (user, rate_down, rate_up, weight, "
+                "changed_at) VALUES (?, ?, ?, ?, ?)",
+                (user, current["rate_down"], current["rate_up"], current["weight"], time.time()))
+
+    def clear_user_limits(self, user):
+        """Back to the config's defaults -> True if ``user`` had limits."""
+        with self._write():
+            return self._db.execute("DELETE FROM user_limits WHERE user = ?",
+                                    (user,)).rowcount > 0
+
+    def user_limits(self):
+        """``{user: {"rate_down", "rate_up", "weight"}}`` (None: the config's default)."""
+        return {r["user"]: {"rate_down": r["rate_down"], "rate_up": r["rate_up"],
+                            "weight": r["weight"]}
+                for r in self._query("SELECT user, rate_down, rate_up, weight FROM user_limits "
+                                     "ORDER BY user")}
 
 
 class RevocationCache:

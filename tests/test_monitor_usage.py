@@ -117,7 +117,7 @@ def test_the_schema_migrates_from_version_2(tmp_path):
     store = StateStore(path)
     try:
         assert store.usage() == []
-        assert store._query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
+        assert store._query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 4
     finally:
         store.close()
 

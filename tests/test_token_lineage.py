@@ -129,7 +129,7 @@ def test_old_tokens_and_schema_1_stores(tmp_path):
         PRAGMA user_version = 1;""")
     db.close()
     store = StateStore(path)
-    assert store._query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
+    assert store._query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 4
     assert store.usage() == []              # schema 3: the usage table
     [row] = store.list_tokens()
     assert (row["jti"], row["fam"], row["refreshes"]) == ("old1", "old1", 0)

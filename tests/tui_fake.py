@@ -37,7 +37,10 @@ def snapshot(streams, role="client", time=T0, alerts=(), users=None):
     if users is None and role == "server":
         users = [{"user": "alice", "tunnels": 2, "streams": 7, "peak_streams": 31,
                   "bytes_up": 1000, "bytes_down": 200000, "rate_up": 10.0, "rate_down": 2000.0,
-                  "today_bytes_up": 5000, "today_bytes_down": 900000},
+                  "today_bytes_up": 5000, "today_bytes_down": 900000,
+                  "rate_limit_up": 0, "rate_limit_down": 1048576, "throttled_up": 0.0,
+                  "throttled_down": 75.5, "queued_up": 0, "queued_down": 65536,
+                  "refused_streams": 0},
                  {"user": "bob", "tunnels": 1, "streams": 0, "peak_streams": 3,
                   "bytes_up": 12345678, "bytes_down": 987654321, "rate_up": 0.0,
                   "rate_down": 0.0, "today_bytes_up": 0, "today_bytes_down": 1500}]

@@ -35,6 +35,7 @@ from afb.policy.access import AuthThrottle, SourceAcl
 from afb.policy.client_token import ClientToken
 from afb.policy.proxy_users import ProxyUsers
 from afb.transport import tls
+from afb.transport.shaper import Devices, client_qos_settings
 from afb.transport.tunnel_client import TunnelClient
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,12 @@ class ProxyClient:
                                 sources=SourceAcl(allow=client["allow_sources"]),
                                 throttle=AuthThrottle(client["max_auth_failures"],
                                                       client["auth_failure_window"],
-                                                      client["ban_time"]))
+                                                      client["ban_time"]),
+                                devices=self._devices(cfg))
         self.monitor = Monitor("client", listen=client["listen"], server_url=self.tunnel.url,
                                sessions=lambda: self.tunnel.sessions,
                                tunnel_state=self._tunnel_state, reload=self.reload)
+        self.monitor.devices = self.proxy.devices
         self.tunnel.tally = self.monitor.tally
         self.monitoring = None
         # /metrics (bound now: a busy port stops the start) and alerts.
@@ -103,6 +106,8 @@ class ProxyClient:
         sd_notify.notify("STOPPING=1")
         self.proxy.close()
         self.tunnel.stop(drain_timeout=timeout)
+        if self.proxy.devices is not None:
+            self.proxy.devices.close()
         if self.monitoring is not None:
             self.monitoring.stop()
         log.info("stopped")
@@ -152,9 +157,21 @@ class ProxyClient:
         self.cfg = keep_running_values(self.cfg, cfg)
         return changed or None
 
+    @staticmethod
+    def _devices(cfg, devices=None):
+        """The LAN devices' limits of ``cfg`` ([qos]): ``devices`` reconfigured, or new
+        ones; None while nothing is limited (the relays then skip the shapers)."""
+        settings = client_qos_settings(cfg["qos"])
+        if devices is not None:
+            devices.configure(settings)
+            return devices
+        devices = Devices(settings)
+        return devices if devices.limited else None
+
     def _apply(self, cfg, token):
         """What applies in place: the token source, the tunnel's parameters, the proxy's."""
         client = cfg["client"]
+        self.proxy.devices = self.monitor.devices = self._devices(cfg, self.proxy.devices)
         self.tunnel.token_source = token
         for name, value in tunnel_parameters(cfg).items():
             setattr(self.tunnel, name, value)

@@ -10,8 +10,8 @@ falls in one of three groups:
 * what needs a restart (:data:`RESTART_KEYS`: the listening socket and the
   local proxy's users and their bans) -- kept as running, with one warning;
 * everything else (timeouts, windows, backoff, ``allow_sources``,
-  ``fast_open``, ``log_level``) -- applied in place, for new streams and the
-  next dial.
+  ``fast_open``, ``log_level``, ``[qos]``) -- applied in place, for new
+  streams and the next dial (``[qos]`` rates: for the streams open too).
 """
 
 #: (section, key) of what a new tunnel is dialled with.
@@ -67,7 +67,7 @@ class Plan:
 def reload_plan(old, new):
     """The :class:`Plan` from the running config ``old`` to the new one ``new``."""
     plan = Plan()
-    for section in ("client", "tunnel", "e2e", "alerts"):
+    for section in ("client", "tunnel", "e2e", "alerts", "qos"):
         for key in new[section]:
             if old[section].get(key) == new[section][key] or (section, key) in TOKEN_KEYS:
                 continue

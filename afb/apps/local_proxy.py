@@ -46,6 +46,16 @@ log = logging.getLogger(__name__)
 
 _HTTP_STATUS = {0x02: 403, 0x03: 502, 0x04: 502, 0x05: 502, 0x06: 504, 0x07: 501, 0x08: 400}
 
+#: Refusals by a device's stream rate: a few lines per device a minute.
+_refused_log = LogLimiter(log, interval=60.0, burst=5)
+
+
+class TooManyStreams(AfbError):
+    """A LAN device opens streams faster than ``[qos] max_new_streams_per_second``."""
+
+    http_status = 429
+
+
 _407_BODY = b"407 Proxy Authentication Required\n"
 #: The answer to an HTTP proxy request without valid credentials (users_file set).
 PROXY_AUTH_REQUIRED = (
@@ -83,11 +93,14 @@ class LocalProxy:
     """SOCKS5 + HTTP CONNECT listener feeding a :class:`TunnelClient`."""
 
     def __init__(self, listen, tunnel, *, fast_open=True, open_timeout=10.0,
-                 handshake_timeout=10.0, authenticate=None, sources=None, throttle=None):
+                 handshake_timeout=10.0, authenticate=None, sources=None, throttle=None,
+                 devices=None):
         """*authenticate*: None, or ``(user, password) -> bool`` required of every
         client (SOCKS5 method 2, HTTP ``Proxy-Authorization: Basic``); *sources*:
         None (anyone), or a :class:`~afb.policy.access.SourceAcl` of client addresses;
-        *throttle*: the :class:`~afb.policy.access.AuthThrottle` of failed logins."""
+        *throttle*: the :class:`~afb.policy.access.AuthThrottle` of failed logins;
+        *devices*: None (no limits), or the :class:`~afb.transport.shaper.Devices`
+        whose rates and new streams a second each LAN device gets."""
         self.tunnel = tunnel
         self.sources = sources
         self.throttle = throttle if authenticate is not None else None
@@ -95,6 +108,7 @@ class LocalProxy:
         self.open_timeout = open_timeout
         self.handshake_timeout = handshake_timeout
         self.authenticate = authenticate
+        self.devices = devices
         self.active = 0
         # A page load opens dozens of connections at once: a deep backlog.
         self.listener = Acceptor(listen, self._accepted, backlog=4096)
@@ -240,6 +254,17 @@ class LocalProxy:
     def _open(self, sock, peer, kind, host, port, early, user=None):
         """Open a stream for the app at ``peer`` (``user``: its proxy login); -> whether
         the socket was handed to a relay."""
+        devices = self.devices
+        device = (user or peer.rpartition(":")[0]) if devices is not None else None
+        if devices is not None and not devices.admit(device):
+            count("limit_hits")
+            self._fail(sock, kind, TooManyStreams(
+                "%s opens too many streams (limit %g a second: [qos] "
+                "max_new_streams_per_second)" % (device, devices.qos.new_streams_rate)))
+            _refused_log.warning(device, "stream refused", "%s -> %s:%d: refused: more than "
+                                 "%g new streams a second from %s", peer, host, port,
+                                 devices.qos.new_streams_rate, device)
+            return False
         try:
             session = self.tunnel.get_session(self.open_timeout)
         except AfbError as exc:
@@ -266,12 +291,19 @@ class LocalProxy:
             if kind != "http":
                 self._succeed(sock, kind)
         self.active += 1
-        SocketRelay(sock, stream, on_close=self._relay_closed).start()
+        if devices is None:
+            SocketRelay(sock, stream, on_close=self._relay_closed).start()
+        else:
+            SocketRelay(sock, stream, on_close=self._relay_closed,
+                        shapers=devices.acquire(device)).start()
         return True
 
     def _relay_closed(self, relay):
         self.active -= 1
         stream = relay.stream
+        if relay.shape_read is not None:
+            peer, user = stream.origin
+            self.devices.release(user or peer.rpartition(":")[0])
         error = stream.reset_error
         if error is not None and stream.bytes_in == 0 and error.reply != REP_GENERAL_FAILURE:
             count_destination_error(error)      # fast_open: OPEN_FAIL came as the reset
@@ -287,7 +319,8 @@ class LocalProxy:
             if kind == "socks5":
                 sock.sendall(socks5.reply(exc.reply))
             else:
-                status = _HTTP_STATUS.get(exc.reply, exc.http_status)
+                status = 429 if isinstance(exc, TooManyStreams) else \
+                    _HTTP_STATUS.get(exc.reply, exc.http_status)
                 sock.sendall(httpproxy.response(status, body=(str(exc) + "\n").encode()))
         except OSError:
             pass

@@ -14,6 +14,7 @@ from afb.apps.monitoring import start_monitoring
 from afb.apps.own_addresses import OwnAddressWatch, hostname_addresses
 from afb.apps.server_e2e import E2eAcceptor
 from afb.codec import frames
+from afb.config import load_config
 from afb.config_values import parse_hostport
 from afb.errors import CLOSE_GOING_AWAY, AfbError, AuthError, CommandNotSupported, DestinationError
 from afb.keys import check_secret_file, spki_pin
@@ -31,6 +32,7 @@ from afb.transport.dialer import Dialer
 from afb.transport.relay import SocketRelay
 from afb.transport.resolver import Resolver
 from afb.transport.session import Session
+from afb.transport.shaper import Qos, qos_settings
 from afb.transport.sockets import close_socket
 from afb.transport.store_thread import StoreThread
 from afb.transport.users import UserRegistry
@@ -80,13 +82,15 @@ class TunnelServer:
         self.ssl_context = tls.server_context(server["cert"], server["key"]) \
             if server["tls"] else None
         self.e2e = E2eAcceptor(cfg["e2e"])
+        # Bandwidth per user and fair shares ([qos] + the store's user_limits).
+        self.qos = Qos(qos_settings(cfg["qos"]), self._user_limits())
         self.users = UserRegistry(
             max_tunnels=tunnel["max_tunnels_per_user"], max_streams=tunnel["max_streams_per_user"],
             buffer_limit=tunnel["max_buffer_per_user"],
-            frame_rate=tunnel["max_frame_rate_per_user"])
+            frame_rate=tunnel["max_frame_rate_per_user"], qos=self.qos)
         self.sessions = set()
         self.monitor = Monitor("server", listen=server["listen"], sessions=lambda: self.sessions,
-                               reload=self.reload_tls, live_users=self.users)
+                               reload=self.reload, live_users=self.users)
         self.monitoring = None
         #: Failed logins per client address since the alert loop last took them
         #: (afb.monitor.reporting): a plain dict add per failure.
@@ -270,7 +274,9 @@ class TunnelServer:
             close_socket(sock)
             return
         # The early data goes to the destination before OPEN_OK goes back.
-        SocketRelay(sock, stream).start()
+        user = session.user     # its rate limits: reading the destination, credit to the client
+        SocketRelay(sock, stream, shapers=(user.shape_down, user.shape_up) if user is not None
+                    else (None, None)).start()
         session.accept(stream)
 
     def _serve_stream(self, session, stream, command):
@@ -329,6 +335,7 @@ class TunnelServer:
             session.flush(0.5)
             session.close(CLOSE_GOING_AWAY, "server stopping")
         self.wsgi.stop(timeout=1)
+        self.qos.close()
         if self._housekeeper is not None:
             self._housekeeper.kill(block=False)
         ratelog.flush_all(now=float("inf"))
@@ -337,6 +344,41 @@ class TunnelServer:
         self.state.close()
         self._stopped.set()
         log.info("stopped")
+
+    def reload(self):
+        """SIGHUP: the certificate and key, the ``[qos]`` section and the per-user limits."""
+        self.reload_qos()
+        return self.reload_tls()
+
+    def _user_limits(self):
+        """The state store's per-user limits ({} when it cannot be read: one log line)."""
+        try:
+            return self.state.user_limits()
+        except sqlite3.Error as exc:
+            log.error("cannot read the per-user limits from the state store: %s", exc)
+            return {}
+
+    def reload_qos(self):
+        """Read ``[qos]`` of the config file and the store's limits again; live tunnels too.
+
+        Only ``[qos]`` changes; a file that is not valid any more changes nothing.
+        """
+        path = getattr(self.cfg, "filename", None)
+        settings = qos_settings(self.cfg["qos"])
+        if path:
+            try:
+                settings = qos_settings(load_config(path, "server")["qos"])
+            except (AfbError, OSError) as exc:
+                errors = getattr(exc, "errors", None) or [str(exc)]
+                log.error("reload: %s is not valid, [qos] unchanged: %s", path, errors[0])
+                return False
+        limits = self._user_limits()
+        self.users.configure_qos(settings, limits)
+        self.cfg["qos"].update({key: value for key, value in settings.items()})
+        log.info("reload: [qos] %s; %d users with limits of their own; %d users live",
+                 ", ".join("%s=%g" % item for item in sorted(settings.items()) if item[1])
+                 or "unlimited", len(limits), len(self.users))
+        return True
 
     def reload_tls(self):
         """SIGHUP: load the certificate and key again; open tunnels are not touched.
@@ -365,7 +407,7 @@ class TunnelServer:
         stop = Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, stop.set)
-        gevent.signal_handler(signal.SIGHUP, self.reload_tls)
+        gevent.signal_handler(signal.SIGHUP, self.reload)
         self.start()
         stop.wait()
         log.info("signal received: draining (up to %.0f s)", self.cfg["server"]["drain_timeout"])

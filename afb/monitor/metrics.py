@@ -83,6 +83,8 @@ class SnapshotCollector:
         out.extend(self._tunnels(snapshot.get("tunnels") or ()))
         if role == "server":
             out.extend(self._users(snapshot.get("users") or ()))
+        if snapshot.get("devices"):
+            out.extend(self._devices(snapshot["devices"]))
         errors = CounterMetricFamily("afb_errors_total", "Errors since the start, by kind",
                                      labels=["kind"])
         found = snapshot.get("errors") or {}
@@ -125,18 +127,51 @@ class SnapshotCollector:
                                     labels=["user"])
         tunnels = GaugeMetricFamily("afb_user_tunnels_open", "Tunnels a user has open now",
                                     labels=["user"])
+        throttled = CounterMetricFamily(
+            "afb_user_throttled_seconds_total", "Seconds a user's transfers waited for its "
+            "rate limit ([qos]; its live tunnels)", labels=["user", "direction"])
+        queued = GaugeMetricFamily("afb_user_queued_bytes", "Bytes afb holds for a user now",
+                                   labels=["user", "direction"])
+        limit = GaugeMetricFamily("afb_user_rate_limit_bytes_per_second", "A user's rate "
+                                  "limit in force (0: none)", labels=["user", "direction"])
         rows = [(u["user"], u) for u in shown]
         if rest:
             rows.append((OTHER, {field: sum(u.get(field, 0) for u in rest)
                                  for field in ("bytes_up", "bytes_down", "streams",
-                                               "tunnels")}))
+                                               "tunnels", "throttled_up", "throttled_down",
+                                               "queued_up", "queued_down")}))
         for name, user in rows:
             traffic.add_metric([name, "up"], user.get("bytes_up", 0))
             traffic.add_metric([name, "down"], user.get("bytes_down", 0))
             streams.add_metric([name], user.get("streams", 0))
             tunnels.add_metric([name], user.get("tunnels", 0))
+            for direction in ("up", "down"):
+                throttled.add_metric([name, direction], user.get("throttled_" + direction, 0))
+                queued.add_metric([name, direction], user.get("queued_" + direction, 0))
+                if name != OTHER:
+                    limit.add_metric([name, direction], user.get("rate_limit_" + direction, 0))
         return [_gauge("afb_users", "Users listed by the server (connected, or seen since "
-                       "the start)", len(users)), traffic, streams, tunnels]
+                       "the start)", len(users)), traffic, streams, tunnels, throttled, queued,
+                limit]
+
+
+    def _devices(self, devices):
+        """The client's LAN devices with [qos] limits (the first ``top_users`` by name)."""
+        throttled = CounterMetricFamily(
+            "afb_device_throttled_seconds_total", "Seconds a LAN device's transfers waited "
+            "for its rate limit ([qos])", labels=["device", "direction"])
+        limit = GaugeMetricFamily("afb_device_rate_limit_bytes_per_second", "A LAN device's "
+                                  "rate limit in force (0: none)", labels=["device", "direction"])
+        refused = CounterMetricFamily("afb_device_streams_refused_total", "Streams of a LAN "
+                                      "device refused by max_new_streams_per_second",
+                                      labels=["device"])
+        for device in devices[:self.top_users]:
+            name = device["device"]
+            for direction in ("up", "down"):
+                throttled.add_metric([name, direction], device.get("throttled_" + direction, 0))
+                limit.add_metric([name, direction], device.get("rate_limit_" + direction, 0))
+            refused.add_metric([name], device.get("refused_streams", 0))
+        return [throttled, limit, refused]
 
 
 def _gauge(name, doc, value):

@@ -69,6 +69,7 @@ class Monitor:
         self.tunnel_state = tunnel_state or (lambda session: None)
         self.reload = reload
         self.live_users = live_users
+        self.devices = None             # client: the LAN devices' limits (afb.transport.shaper)
         self.clock = clock
         self.wall = wall
         self.started = wall()
@@ -142,6 +143,8 @@ class Monitor:
             "users": self._users(user_live, rates, fresh, now) if self.role == "server" else [],
             "alerts": list(self.alerts),
         }
+        if self.devices is not None:
+            snap["devices"] = self.devices.rows()
         if streams:
             # Rows for the newest ``limit`` streams only: a row costs microseconds, and
             # 10,000 of them a second would be the dashboard's whole cost.
@@ -198,7 +201,8 @@ class Monitor:
                           "peak_streams": max(tally.peak, record.streams if record else 0),
                           "bytes_up": up, "bytes_down": down,
                           "rate_up": rate_up, "rate_down": rate_down,
-                          "today_bytes_up": today[0], "today_bytes_down": today[1]})
+                          "today_bytes_up": today[0], "today_bytes_down": today[1],
+                          **_qos(record)})
         return users
 
     def _process_stats(self, rates, now):
@@ -279,6 +283,19 @@ class Monitor:
 
     def forget_reader(self, reader):
         self._readers.pop(reader, None)
+
+
+def _qos(record):
+    """A live user's limits and what they cost it (issue 13); zeros when it has none."""
+    down = getattr(record, "shape_down", None)
+    up = getattr(record, "shape_up", None)
+    return {"rate_limit_down": round(down.rate) if down is not None else 0,
+            "rate_limit_up": round(up.rate) if up is not None else 0,
+            "throttled_down": round(down.throttled_seconds(), 3) if down is not None else 0.0,
+            "throttled_up": round(up.throttled_seconds(), 3) if up is not None else 0.0,
+            "queued_down": record.down.used if down is not None else 0,
+            "queued_up": record.up.used if up is not None else 0,
+            "refused_streams": record.refused_opens if down is not None else 0}
 
 
 def _session_state(session):

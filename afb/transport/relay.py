@@ -21,6 +21,14 @@ Memory the peer can make us hold is bounded per tunnel and per user
 (frames queued for the WebSocket) is exhausted, and resumes when the writer
 has drained it; bytes waiting in ``out`` are charged to its ``up`` budget,
 which the session's reader respects.
+
+Bandwidth limits (:mod:`afb.transport.shaper`: a server's user, a client's
+LAN device) are back-pressure of the same kind: ``shapers = (read,
+credit)``; reading the socket pauses while the ``read`` shaper has no
+tokens and resumes on its timer; the credit for bytes the socket took is
+handed back to the peer only as fast as the ``credit`` shaper allows.
+Without a limit this costs a ``None`` test (and an attribute read) per read
+and write.
 """
 
 import errno
@@ -33,6 +41,7 @@ import gevent
 
 from afb.buffers import detach
 from afb.errors import REP_GENERAL_FAILURE
+from afb.mux.rate import MIN_GRANT
 from afb.transport.sockets import close_socket, peer_name
 
 log = logging.getLogger(__name__)
@@ -57,9 +66,10 @@ class SocketRelay:
     """Moves one stream's bytes to and from one connected socket."""
 
     __slots__ = ("sock", "stream", "fd", "out", "out_bytes", "local_eof", "write_closed",
-                 "closed", "down", "up", "_reader", "_writer", "_reading", "_on_close")
+                 "closed", "down", "up", "_reader", "_writer", "_reading", "_on_close",
+                 "shape_read", "shape_credit", "held")
 
-    def __init__(self, sock, stream, on_close=None):
+    def __init__(self, sock, stream, on_close=None, shapers=(None, None)):
         self.sock = sock
         self.stream = stream
         self.fd = sock.fileno()
@@ -74,6 +84,9 @@ class SocketRelay:
         self.closed = False
         self.down = stream.session.down   # frames queued for the peer: gates reading
         self.up = stream.session.up       # bytes in `out`: charged here
+        # Rate limits: reading the socket, handing credit back (None: none).
+        self.shape_read, self.shape_credit = shapers
+        self.held = 0               # credit the up shaper holds back (not data)
         self._on_close = on_close
         loop = gevent.get_hub().loop
         self._reader = loop.io(self.fd, _READ)
@@ -93,6 +106,10 @@ class SocketRelay:
                 and self.stream.credit.available > 0:
             if self.down.exhausted:
                 self.down.wait(self.credit_available)
+                return
+            shaper = self.shape_read
+            if shaper is not None and shaper.limited and not shaper.ready(MIN_GRANT):
+                shaper.wait(self.credit_available)
                 return
             self._reading = True
             self._reader.start(self._on_readable)
@@ -114,13 +131,23 @@ class SocketRelay:
             self._pause_reading()
             self.down.wait(self.credit_available)
             return
+        size = credit if credit < READ_CHUNK else READ_CHUNK
+        shaper = self.shape_read
+        if shaper is not None and shaper.limited:
+            size = shaper.ready(size)
+            if not size:    # over the user's rate: wait for tokens
+                self._pause_reading()
+                shaper.wait(self.credit_available)
+                return
         try:
-            data = os.read(self.fd, credit if credit < READ_CHUNK else READ_CHUNK)
+            data = os.read(self.fd, size)
         except OSError as exc:
             if exc.errno in _AGAIN:
                 return
             self._fail("read from %s failed: %s" % (peer_name(self.sock), exc.strerror))
             return
+        if shaper is not None and shaper.limited:
+            shaper.spend(len(data))
         if not data:
             self._pause_reading()
             self.local_eof = True
@@ -151,7 +178,7 @@ class SocketRelay:
                 return
             written = 0
         if written:
-            self.stream.consumed(written)
+            self._consumed(written)
         if written < len(data):
             rest = detach(memoryview(data)[written:])
             self.out.append(rest)
@@ -182,11 +209,34 @@ class SocketRelay:
         self.out_bytes -= total
         if total:
             self.up.release(total)
-            self.stream.consumed(total)
+            self._consumed(total)
         if not out:
             self._writer.stop()
             if self.stream.remote_fin:
                 self.remote_eof()
+
+    def _consumed(self, n):
+        """The socket took ``n`` bytes: credit back to the peer, at the user's rate."""
+        shaper = self.shape_credit
+        if shaper is None or not shaper.limited:
+            self.stream.consumed(n)
+            return
+        self.held += n
+        self._release_credit()
+
+    def _release_credit(self):
+        held = self.held
+        if self.closed or not held:
+            return
+        shaper = self.shape_credit
+        granted = shaper.ready(held) if shaper.limited else held
+        if granted:
+            if shaper.limited:
+                shaper.spend(granted)
+            self.held = held = held - granted
+            self.stream.consumed(granted)
+        if held:
+            shaper.wait(self._release_credit)
 
     def remote_eof(self):
         """The peer sent FIN: shut our write side once everything is written."""
@@ -228,6 +278,10 @@ class SocketRelay:
             self.up.release(self.out_bytes)
         self.out_bytes = 0
         self.down.forget(self.credit_available)
+        if self.shape_read is not None:
+            self.shape_read.forget(self.credit_available)
+        if self.shape_credit is not None:
+            self.shape_credit.forget(self._release_credit)
         close_socket(self.sock, abort=abort)
         if self._on_close is not None:
             self._on_close(self)

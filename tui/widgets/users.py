@@ -1,5 +1,10 @@
 """The server's users: streams, rates and today's usage per token subject.
 
+With ``[qos]`` limits (issue 13), each user's limit in force ("limit ↓/↑":
+its own rate or its fair share of the cap; "-" none), the seconds its
+transfers waited for it ("throttled", both ways) and the bytes afb holds
+for it towards the client ("queued").
+
 Same in-place updates as the connections table (rows keyed by user name),
 sorted by name: a server has tens of users, not thousands, so nothing more
 is needed.  The client has no users: the view says so instead of an empty table.
@@ -8,11 +13,22 @@ is needed.  The client has no users: the view says so instead of an empty table.
 from rich.text import Text
 from textual.widgets import DataTable
 
-from tui.format import human_bytes, human_rate
+from tui.format import DASH, human_bytes, human_duration, human_rate
 
 COLUMNS = (("user", "user"), ("tunnels", "tunnels"), ("streams", "streams"),
            ("peak", "peak"), ("up", "up"), ("down", "down"), ("rate_up", "↑/s"),
-           ("rate_down", "↓/s"), ("today_up", "today ↑"), ("today_down", "today ↓"))
+           ("rate_down", "↓/s"), ("today_up", "today ↑"), ("today_down", "today ↓"),
+           ("limit_up", "limit ↑"), ("limit_down", "limit ↓"), ("throttled", "throttled"),
+           ("queued", "queued"))
+
+
+def _limit(value):
+    return human_rate(value) if value else DASH
+
+
+def _throttled(user):
+    seconds = (user.get("throttled_up") or 0) + (user.get("throttled_down") or 0)
+    return human_duration(seconds) if seconds else DASH
 
 
 def cells(user):
@@ -23,7 +39,9 @@ def cells(user):
             right(human_bytes(user.get("bytes_up"))), right(human_bytes(user.get("bytes_down"))),
             right(human_rate(user.get("rate_up"))), right(human_rate(user.get("rate_down"))),
             right(human_bytes(user.get("today_bytes_up"))),
-            right(human_bytes(user.get("today_bytes_down"))))
+            right(human_bytes(user.get("today_bytes_down"))),
+            right(_limit(user.get("rate_limit_up"))), right(_limit(user.get("rate_limit_down"))),
+            right(_throttled(user)), right(human_bytes(user.get("queued_down"))))
 
 
 class UsersTable(DataTable):

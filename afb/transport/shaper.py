@@ -1,0 +1,408 @@
+"""Bandwidth limits and fair shares of the server's users, by back-pressure (issue 13).
+
+Each user has one :class:`Shaper` per direction; the relays of its streams
+(:mod:`afb.transport.relay`) ask it before they move bytes:
+
+* **down** (destination -> client): a relay reads its destination socket at
+  most :meth:`Shaper.ready` bytes at a time; when the bucket is empty it
+  stops reading (as it does when a byte budget is exhausted) and waits on
+  the shaper, whose one timer wakes it when tokens are back.  The
+  destination's data waits in the kernel, then in the destination: TCP
+  slows the sender, afb holds nothing more.
+* **up** (client -> destination): the bytes a destination took are handed
+  back to the client as WINDOW credit only as fast as the bucket allows, so
+  the client stops sending after one window.  What is held back is credit,
+  not data: memory stays bounded by the stream windows.
+
+A user's limit is its own rate (``[qos] user_rate_down`` / ``user_rate_up``,
+or its row in the state store's ``user_limits`` table), and, when ``[qos]
+max_down`` / ``max_up`` cap the whole server, its fair share of the cap
+(:func:`afb.mux.rate.fair_shares`, by ``weight``), recomputed every
+:data:`~afb.mux.rate.SHARE_PERIOD` seconds by :class:`Qos` from what each
+user moved and whether it was throttled; a bucket at the cap is charged by
+every user too, so the cap holds while shares catch up.
+
+Per-user overrides live in the state store (``afb user limit alice --down
+10M``), not in token claims: a limit is the operator's decision about a
+user, not about one token; it changes without issuing and handing out a new
+token, applies to every token of the user (refreshed ones too) and, on
+SIGHUP, to the user's live tunnels; and several servers sharing the store
+agree on it.
+
+Unlimited costs the data path one ``None`` test and one attribute read per
+read or write: a relay's shaper is None on the client, and
+:attr:`Shaper.limited` is False on a server without limits.
+"""
+
+import logging
+import time
+
+import gevent
+
+from afb.mux.rate import MIN_GRANT, SHARE_PERIOD, TokenBucket, fair_shares
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Shaper", "Qos", "Devices", "qos_settings", "client_qos_settings"]
+
+
+class Shaper:
+    """One user's rate in one direction: its bucket, the cap's, the waiting relays."""
+
+    __slots__ = ("bucket", "cap", "limited", "limit", "weight", "moved", "wanted_more",
+                 "throttled", "_since", "_waiters", "_timer", "clock")
+
+    def __init__(self, cap=None, clock=time.monotonic):
+        self.clock = clock
+        self.bucket = TokenBucket(0, now=clock())
+        self.cap = cap              # the server-wide bucket (a TokenBucket) or None
+        self.limit = 0.0            # the user's own rate (0: none)
+        self.weight = 1.0
+        self.limited = False
+        self.moved = 0              # bytes since the fair-share loop last looked
+        self.wanted_more = False    # a relay waited since then
+        self.throttled = 0.0        # seconds with a relay waiting, finished spells
+        self._since = None          # start of the current spell
+        self._waiters = {}
+        self._timer = None
+
+    def __repr__(self):
+        return "<Shaper %r%s>" % (self.bucket, " waiters=%d" % len(self._waiters)
+                                  if self._waiters else "")
+
+    @property
+    def rate(self):
+        """The rate in force (bytes/s; 0: unlimited)."""
+        return self.bucket.rate
+
+    @property
+    def waiting(self):
+        return len(self._waiters)
+
+    def throttled_seconds(self, now=None):
+        since = self._since
+        return self.throttled + ((now or self.clock()) - since if since is not None else 0.0)
+
+    def configure(self, rate, burst=0, weight=1.0, limit=None):
+        """Set the rate in force (``limit``: the user's own, for the fair shares)."""
+        now = self.clock()
+        if limit is not None:
+            self.limit = limit
+        self.weight = weight
+        if rate != self.bucket.rate:
+            self.bucket.configure(rate, burst or None, now)
+        self.limited = bool(rate) or self.cap is not None
+        if self._waiters:
+            self._arm(0.0)
+
+    def ready(self, wanted):
+        """Bytes a relay may move now (<= ``wanted``), 0: wait (call :meth:`wait`)."""
+        now = self.clock()
+        allowed = self.bucket.allowance(now)
+        cap = self.cap
+        if cap is not None:
+            capped = cap.allowance(now)
+            if capped < allowed:
+                allowed = capped
+        if allowed >= wanted:
+            return wanted
+        if allowed < MIN_GRANT and allowed < self._burst():
+            return 0
+        return int(allowed)
+
+    def spend(self, n):
+        """Charge ``n`` bytes moved (after a read, or credit handed back)."""
+        now = self.clock()
+        self.bucket.spend(n, now)
+        if self.cap is not None:
+            self.cap.spend(n, now)
+        self.moved += n
+
+    def wait(self, callback):
+        """Call ``callback()`` once (when tokens are back, or the limit changed)."""
+        self.wanted_more = True
+        if self._since is None:
+            self._since = self.clock()
+        self._waiters[callback] = None
+        timer = self._timer
+        if timer is None or not timer.active:
+            now = self.clock()
+            want = min(MIN_GRANT, self._burst())
+            delay = self.bucket.wait_time(want, now)
+            if self.cap is not None:
+                delay = max(delay, self.cap.wait_time(want, now))
+            self._arm(min(delay, SHARE_PERIOD) if self.cap is not None else delay)
+
+    def forget(self, callback):
+        if self._waiters.pop(callback, 1) is None and not self._waiters:
+            self._spell_ends()
+
+    def _burst(self):
+        burst = self.bucket.burst if self.bucket.rate else float("inf")
+        if self.cap is not None and self.cap.rate and self.cap.burst < burst:
+            burst = self.cap.burst
+        return burst
+
+    def _arm(self, delay):
+        timer = self._timer
+        if timer is not None:
+            timer.stop()
+            timer.close()
+        self._timer = timer = gevent.get_hub().loop.timer(max(delay, 0.0005))
+        timer.start(self._fire)
+
+    def _fire(self):
+        waiters, self._waiters = self._waiters, {}
+        for callback in waiters:
+            callback()
+        if not self._waiters:
+            self._spell_ends()
+
+    def _spell_ends(self):
+        if self._since is not None:
+            self.throttled += self.clock() - self._since
+            self._since = None
+
+    def close(self):
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer.close()
+            self._timer = None
+        self._waiters.clear()
+        self._spell_ends()
+
+
+def qos_settings(section):
+    """The ``[qos]`` section as plain numbers (floats, bytes/s)."""
+    return {key: float(section.get(key, 0) or 0) for key in (
+        "user_rate_down", "user_rate_up", "burst", "max_down", "max_up",
+        "max_new_streams_per_second")}
+
+
+class Qos:
+    """The server's rates: defaults, per-user overrides, caps and the fair-share loop."""
+
+    def __init__(self, settings=None, overrides=None, clock=time.monotonic):
+        self.clock = clock
+        self.settings = {}
+        self.overrides = {}
+        self.caps = {"down": None, "up": None}
+        self.users = {}             # name -> (down Shaper, up Shaper), set by the registry
+        self._loop = None
+        self.configure(settings or {}, overrides or {})
+
+    # --- configuration -------------------------------------------------------------
+
+    def configure(self, settings, overrides):
+        """Apply a ``[qos]`` section (qos_settings) and the store's overrides; live users too."""
+        self.settings = dict(settings)
+        self.overrides = dict(overrides)
+        burst = self.settings.get("burst", 0)
+        for direction in ("down", "up"):
+            cap = self.settings.get("max_" + direction, 0)
+            if cap:
+                bucket = self.caps[direction]
+                if bucket is None:
+                    self.caps[direction] = TokenBucket(cap, burst or None, self.clock())
+                else:
+                    bucket.configure(cap, burst or None, self.clock())
+            else:
+                self.caps[direction] = None
+        for name, (down, up) in self.users.items():
+            self._apply(name, down, up)
+        self._start_or_stop_loop()
+
+    @property
+    def new_streams_rate(self):
+        return self.settings.get("max_new_streams_per_second", 0)
+
+    def user_limits(self, name):
+        """-> (rate down, rate up, weight) of user ``name`` (rates 0: unlimited)."""
+        row = self.overrides.get(name) or {}
+        down = row.get("rate_down")
+        up = row.get("rate_up")
+        return (self.settings.get("user_rate_down", 0) if down is None else down,
+                self.settings.get("user_rate_up", 0) if up is None else up,
+                row.get("weight") or 1.0)
+
+    def shapers_for(self, name):
+        """New shapers of a user who arrives: its limits and the caps."""
+        down, up = Shaper(self.caps["down"], self.clock), Shaper(self.caps["up"], self.clock)
+        self.users[name] = (down, up)
+        self._apply(name, down, up)
+        return down, up
+
+    def drop(self, name):
+        shapers = self.users.pop(name, None)
+        if shapers is not None:
+            for shaper in shapers:
+                shaper.close()
+
+    def _apply(self, name, down, up):
+        rate_down, rate_up, weight = self.user_limits(name)
+        burst = self.settings.get("burst", 0)
+        for shaper, rate, direction in ((down, rate_down, "down"), (up, rate_up, "up")):
+            shaper.cap = self.caps[direction]
+            if shaper.cap is not None:
+                # A newcomer's share until the loop sees it move.
+                share = shaper.cap.rate * weight / (weight + sum(
+                    pair[0 if direction == "down" else 1].weight for key, pair in
+                    self.users.items() if key != name))
+                rate = min(rate, share) if rate else share
+            shaper.configure(rate, burst, weight, limit=self.user_limits(name)[
+                0 if direction == "down" else 1])
+
+    # --- fair shares --------------------------------------------------------------------
+
+    def _start_or_stop_loop(self):
+        wanted = self.caps["down"] is not None or self.caps["up"] is not None
+        if wanted and self._loop is None:
+            self._loop = gevent.spawn(self._share_loop)
+        elif not wanted and self._loop is not None:
+            self._loop.kill(block=False)
+            self._loop = None
+
+    def _share_loop(self):
+        last = self.clock()
+        while True:
+            gevent.sleep(SHARE_PERIOD)
+            now = self.clock()
+            self.share(now - last)
+            last = now
+
+    def share(self, elapsed):
+        """Recompute every user's rate from the last ``elapsed`` seconds (the loop)."""
+        for index, direction in enumerate(("down", "up")):
+            cap = self.caps[direction]
+            if cap is None:
+                continue
+            burst = self.settings.get("burst", 0)
+            shapers = {name: pair[index] for name, pair in self.users.items()}
+            demand = {name: (s.weight, s.moved / elapsed if elapsed > 0 else 0.0,
+                             s.wanted_more or s.waiting > 0, s.limit)
+                      for name, s in shapers.items()}
+            for name, rate in fair_shares(cap.rate, demand).items():
+                shaper = shapers[name]
+                shaper.moved = 0
+                shaper.wanted_more = False
+                shaper.configure(rate, burst, shaper.weight)
+
+    def close(self):
+        if self._loop is not None:
+            self._loop.kill(block=False)
+            self._loop = None
+
+
+#: Device records kept without streams before idle ones are dropped.
+MAX_IDLE_DEVICES = 256
+
+
+class Devices:
+    """The client's LAN devices (issue 13, part 4): a :class:`Qos` keyed by device.
+
+    A device is the app's proxy login (RFC 1929 / Basic) when ``users_file``
+    is set, else its source address.  :meth:`acquire` / :meth:`release` go
+    around each relay; new streams a second are counted per device
+    (:meth:`admit`).  A record outlives its streams (its bucket of new streams
+    must, or a device opening one short stream after the other would never
+    be limited): past :data:`MAX_IDLE_DEVICES` records, those without
+    streams whose bucket is full again are dropped.  On the client the relay
+    *reads* the device's upload and hands *credit* back for its download, so
+    :meth:`acquire` returns ``(up shaper, down shaper)``.
+    """
+
+    def __init__(self, settings=None, clock=time.monotonic):
+        self.clock = clock
+        self.qos = Qos(_as_user_settings(settings or {}), clock=clock)
+        self.devices = {}           # name -> [relays, opens TokenBucket or None, refused]
+
+    @property
+    def limited(self):
+        s = self.qos.settings
+        return any(s.get(key) for key in ("user_rate_down", "user_rate_up", "max_down",
+                                          "max_up", "max_new_streams_per_second"))
+
+    def configure(self, settings):
+        self.qos.configure(_as_user_settings(settings), {})
+        for record in self.devices.values():
+            record[1] = self._opens(record[1])
+
+    def _opens(self, bucket):
+        rate = self.qos.new_streams_rate
+        if not rate:
+            return None
+        if bucket is None:
+            return TokenBucket(rate, rate, self.clock())
+        bucket.configure(rate, rate, self.clock())
+        return bucket
+
+    def _record(self, name):
+        record = self.devices.get(name)
+        if record is None:
+            if len(self.devices) >= MAX_IDLE_DEVICES:
+                self._sweep()
+            record = self.devices[name] = [0, self._opens(None), 0]
+            self.qos.shapers_for(name)
+        return record
+
+    def _sweep(self):
+        now = self.clock()
+        for name, (relays, opens, _refused) in list(self.devices.items()):
+            if not relays and (opens is None or opens.allowance(now) >= opens.burst):
+                self._drop(name)
+
+    def admit(self, name):
+        """True if device ``name`` may open one more stream now (counted), else False."""
+        record = self._record(name)
+        opens = record[1]
+        if opens is not None and not opens.take(1, self.clock()):
+            record[2] += 1
+            return False
+        return True
+
+    def acquire(self, name):
+        """A relay of ``name`` starts: -> its ``(read, credit)`` shapers."""
+        record = self._record(name)
+        record[0] += 1
+        down, up = self.qos.users[name]
+        return up, down
+
+    def release(self, name):
+        record = self.devices.get(name)
+        if record is not None:
+            record[0] -= 1
+
+    def _drop(self, name):
+        del self.devices[name]
+        self.qos.drop(name)
+
+    def rows(self):
+        """DEVICE dicts for the client's snapshot."""
+        out = []
+        for name, (relays, _opens, refused) in sorted(self.devices.items()):
+            down, up = self.qos.users[name]
+            out.append({"device": name, "streams": relays,
+                        "rate_limit_down": round(down.rate), "rate_limit_up": round(up.rate),
+                        "throttled_down": round(down.throttled_seconds(), 3),
+                        "throttled_up": round(up.throttled_seconds(), 3),
+                        "refused_streams": refused})
+        return out
+
+    def close(self):
+        self.qos.close()
+
+
+def _as_user_settings(settings):
+    """A client's ``[qos]`` (device_rate_*) as :class:`Qos` settings (user_rate_*)."""
+    out = dict(settings)
+    for direction in ("down", "up"):
+        if "device_rate_" + direction in out:
+            out["user_rate_" + direction] = out.pop("device_rate_" + direction)
+    return out
+
+
+def client_qos_settings(section):
+    """The client's ``[qos]`` section as plain numbers (floats, bytes/s)."""
+    return {key: float(section.get(key, 0) or 0) for key in (
+        "device_rate_down", "device_rate_up", "burst", "max_down", "max_up",
+        "max_new_streams_per_second")}
