@@ -72,8 +72,12 @@ def test_both_daemons_show_a_curl_download(tmp_path):
     try:
         with running("server", setup, tmp_path / "server.log"), \
                 running("client", setup, tmp_path / "client.log"):
-            wait_until(lambda: ask(client_sock, {"cmd": "snapshot"})["tunnels"][0]["state"]
-                       == "open", 20)
+            def tunnel_open():
+                try:        # the control socket comes up just after the proxy's port
+                    return ask(client_sock, {"cmd": "snapshot"})["tunnels"][0]["state"] == "open"
+                except OSError:
+                    return False
+            wait_until(tunnel_open, 20)
             out = {}
             curl = subprocess.Popen(
                 ["curl", "-sS", "--max-time", "60", "--socks5-hostname",
