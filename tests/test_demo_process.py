@@ -109,7 +109,8 @@ def test_the_banner_commands_work_and_sigterm_stops_at_once(ns, tmp_path):
     assert subprocess.run(argv + ["config", "check", str(conf)], capture_output=True,
                           cwd=ROOT, timeout=60).returncode == 0
     assert out["seconds"] < 1.0, out["output"]          # was 2.0: the client drained 2 s
-    assert "%s tui --connect %s" % (own, tmp_path / "demo" / "client.sock") in out["output"]
+    assert "%s tui --connect %s" % (" ".join(argv), tmp_path / "demo" / "client.sock") \
+        in out["output"]
     assert out["dashboard_streams"] == 1                # the socket it names shows the stream
 
 

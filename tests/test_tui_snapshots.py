@@ -21,6 +21,9 @@ from tests.tui_pilot import until
 from tui.app import Dashboard
 from tui.widgets.bandwidth import BandwidthChart
 
+# Debian 13 has no pytest-textual-snapshot (make test-trixie): its SVG checks need it.
+pytest.importorskip("pytest_textual_snapshot", reason="pytest-textual-snapshot is not installed")
+
 os.environ["TZ"] = "UTC"
 time.tzset()
 pytestmark = pytest.mark.snapshot

@@ -50,11 +50,13 @@ class TuiRun(pytest.Item):
         except subprocess.TimeoutExpired as exc:
             raise ChildFailed("child pytest on %s ran over %d s:\n%s"
                               % (self.path.name, CHILD_TIMEOUT, exc.stdout or "")) from None
+        summary = result.stdout.strip().splitlines()
+        if result.returncode == 5 and summary and "skipped" in summary[-1]:
+            pytest.skip("child pytest: %s" % summary[-1])   # the file skipped itself whole
         if result.returncode != 0:
             raise ChildFailed("child pytest (no gevent) on %s exited %d:\n%s%s"
                               % (self.path.name, result.returncode, result.stdout,
                                  result.stderr))
-        summary = result.stdout.strip().splitlines()
         self.user_properties.append(("child", summary[-1] if summary else ""))
 
     def repr_failure(self, excinfo, style=None):
