@@ -89,6 +89,8 @@ def test_both_snapshots_show_the_stream_with_its_bytes(tunnel):
         assert snap["totals"]["streams"] == 1 and snap["tunnels"][0]["state"] == "open"
         assert snap["tunnels"][0]["user"] == "tester" and snap["tunnels"][0]["cipher"]
         assert snap["process"]["rss"] > 0 and snap["process"]["fds"] > 0
+        # A PING leaves as the tunnel starts: its RTT is there long before ping_interval.
+        assert wait_until(lambda: client.ask({"cmd": "snapshot"})["tunnels"][0]["rtt"], 5) < 1
 
         def row(reader):
             answer = reader.ask({"cmd": "streams", "filter": str(tunnel.echo.port)})

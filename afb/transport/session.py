@@ -256,6 +256,9 @@ class Session:
     # --- pinger ------------------------------------------------------------------
 
     def _ping_loop(self):
+        # One PING at once: the tunnel's RTT is known (monitor, dashboard) from its
+        # first second, not only after the first ping_interval.
+        self.queue_control(frames.frame(frames.PING, 0, frames.ping_payload(time.monotonic_ns())))
         while not self.closed:
             gevent.sleep(self.ping_interval)
             if self.closed:
