@@ -9,7 +9,7 @@ import gevent
 from gevent.server import StreamServer
 
 from afb.policy.auth import issue_token
-from tests.support import free_port, socks_connect
+from tests.support import free_port, read_http_head, socks_connect
 
 CHUNK = 64 * 1024
 
@@ -23,12 +23,9 @@ class HttpTarget:
         self.port = self.server.server_port
 
     def _handle(self, sock, _address):
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return
-            data += chunk
+        data = read_http_head(sock)
+        if data is None:
+            return
         head, _, body = data.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         method, path = lines[0].split()[:2]

@@ -400,6 +400,17 @@ def send_pattern(sock, pattern, length, salt=b""):
     return digest.hexdigest()
 
 
+def read_http_head(sock, size=65536):
+    """The bytes of an HTTP request up to its blank line, or None if the peer closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(size)
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
 def recv_exact(sock, n):
     buf = bytearray()
     while len(buf) < n:

@@ -15,7 +15,7 @@ import gevent
 from gevent.event import Event
 from gevent.server import StreamServer
 
-from tests.support import Setup, running, wait_until
+from tests.support import Setup, read_http_head, running, wait_until
 
 BODY = 300_000
 
@@ -32,12 +32,9 @@ class HoldingTarget:
         self.port = self.server.server_port
 
     def _handle(self, sock, _address):
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                return
-            data += chunk
+        data = read_http_head(sock)
+        if data is None:
+            return
         self.received = len(data)
         head = b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n"
         sock.sendall(head + b"z" * BODY)

@@ -16,7 +16,17 @@ from gevent import subprocess as gsubprocess
 from gevent.server import StreamServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import ROOT, Daemon, Setup, free_port, running, wait_log, wait_port, wait_until
+from tests.support import (
+    ROOT,
+    Daemon,
+    Setup,
+    free_port,
+    read_http_head,
+    running,
+    wait_log,
+    wait_port,
+    wait_until,
+)
 from tests.test_monitor_process import ask
 from tests.test_startup_checks import put
 
@@ -33,12 +43,9 @@ class BlobTarget:
         self.port = self.server.server_port
 
     def _handle(self, sock, _address):
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                return
-            data += chunk
+        data = read_http_head(sock)
+        if data is None:
+            return
         head = b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n"
         sock.sendall(head + b"z" * BODY)
         self.received += len(data)
