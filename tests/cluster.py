@@ -268,5 +268,47 @@ class Cluster:
         self.haproxy.stop()
 
 
-def elapsed(since):
-    return time.monotonic() - since
+#: The client's backoff starts again from reconnect_min only after a tunnel up this
+#: long (afb/transport/tunnel_client.py HEALTHY_AFTER): a node dying after a while.
+SETTLE = 3.2
+
+
+def new_stream(proxy, port, deadline):
+    """One SOCKS5 stream + echo of 4 bytes through ``proxy`` to 127.0.0.1:``port``,
+    tried again until it works or ``deadline`` (monotonic); -> when it worked, or None."""
+    from tests.support import recv_exact, socks_connect
+
+    while time.monotonic() < deadline:
+        try:
+            sock = socks_connect(proxy, "127.0.0.1", port,
+                                 timeout=max(0.1, deadline - time.monotonic()))
+            try:
+                sock.sendall(b"ping")
+                if recv_exact(sock, 4) == b"ping":
+                    return time.monotonic()
+            finally:
+                sock.close()
+        except OSError:
+            time.sleep(0.02)
+    return None
+
+
+def failovers(cluster, echo_port, kills, settle=SETTLE):
+    """``kills`` times: SIGKILL the node holding the tunnel, time the first new stream
+    that works after it, start the node again; -> the times (s; None: none in 10 s)."""
+    waits = []
+    for _ in range(kills):
+        holder = cluster.holder()
+        time.sleep(settle)
+        if new_stream(cluster.proxy, echo_port, time.monotonic() + 5) is None:
+            raise AssertionError("no stream works before the kill")
+        killed = time.monotonic()
+        holder.send(signal.SIGKILL)
+        done = new_stream(cluster.proxy, echo_port, killed + 10)
+        waits.append(None if done is None else done - killed)
+        holder.wait_exit(5)
+        if cluster.holder() is holder:
+            raise AssertionError("the tunnel is still on the killed node")
+        holder.start()
+        cluster.wait_up([holder])
+    return waits
