@@ -8,6 +8,9 @@
   refused by a node that is gone or draining is redispatched to another
   (``option redispatch 1``, ``retries 3``).  ``show stat`` on its stats
   socket says which nodes it takes for up.
+  With ``mode="http"`` it terminates TLS instead (the nodes' certificate and
+  key, so the client's pin holds) and forwards the WebSocket on plain
+  ``ws://`` with X-Forwarded-For; E2E stays on inside.
 * :class:`Cluster` -- one key set (certificate, JWT key, E2E key) shared by
   N nodes, each with its own port, metrics port, state directory, control
   socket and ``node_id`` (n1, n2, ...); the client config of
@@ -41,7 +44,6 @@ global
     stats socket {stats} mode 600 level admin
 
 defaults
-    mode tcp
     timeout connect 500ms
     timeout client 1h
     timeout server 1h
@@ -51,16 +53,33 @@ defaults
     retries 3
     option redispatch 1
 
-frontend afb
-    bind 127.0.0.1:{port}
-    default_backend afb_nodes
-
+{frontend}
 backend afb_nodes
+    mode {mode}
+    timeout tunnel 1h
     balance {balance}
     option httpchk
     http-check send meth GET uri /health
     http-check expect status 200
 {servers}
+"""
+
+#: TLS passthrough: the nodes hold the certificate.
+_PASSTHROUGH = """\
+frontend afb
+    mode tcp
+    bind 127.0.0.1:{port}
+    default_backend afb_nodes
+"""
+
+#: TLS termination at HAProxy: WebSockets forwarded as plain ws:// (E2E inside).
+_TERMINATION = """\
+frontend afb
+    mode http
+    bind 127.0.0.1:{port} ssl crt {pem} alpn http/1.1
+    option forwardfor
+    timeout http-request 10s
+    default_backend afb_nodes
 """
 
 
@@ -71,7 +90,10 @@ def haproxy_available():
 class HAProxy:
     """A real haproxy on 127.0.0.1:``port`` in front of ``nodes`` [(name, port, metrics)]."""
 
-    def __init__(self, directory, nodes, port=None, balance="leastconn", inter=CHECK_INTER):
+    def __init__(self, directory, nodes, port=None, balance="leastconn", inter=CHECK_INTER,
+                 mode="tcp", pem=None):
+        """``mode``: ``tcp`` (TLS passthrough) or ``http`` (TLS termination with the
+        certificate and key in ``pem``, the nodes on plain ws://)."""
         self.dir = str(directory)
         self.port = port or free_port()
         self.stats = os.path.join(self.dir, "haproxy.stats")
@@ -80,8 +102,10 @@ class HAProxy:
             "    server %s 127.0.0.1:%d check port %d inter %dms fall 1 rise 1\n"
             % (name, node_port, metrics, inter) for name, node_port, metrics in nodes)
         with open(self.conf, "w") as handle:
-            handle.write(_HAPROXY_CFG.format(stats=self.stats, port=self.port, balance=balance,
-                                             servers=servers))
+            frontend = (_TERMINATION if mode == "http" else _PASSTHROUGH).format(
+                port=self.port, pem=pem)
+            handle.write(_HAPROXY_CFG.format(stats=self.stats, frontend=frontend, mode=mode,
+                                             balance=balance, servers=servers))
         self.log_path = os.path.join(self.dir, "haproxy.log")
         self.proc = None
 
@@ -147,6 +171,9 @@ class Node:
                       "127.0.0.1:%d\nnode_id = %s" % (cluster.drain_timeout, self.metrics,
                                                       self.name), text)
         text = text.replace("log_level = debug", "log_level = %s" % cluster.log_level)
+        if cluster.mode == "http":      # HAProxy terminates TLS and says who the client is
+            text = re.sub(r"(?m)^tls = .*$", "tls = False", text)
+            text += "[access]\ntrusted_proxies = 127.0.0.1\n"
         with open(self.conf, "w") as handle:
             handle.write(text)
         self.daemon = None
@@ -201,8 +228,11 @@ class Cluster:
     """N nodes sharing one key set, HAProxy in front, and the client config pointed at it."""
 
     def __init__(self, directory, nodes=3, drain_timeout=10.0, shipped_backoff=True,
-                 log_level="info", inter=CHECK_INTER, balance="leastconn", open_timeout=10):
+                 log_level="info", inter=CHECK_INTER, balance="leastconn", open_timeout=10,
+                 mode="tcp"):
+        """``mode``: HAProxy's, ``tcp`` (TLS passthrough) or ``http`` (TLS termination)."""
         self.dir = str(directory)
+        self.mode = mode
         self.drain_timeout = drain_timeout
         self.log_level = log_level
         self.setup = Setup(directory, open_timeout=open_timeout)
@@ -212,8 +242,17 @@ class Cluster:
         if shipped_backoff:
             shipped_reconnect(self.setup)
         self.nodes = [Node(self, index + 1) for index in range(nodes)]
+        pem = None
+        if mode == "http":      # the nodes' certificate and key, now HAProxy's: the same pin
+            pem = os.path.join(self.dir, "haproxy.pem")
+            with open(pem, "w") as handle:
+                for part in ("cert", "key"):
+                    with open(self.setup.paths[part]) as source:
+                        handle.write(source.read())
+            os.chmod(pem, 0o600)
         self.haproxy = HAProxy(directory, [(n.name, n.port, n.metrics) for n in self.nodes],
-                               port=haproxy_port, balance=balance, inter=inter)
+                               port=haproxy_port, balance=balance, inter=inter, mode=mode,
+                               pem=pem)
         self.clients = []
 
     @property
