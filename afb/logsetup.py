@@ -14,11 +14,12 @@ Two formats (``log_format`` in ``[server]`` / ``[client]``):
   lines an operator counts carry them: tunnel open/close, stream refused,
   tunnel refused (``event`` names which).
 
-Under systemd (``$JOURNAL_STREAM`` set) the text goes to the journal through
-stderr as before.  Journal fields of their own (``AFB_USER=`` ...) would need
-the journal's native socket or python3-systemd's JournalHandler; neither is
-used: JSON lines through stderr carry the same fields, and ``journalctl -o
-cat`` gives them back to a shipper.
+Under systemd (``$JOURNAL_STREAM`` is stderr) the records go to the journal
+through its native socket (:mod:`afb.journald`): the same text, without the
+time (the journal stamps each entry), or the JSON line, as ``MESSAGE``, the
+level as ``PRIORITY``, and the fields as journal fields (``AFB_NODE``,
+``AFB_USER``, ``AFB_EVENT``, ``AFB_STREAM``, ``AFB_PEER``, ``AFB_BYTES_UP``
+/ ``_DOWN``), so ``journalctl AFB_USER=alice`` finds a user's lines.
 """
 
 import datetime
@@ -27,8 +28,13 @@ import logging
 import socket
 import sys
 
+from afb import journald
+
 TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 TEXT_NODE = "%(asctime)s %(levelname)s [%(node)s] %(name)s: %(message)s"
+#: Text for the journal, which stamps entries itself.
+JOURNAL_TEXT = "%(levelname)s %(name)s: %(message)s"
+JOURNAL_TEXT_NODE = "%(levelname)s [%(node)s] %(name)s: %(message)s"
 FORMAT = TEXT       # (the name other modules knew)
 FORMATS = ("text", "json")
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO,
@@ -84,10 +90,13 @@ def configure_from(section):
                      node_id=section.get("node_id", ""))
 
 
-def formatter(fmt="text", node_id=""):
-    """The formatter of ``fmt`` (``text`` or ``json``) for ``node_id`` (see the module)."""
+def formatter(fmt="text", node_id="", journal=False):
+    """The formatter of ``fmt`` (``text`` or ``json``) for ``node_id`` (see the module);
+    ``journal``: for the journal (text without the time)."""
     if fmt == "json":
         return JsonFormatter(node_name(node_id))
+    if journal:
+        return logging.Formatter(JOURNAL_TEXT_NODE if node_id else JOURNAL_TEXT)
     return logging.Formatter(TEXT_NODE if node_id else TEXT)
 
 
@@ -105,13 +114,17 @@ def configure(level="info", stream=None, fmt=None, node_id=None):
         level = LEVELS.get(level.lower(), logging.INFO)
     root = logging.getLogger()
     if _handler is None or _handler not in root.handlers:
-        _handler = logging.StreamHandler(stream or sys.stderr)
+        if stream is None and journald.under_journal():
+            _handler = journald.JournalHandler(sys.stderr)
+        else:
+            _handler = logging.StreamHandler(stream or sys.stderr)
         root.addHandler(_handler)
     elif stream is not None:
         _handler.setStream(stream)
     for old in list(_handler.filters):
         _handler.removeFilter(old)
     _handler.addFilter(_NodeFilter(node_name(_style[1])))
-    _handler.setFormatter(formatter(*_style))
+    _handler.setFormatter(formatter(*_style, journal=isinstance(_handler,
+                                                                 journald.JournalHandler)))
     root.setLevel(level)
     return _handler

@@ -7,11 +7,13 @@ The formatters on records made by the logging module itself, then a real
 import io
 import json
 import logging
+import os
 import socket
+import struct
 import subprocess
 import sys
 
-from afb import logsetup
+from afb import journald, logsetup
 from tests.support import Setup, running, wait_log
 
 
@@ -93,3 +95,69 @@ def test_a_json_server_logs_its_tunnels_with_user_event_and_bytes(tmp_path, http
     assert opened[0]["user"] == "tester" and opened[0]["peer"].startswith("127.0.0.1:")
     assert closed[0]["user"] == "tester"
     assert closed[0]["bytes"]["down"] >= 1000 and closed[0]["bytes"]["up"] > 0
+
+
+# --- the journal's native protocol (afb/journald.py) ------------------------------
+
+def _fields(datagram):
+    """{KEY: value} of a native-protocol datagram (both the text and the binary form)."""
+    out, rest = {}, datagram
+    while rest:
+        line, sep, after = rest.partition(b"\n")
+        if b"=" in line:
+            key, _eq, value = line.partition(b"=")
+            out[key.decode()] = value.decode()
+            rest = after
+        else:
+            size = struct.unpack("<Q", after[:8])[0]
+            out[line.decode()] = after[8:8 + size].decode()
+            assert after[8 + size:9 + size] == b"\n"
+            rest = after[9 + size:]
+        assert sep
+    return out
+
+
+def test_a_journal_entry_has_the_message_priority_and_afb_fields(tmp_path):
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "journal.sock"))
+    listener.settimeout(5)
+    handler = journald.JournalHandler(io.StringIO(), address=str(tmp_path / "journal.sock"))
+    handler.setFormatter(logsetup.formatter("text", "vps-1", journal=True))
+    record = _record("%s: tunnel closed\nsecond line", "tunnel alice@1.2.3.4",
+                     level=logging.WARNING, event="tunnel_close", user="alice",
+                     bytes={"up": 10, "down": 2000})
+    record.node = "vps-1"
+    try:
+        handler.emit(record)
+        got = _fields(listener.recv(65536))
+    finally:
+        handler.close()
+        listener.close()
+    assert got == {"MESSAGE": "WARNING [vps-1] afb.apps.server: tunnel alice@1.2.3.4: tunnel "
+                              "closed\nsecond line",
+                   "PRIORITY": "4", "SYSLOG_IDENTIFIER": "afb", "LOGGER": "afb.apps.server",
+                   "AFB_NODE": "vps-1", "AFB_USER": "alice", "AFB_EVENT": "tunnel_close",
+                   "AFB_BYTES_UP": "10", "AFB_BYTES_DOWN": "2000"}
+
+
+def test_without_a_journal_socket_the_line_goes_to_stderr(tmp_path):
+    stream = io.StringIO()
+    handler = journald.JournalHandler(stream, address=str(tmp_path / "none.sock"))
+    handler.setFormatter(logsetup.formatter("text", "", journal=True))
+    try:
+        handler.emit(_record("still %s", "logged"))
+    finally:
+        handler.close()
+    assert stream.getvalue() == "INFO afb.apps.server: still logged\n"
+
+
+def test_journal_stream_must_be_stderr_itself(tmp_path):
+    with open(tmp_path / "err", "w") as stream:
+        stat = os.fstat(stream.fileno())
+        assert journald.under_journal({"JOURNAL_STREAM": "%d:%d" % (stat.st_dev, stat.st_ino)},
+                                      stream)
+        assert not journald.under_journal({"JOURNAL_STREAM": "%d:%d" % (stat.st_dev,
+                                                                          stat.st_ino + 1)},
+                                          stream)
+        assert not journald.under_journal({}, stream)
+        assert not journald.under_journal({"JOURNAL_STREAM": "junk"}, stream)
