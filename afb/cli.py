@@ -38,7 +38,7 @@ def _run_daemon(role, path):
         return EXIT_CONFIG
     from afb import logsetup
 
-    logsetup.configure(cfg[role]["log_level"])
+    logsetup.configure_from(cfg[role])
     if role == "server":
         from afb.apps.server import run_server as run
     else:

@@ -63,11 +63,12 @@ class LogLimiter:
     def __len__(self):
         return len(self._keys)
 
-    def log(self, level, key, what, msg, *args):
+    def log(self, level, key, what, msg, *args, extra=None):
         """Log ``msg % args`` unless ``key`` used its burst; True if it went out.
 
         ``what`` is a short fixed description of the kind of line (without
-        values), used in the summary: ``N more lines like "<what>"``.
+        values), used in the summary: ``N more lines like "<what>"``;
+        ``extra``: the record's fields for JSON logs (afb/logsetup.py).
         """
         if not self.logger.isEnabledFor(level):
             return False
@@ -82,7 +83,7 @@ class LogLimiter:
             entry = self._keys[key] = _Key(now)
         if entry.emitted < self.burst:
             entry.emitted += 1
-            self.logger.log(level, msg, *args)
+            self.logger.log(level, msg, *args, extra=extra)
             return True
         entry.held += 1
         entry.what = what
@@ -90,11 +91,11 @@ class LogLimiter:
         self.suppressed += 1
         return False
 
-    def info(self, key, what, msg, *args):
-        return self.log(logging.INFO, key, what, msg, *args)
+    def info(self, key, what, msg, *args, extra=None):
+        return self.log(logging.INFO, key, what, msg, *args, extra=extra)
 
-    def warning(self, key, what, msg, *args):
-        return self.log(logging.WARNING, key, what, msg, *args)
+    def warning(self, key, what, msg, *args, extra=None):
+        return self.log(logging.WARNING, key, what, msg, *args, extra=extra)
 
     def flush(self, now=None):
         """Summarise and forget every key whose interval has ended; -> lines written."""

@@ -111,3 +111,30 @@ def test_a_busy_port_is_one_line():
     assert str(info.value) == (
         "cannot listen on 127.0.0.1:%d: address already in use (another afb client or a web "
         "server?); stop it or change [client] metrics_listen" % port)
+
+
+def test_the_node_is_an_info_metric_and_draining_a_gauge():
+    monitor = FakeMonitor(snapshot(node="vps-2", draining=True))
+    got = scrape(monitor)
+    assert got[("afb_node_info", (("node", "vps-2"),))] == 1
+    assert got[("afb_draining", ())] == 1
+    assert ("afb_draining", ()) not in scrape(FakeMonitor(role="client"))
+
+
+def test_health_says_ok_while_accepting_and_503_while_draining():
+    """HAProxy's check (option httpchk GET /health, check port): on the metrics
+    listener only, so the tunnel port's decoy gives nothing away."""
+    port = free_port()
+    monitor = FakeMonitor()
+    server = MetricsServer(monitor, ("127.0.0.1", port))
+    server.start()
+    url = "http://127.0.0.1:%d/health" % port
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            assert (answer.status, answer.read()) == (200, b"ok\n")
+        monitor.draining = True
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(url, timeout=5)
+        assert info.value.code == 503 and info.value.read() == b"draining\n"
+    finally:
+        server.stop()

@@ -8,7 +8,7 @@ import time
 import gevent
 from gevent.event import Event
 
-from afb import ratelog, sd_notify
+from afb import logsetup, ratelog, sd_notify
 from afb.apps.live_tokens import RevocationWatch, TokenRefresher
 from afb.apps.monitoring import start_monitoring
 from afb.apps.own_addresses import OwnAddressWatch, hostname_addresses
@@ -89,8 +89,11 @@ class TunnelServer:
             buffer_limit=tunnel["max_buffer_per_user"],
             frame_rate=tunnel["max_frame_rate_per_user"], qos=self.qos)
         self.sessions = set()
+        #: This node's name in logs, /metrics and the control socket (several nodes
+        #: behind HAProxy): ``node_id``, by default the host name.
+        self.node = logsetup.node_name(server["node_id"])
         self.monitor = Monitor("server", listen=server["listen"], sessions=lambda: self.sessions,
-                               reload=self.reload, live_users=self.users)
+                               reload=self.reload, live_users=self.users, node=self.node)
         self.monitoring = None
         #: Failed logins per client address since the alert loop last took them
         #: (afb.monitor.reporting): a plain dict add per failure.
@@ -176,7 +179,9 @@ class TunnelServer:
             user = self.users.enter(claims["sub"])
         except AfbError as exc:
             count("limit_hits")
-            _refusals.warning(claims["sub"], "tunnel refused", "%s: refused: %s", label, exc)
+            _refusals.warning(claims["sub"], "tunnel refused", "%s: refused: %s", label, exc,
+                              extra={"event": "tunnel_refused", "user": claims["sub"],
+                                     "peer": peer})
             ws.close(exc.close_code, str(exc))
             return
         session = None
@@ -207,7 +212,8 @@ class TunnelServer:
         try:
             session.handshake(timeout=self.cfg["server"]["handshake_timeout"])
         except AfbError as exc:
-            log.warning("%s: handshake failed: %s", label, exc)
+            log.warning("%s: handshake failed: %s", label, exc,
+                        extra={"event": "handshake_failed", "user": claims.get("sub")})
             ws.close(exc.close_code, str(exc))
             return None
         session.start()
@@ -216,7 +222,9 @@ class TunnelServer:
 
     def _run_session(self, session, label):
         self.sessions.add(session)
-        log.info("%s: tunnel open", label)
+        user = session.claims.get("sub")
+        log.info("%s: tunnel open", label, extra={"event": "tunnel_open", "user": user,
+                                                   "peer": session.peer})
         self.revocation_watch.admit(session)      # revoked since its upgrade: closed at once
         started = time.monotonic()
         try:
@@ -224,8 +232,11 @@ class TunnelServer:
         finally:
             self.sessions.discard(session)
             session.tasks.kill(block=False)
+            tally = session.tally      # its streams are over: their bytes are in it
             log.info("%s: tunnel closed after %.0f s: %s", label, time.monotonic() - started,
-                     session.close_reason or "done")
+                     session.close_reason or "done",
+                     extra={"event": "tunnel_close", "user": user, "peer": session.peer,
+                            "bytes": {"up": tally.bytes_in, "down": tally.bytes_out}})
 
     def _secure(self, ws, environ, label):
         """The E2E channel on a new tunnel ([e2e] mode), or None (one log line) if it failed."""
@@ -267,7 +278,9 @@ class TunnelServer:
         if error is not None:
             count_destination_error(error)
             _dial_failures.info(session.label, "stream refused", "%s: open %s refused: %s",
-                                session.label, stream.target, error)
+                                session.label, stream.target, error,
+                                extra={"event": "stream_refused", "stream": stream.id,
+                                       "user": session.claims.get("sub")})
             session.refuse(stream, error)
             return
         if stream.reset_error is not None or session.closed:   # the client gave up meanwhile
@@ -313,16 +326,25 @@ class TunnelServer:
             ratelog.flush_all()
 
     def stop(self, timeout=None):
-        """Graceful stop: no new tunnels, GOAWAY, let streams finish, then close."""
+        """Graceful stop: no new tunnels, GOAWAY, let streams finish, then close.
+
+        The listener closes first, before anything that could wait: behind
+        HAProxy, a connection to a closed port is refused at once and
+        HAProxy redispatches it (``option redispatch``) to another node,
+        and ``/health`` says 503 from the same moment, so the node is
+        marked down within its checks (``inter`` x ``fall``) while the
+        old tunnels drain (tests/test_cluster_restart.py).
+        """
         if self.stopping:
             self._stopped.wait()
             return
         self.stopping = True
+        self.wsgi.close()      # stop accepting
+        self.monitor.draining = True        # /health: 503
         sd_notify.notify("STOPPING=1")
         self.revocation_watch.stop()
         self.own_watch.stop()
         timeout = self.cfg["server"]["drain_timeout"] if timeout is None else timeout
-        self.wsgi.close()      # stop accepting
         for session in list(self.sessions):
             session.goaway("server is restarting")
         deadline = time.monotonic() + timeout

@@ -19,10 +19,23 @@ bounded whatever the number of users).  RTT is given as min / median / max
 over the open tunnels (``stat`` label), not per tunnel: a server may hold
 thousands.
 
+The node (``[server] node_id``, by default the host name) is an info
+metric of its own, ``afb_node_info{node="..."} 1``, not a label on every
+series nor on ``afb_info``: adding a label to a series changes its
+identity, which would break the queries and alerts already written against
+``afb_info``; an info metric joins in where wanted (``* on(instance)
+group_left(node) afb_node_info``), as Prometheus' own ``*_info`` do.
+
 The page is served by gevent's WSGIServer (the daemons are one gevent
 loop; prometheus-client's own server would need a thread), on 127.0.0.1
-when ``metrics_listen`` is a bare port.  Only ``/metrics`` answers; any
-other path is a 404.  The socket is bound when :class:`MetricsServer` is
+when ``metrics_listen`` is a bare port.  ``/metrics`` answers, and
+``/health`` for a load balancer's checks (HAProxy ``option httpchk`` with
+``check port``): 200 ``ok`` while the daemon takes new tunnels, 503
+``draining`` once a server's SIGTERM has closed its listener, so HAProxy
+sends new tunnels elsewhere while the old ones drain.  It lives here and
+not on the tunnel port because there any request without a token must get
+the decoy site: a health page would tell a prober what runs behind it.
+Any other path is a 404.  The socket is bound when :class:`MetricsServer` is
 made, so a busy port stops the daemon at start with one line.
 
 Measured (bench/monitoring, a 2-core VM): with 1,000 users, a scrape takes
@@ -69,6 +82,14 @@ class SnapshotCollector:
                                  labels=["role", "version"])
         info.add_metric([role, str(snapshot.get("version", ""))], 1)
         out.append(info)
+        node = GaugeMetricFamily("afb_node_info", "The node this daemon is ([server] "
+                                 "node_id, or the host name); the value is always 1",
+                                 labels=["node"])
+        node.add_metric([str(snapshot.get("node", ""))], 1)
+        out.append(node)
+        if role == "server":
+            out.append(_gauge("afb_draining", "1 once the server stopped taking new tunnels "
+                              "(SIGTERM: draining), else 0", int(bool(snapshot.get("draining")))))
         out.append(_gauge("afb_tunnels_open", "Tunnels (WebSockets) open now",
                           totals.get("tunnels", 0)))
         out.append(_gauge("afb_streams_open", "Streams open now", totals.get("streams", 0)))
@@ -191,9 +212,23 @@ def make_registry(monitor, top_users=TOP_USERS, process=True):
     return registry
 
 
-def _only_metrics(app):
+def health(monitor):
+    """-> (HTTP status line, body) of ``/health``: 200 while taking tunnels, 503 draining."""
+    if getattr(monitor, "draining", False):
+        return "503 Service Unavailable", b"draining\n"
+    return "200 OK", b"ok\n"
+
+
+def _routes(app, monitor):
     def serve(environ, start_response):
-        if environ.get("PATH_INFO", "/") not in ("/metrics", "/metrics/"):
+        path = environ.get("PATH_INFO", "/")
+        if path == "/health":
+            status, body = health(monitor)
+            start_response(status, [("Content-Type", "text/plain"),
+                                    ("Content-Length", str(len(body))),
+                                    ("Cache-Control", "no-store")])
+            return [body]
+        if path not in ("/metrics", "/metrics/"):
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found: the metrics are at /metrics\n"]
         return app(environ, start_response)
@@ -201,11 +236,12 @@ def _only_metrics(app):
 
 
 class MetricsServer:
-    """``/metrics`` on ``address`` (host, port); bound at once, served after start()."""
+    """``/metrics`` and ``/health`` on ``address`` (host, port); bound at once, served
+    after start()."""
 
     def __init__(self, monitor, address):
         self.registry = make_registry(monitor)
-        self.server = WSGIServer(address, _only_metrics(make_wsgi_app(self.registry)),
+        self.server = WSGIServer(address, _routes(make_wsgi_app(self.registry), monitor),
                                  log=None, error_log=log)
         self.server.init_socket()       # OSError now, at start, not later
 

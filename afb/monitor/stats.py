@@ -15,6 +15,7 @@ nothing.  The shape of every dict is docs/control-protocol.rst.
 
 import heapq
 import os
+import socket
 import time
 
 from afb import __version__
@@ -57,12 +58,17 @@ class Monitor:
     ``None`` the entry for "no tunnel now" (client) or None (server);
     ``reload()``: what SIGHUP does.  The server registers its users' live
     records in ``live_users`` (the :class:`~afb.transport.users.UserRegistry`).
+    ``node``: the node's name (``[server] node_id``, by default the host
+    name); ``draining``: set by a server that stopped accepting tunnels
+    (SIGTERM), for ``/health`` and the snapshot.
     """
 
     def __init__(self, role, *, listen="", server_url=None, sessions=lambda: (),
                  tunnel_state=None, reload=None, live_users=None, clock=time.monotonic,
-                 wall=time.time, log_size=1000):
+                 wall=time.time, log_size=1000, node=""):
         self.role = role
+        self.node = node or socket.gethostname()
+        self.draining = False
         self.listen = listen
         self.server_url = server_url
         self.sessions = sessions
@@ -129,7 +135,8 @@ class Monitor:
         rate_up, rate_down = rates.rates(fresh, "*", now, up, down, self.started_mono)
         snap = {
             "v": 1, "type": "snapshot", "time": wall, "role": self.role,
-            "version": __version__, "pid": os.getpid(), "started": self.started,
+            "version": __version__, "node": self.node,
+            "draining": self.draining, "pid": os.getpid(), "started": self.started,
             "uptime": now - self.started_mono, "listen": self.listen,
             "server_url": self.server_url,
             "process": self._process_stats(rates, now),

@@ -120,7 +120,8 @@ class TunnelUpgrade:
         reason = bad or _tls_version(conn) or reason
         if reason is not None:
             self.limiter.info(ip, "refused WebSocket upgrade",
-                              "refused WebSocket upgrade from %s: %s", ip, reason)
+                              "refused WebSocket upgrade from %s: %s", ip, reason,
+                              extra={"event": "upgrade_refused", "peer": ip})
             return False
         release()
         self._serve(conn, key, principal, env, leftover, address)
