@@ -196,3 +196,40 @@ def test_afb_config_check_refuses_a_bad_entry_with_one_line(tmp_path, line, reas
     key = line.split(" =")[0]
     assert len(lines) == 1 and lines[0].startswith("%s:5: [qos] %s: " % (conf, key))
     assert reason in lines[0]
+
+
+def test_device_and_user_counters_on_metrics_are_the_totals():
+    from afb.monitor.metrics import SnapshotCollector
+
+    class Monitor:
+        role = "client"
+
+        def snapshot(self, **_kwargs):
+            return {"role": self.role, "totals": {}, "tunnels": [], "errors": {}, "alerts": [],
+                    "users": [{"user": "alice", "throttled_down": 0.0,
+                               "throttled_down_total": 7.5}],
+                    "devices": [{"device": "10.0.0.5", "throttled_down": 0.0,
+                                 "throttled_down_total": 1.5, "bytes_down": 900,
+                                 "streams": 2, "priority_streams": 1,
+                                 "priority_streams_total": 4}]}
+
+    def samples(monitor):
+        out = {}
+        for family in SnapshotCollector(monitor).collect():
+            for sample in family.samples:
+                out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return out
+
+    monitor = Monitor()
+    found = samples(monitor)
+    device = (("device", "10.0.0.5"),)
+    assert found[("afb_device_throttled_seconds_total",
+                  (("device", "10.0.0.5"), ("direction", "down")))] == 1.5
+    assert found[("afb_device_priority_streams_open", device)] == 1
+    assert found[("afb_device_priority_streams_total", device)] == 4
+    assert found[("afb_device_streams_open", device)] == 2
+    assert found[("afb_device_bytes_total", (("device", "10.0.0.5"), ("direction", "down")))] \
+        == 900
+    monitor.role = "server"
+    assert samples(monitor)[("afb_user_throttled_seconds_total",
+                             (("direction", "down"), ("user", "alice")))] == 7.5
