@@ -7,6 +7,7 @@ check`` on bad entries as a process.
 
 import subprocess
 import sys
+import time
 
 import gevent
 import pytest
@@ -146,8 +147,8 @@ def test_a_priority_reader_goes_first_and_into_debt_where_bulk_waits():
     assert priority.ready(MIN_GRANT) == 0
     order = []
     shaper.wait(lambda: order.append("bulk"))
-    started = gevent.get_hub().loop.now()
-    priority.wait(lambda: order.append(("priority", gevent.get_hub().loop.now() - started)))
+    started = time.monotonic()
+    priority.wait(lambda: order.append(("priority", time.monotonic() - started)))
     gevent.sleep(0.03)      # the priority waiter's turn: ~8 ms; bulk's ~72 ms
     print(order)
     assert order[0][0] == "priority" and order[0][1] < 0.02 and order[1] == "bulk"
