@@ -234,3 +234,25 @@ def test_device_and_user_counters_on_metrics_are_the_totals():
     monitor.role = "server"
     assert samples(monitor)[("afb_user_throttled_seconds_total",
                              (("direction", "down"), ("user", "alice")))] == 7.5
+
+
+def test_woken_relays_each_get_their_part_of_the_tokens():
+    """Two relays wait: the first one the loop runs may take only half of what there
+    is, so the other (an SSH stream beside a bulk one) gets its read too."""
+    clock = Clock()
+    qos = Qos({"user_rate_down": 1e6, "burst": 64 * 1024}, clock=clock)
+    shaper = qos.shapers_for("dev")[0]
+    shaper.spend(64 * 1024)
+    got = []
+    shaper.wait(lambda: got.append("bulk"))
+    shaper.wait(lambda: got.append("ssh"))
+    clock.now += 0.032                      # 32,000 tokens
+    shaper._fire()
+    assert got == ["bulk", "ssh"]
+    assert shaper.ready(256 * 1024) == 16_000       # the bulk relay, first
+    shaper.spend(16_000)
+    assert shaper.ready(256 * 1024) == 16_000       # the other still has its part
+    shaper.spend(100)
+    clock.now += 1.0                        # full again: no parts any more
+    assert shaper.ready(256 * 1024) == 64 * 1024
+    shaper.close()

@@ -51,7 +51,7 @@ class Shaper:
 
     __slots__ = ("bucket", "cap", "limited", "limit", "weight", "moved", "wanted_more",
                  "throttled", "throttled_mark", "_since", "_waiters", "_first", "_timer",
-                 "_due", "clock")
+                 "_due", "_slice", "clock")
 
     def __init__(self, cap=None, clock=time.monotonic):
         self.clock = clock
@@ -69,6 +69,7 @@ class Shaper:
         self._first = {}            # priority streams' waiters: called first
         self._timer = None
         self._due = 0.0             # when the timer fires
+        self._slice = 0.0           # each woken relay's part of the tokens (0: no limit)
 
     def __repr__(self):
         return "<Shaper %r%s>" % (self.bucket, " waiters=%d" % len(self._waiters)
@@ -126,6 +127,13 @@ class Shaper:
                 capped += cap.burst
             if capped < allowed:
                 allowed = capped
+        part = self._slice
+        if part and not debt:
+            if allowed < part:
+                return 0
+            if allowed < self._burst():
+                return wanted if wanted <= part else int(part)
+            self._slice = 0.0       # the buckets are full again: no one is short
         if allowed >= wanted:
             return wanted
         if allowed < MIN_GRANT and allowed < self._burst():
@@ -184,8 +192,23 @@ class Shaper:
         timer.start(self._fire)
 
     def _fire(self):
+        """Wake every waiter; when several wait, each may take only its part of the
+        tokens there are now.  Without the parts, the relay whose read callback the
+        event loop ran first took them all, every time: an SSH stream of a user
+        beside its bulk download waited 20 s for one read (seen in
+        tests/test_qos_devices_process.py), and which one ran first depended on
+        the order libev invokes ready descriptors in."""
         first, self._first = self._first, {}
         waiters, self._waiters = self._waiters, {}
+        self._slice = 0.0
+        count = len(first) + len(waiters)
+        if count > 1:
+            now = self.clock()
+            allowed = self.bucket.allowance(now)
+            if self.cap is not None:
+                allowed = min(allowed, self.cap.allowance(now))
+            if count < allowed < float("inf"):
+                self._slice = allowed / count
         for callback in first:
             callback()
         for callback in waiters:
