@@ -249,9 +249,10 @@ def test_woken_relays_each_get_their_part_of_the_tokens():
     clock.now += 0.032                      # 32,000 tokens
     shaper._fire()
     assert got == ["bulk", "ssh"]
-    assert shaper.ready(256 * 1024) == 16_000       # the bulk relay, first
-    shaper.spend(16_000)
-    assert shaper.ready(256 * 1024) == 16_000       # the other still has its part
+    first = shaper.ready(256 * 1024)                # the bulk relay, first
+    assert abs(first - 16_000) <= 1
+    shaper.spend(first)
+    assert abs(shaper.ready(256 * 1024) - 16_000) <= 1     # the other still has its part
     shaper.spend(100)
     clock.now += 1.0                        # full again: no parts any more
     assert shaper.ready(256 * 1024) == 64 * 1024
