@@ -257,3 +257,21 @@ def test_woken_relays_each_get_their_part_of_the_tokens():
     clock.now += 1.0                        # full again: no parts any more
     assert shaper.ready(256 * 1024) == 64 * 1024
     shaper.close()
+
+
+def test_the_servers_snapshot_has_each_users_current_and_total_throttled_seconds():
+    from afb.monitor.stats import Monitor
+
+    qos = Qos({"user_rate_down": 1e6})
+    registry = UserRegistry(qos=qos)
+    monitor = Monitor("server", live_users=registry)
+    user = registry.enter("alice")
+    monitor.user_tally("alice")
+    user.shape_down.throttled = 3.0
+    registry.leave(user)
+    row = monitor.snapshot()["users"][0]
+    assert (row["throttled_down"], row["throttled_down_total"]) == (0.0, 3.0)
+    again = registry.enter("alice")
+    again.shape_down.throttled = 0.5
+    row = monitor.snapshot()["users"][0]
+    assert (row["throttled_down"], row["throttled_down_total"]) == (0.5, 3.5)
