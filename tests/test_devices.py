@@ -11,6 +11,8 @@ import time
 
 import gevent
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from afb.mux.rate import MIN_GRANT
 from afb.policy.device_rules import (
@@ -52,6 +54,31 @@ def test_weights_rates_and_ports_parse():
 def test_bad_entries_say_why(parse, entry, reason):
     with pytest.raises(ValueError, match=reason):
         parse([entry])
+
+
+@settings(max_examples=200)
+@given(st.lists(st.text(max_size=40), max_size=4))
+def test_any_text_is_parsed_or_refused_with_a_value_error(entries):
+    for parse in (parse_device_weights, parse_device_rates, parse_ports,
+                  lambda v: PriorityRules(hosts=v)):
+        try:
+            parse(entries)
+        except ValueError:
+            pass
+
+
+@settings(max_examples=100)
+@given(st.dictionaries(st.one_of(st.ip_addresses(), st.from_regex(r"[a-z][a-z0-9_.-]{0,20}",
+                                                                   fullmatch=True)),
+                       st.integers(1, 1000), max_size=5))
+def test_written_weights_read_back(weights):
+    def entry(name, weight):
+        text = str(name)
+        if ":" in text:
+            text = "[%s]" % text
+        return "%s:%d" % (text, weight)
+    parsed = parse_device_weights([entry(n, w) for n, w in weights.items()])
+    assert parsed == {device_key(str(n)): float(w) for n, w in weights.items()}
 
 
 def test_a_device_listed_twice_is_refused():
