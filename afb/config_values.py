@@ -160,6 +160,27 @@ def _check_acl_list(value, *args, **kwargs):
     return value
 
 
+def _list_check(parse):
+    """A string_list check whose items ``parse`` (a :mod:`afb.policy.device_rules`
+    parser) accepts; its ValueError is the reason shown."""
+    def check(value, *args, **kwargs):
+        value = _check_string_list(value, *args, **kwargs)
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise InvalidValue(str(exc)) from None
+        return value
+    return check
+
+
+def _device_rules():
+    from afb.policy import device_rules
+
+    return {"device_weights": _list_check(device_rules.parse_device_weights),
+            "device_rates": _list_check(device_rules.parse_device_rates),
+            "port_list": _list_check(device_rules.parse_ports)}
+
+
 _COOKIE_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}$")
 
 
@@ -323,4 +344,5 @@ def make_validator():
         "rate": _check_rate,
         "local_listen": _check_local_listen,
         "command": _check_command,
+        **_device_rules(),
     })

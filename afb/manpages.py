@@ -68,6 +68,10 @@ VALUE_TYPES = {
     "rate": "Bytes per second with decimal units (500K, 10M, 1G), or bits with "
             "\"bit\" (80Mbit); 0 turns the rule off.",
     "cookie_name": "An HTTP cookie name: letters, digits and !#$%&'*+-.^_`|~.",
+    "device_weights": "Comma separated DEVICE:WEIGHT, a device being an address (IPv6 in "
+                      "brackets) or a proxy login: 192.168.1.20:3, [fd00::5]:2, alice:2.",
+    "device_rates": "Comma separated DEVICE:DOWN/UP, rates as for rate: kid-tablet:2M/500K.",
+    "port_list": "Comma separated ports or LOW-HIGH ranges: 22, 53, 27000-27050.",
     "command": "A command line split like a shell's (quotes work) but run without a shell.",
 }
 

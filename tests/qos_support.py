@@ -9,7 +9,7 @@ import gevent
 from gevent.server import StreamServer
 
 from afb.policy.auth import issue_token
-from tests.support import free_port, read_http_head, socks_connect
+from tests.support import free_port, read_http_head
 
 CHUNK = 64 * 1024
 
@@ -77,11 +77,91 @@ class EndlessSource:
         self.server.stop()
 
 
+class Sink:
+    """Reads and drops whatever every connection sends."""
+
+    def __init__(self):
+        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+        self.server.start()
+        self.port = self.server.server_port
+
+    def _handle(self, sock, _address):
+        try:
+            while sock.recv(262144):
+                pass
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def close(self):
+        self.server.stop()
+
+
+def socks_from(source, proxy_port, host, port, timeout=20):
+    """A PySocks stream through the proxy, from the loopback address ``source``
+    (127.0.0.2...: another LAN device for the client)."""
+    import socks
+
+    sock = socks.socksocket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.set_proxy(socks.SOCKS5, "127.0.0.1", proxy_port, rdns=True)
+    sock.settimeout(timeout)
+    if source is not None:
+        sock.bind((source, 0))
+    sock.connect((host, port))
+    return sock
+
+
+class Writer:
+    """Sends to a SOCKS stream to ``port`` (a :class:`Sink`) in a greenlet, until stopped."""
+
+    def __init__(self, proxy_port, port, source=None):
+        self.sock = socks_from(source, proxy_port, "127.0.0.1", port)
+        self.total = 0
+        self.greenlet = gevent.spawn(self._run)
+
+    def _run(self):
+        block = b"u" * CHUNK
+        try:
+            while True:
+                self.sock.sendall(block)
+                self.total += len(block)
+        except OSError:
+            pass
+
+    def stop(self):
+        self.greenlet.kill()
+        self.sock.close()
+
+
+def echo_rtts(sock, count, gap=0.01, size=64):
+    """``count`` round trips of ``size`` bytes on an echo stream, ``gap`` s apart -> seconds."""
+    payload = b"e" * size
+    out = []
+    for _ in range(count):
+        started = time.perf_counter()
+        sock.sendall(payload)
+        got = 0
+        while got < size:
+            data = sock.recv(size - got)
+            if not data:
+                raise AssertionError("the echo stream ended")
+            got += len(data)
+        out.append(time.perf_counter() - started)
+        gevent.sleep(gap)
+    return out
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
 class Reader:
     """Reads a SOCKS stream to ``port`` in a greenlet; ``total`` and (time, total) samples."""
 
-    def __init__(self, proxy_port, port):
-        self.sock = socks_connect(("127.0.0.1", proxy_port), "127.0.0.1", port)
+    def __init__(self, proxy_port, port, source=None):
+        self.sock = socks_from(source, proxy_port, "127.0.0.1", port)
         self.total = 0
         self.samples = [(time.monotonic(), 0)]
         self.greenlet = gevent.spawn(self._run)

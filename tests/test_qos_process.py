@@ -236,4 +236,6 @@ def test_a_lan_device_limited_on_the_client(tmp_path):
     assert codes[:3] == ["200"] * 3 and codes.count("429") >= 2
     device = snapshot["devices"][0]
     assert device["device"] == "127.0.0.1" and device["rate_limit_down"] == 1_000_000
-    assert device["throttled_down"] > 3 and device["refused_streams"] >= 2
+    assert device["throttled_down_total"] > 3 and device["refused_streams"] >= 2
+    # Its streams are over: the current figure starts again (the total goes on).
+    assert device["streams"] == 0 and device["throttled_down"] == 0

@@ -1,6 +1,11 @@
 """Qos and Devices of afb.transport.shaper: limits applied, overrides, reloads (issue 13)."""
 
-from afb.transport.shaper import Devices, Qos
+from afb.transport.devices import Devices
+from afb.transport.shaper import Qos
+
+
+class FakeStream:
+    bytes_in = bytes_out = buffered = 0
 
 
 class Clock:
@@ -47,13 +52,14 @@ def test_a_newcomer_under_a_cap_gets_its_weighted_share_at_once():
 
 def test_new_streams_a_second_per_device():
     clock = Clock()
-    devices = Devices({"max_new_streams_per_second": 2, "device_rate_up": 1e6}, clock=clock)
+    devices = Devices({"max_new_streams_per_second": 2, "user_rate_up": 1e6}, clock=clock)
     assert devices.limited
     assert [devices.admit("10.0.0.5") for _ in range(3)] == [True, True, False]
     assert devices.admit("10.0.0.6")
-    read, credit = devices.acquire("10.0.0.5")
+    stream = FakeStream()
+    read, credit = devices.acquire("10.0.0.5", stream)
     assert read.rate == 1e6 and credit.rate == 0      # the client reads the device's upload
-    devices.release("10.0.0.5")
+    devices.release("10.0.0.5", stream)
     clock.now += 0.5
     assert devices.admit("10.0.0.5") and not devices.admit("10.0.0.5")
     row = next(r for r in devices.rows() if r["device"] == "10.0.0.5")

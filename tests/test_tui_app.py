@@ -2,10 +2,11 @@
 
 import time
 
-from tests.tui_fake import FakeDaemon, stream
+from tests.tui_fake import DEVICES, FakeDaemon, stream
 from tests.tui_pilot import column, dashboard, run, table, until
 from tui.app import Dashboard
 from tui.screens import ConfirmScreen
+from tui.widgets.devices import DevicesTable
 from tui.widgets.status import StatusLine
 from tui.widgets.users import UsersTable
 
@@ -203,6 +204,39 @@ def test_users_view_on_the_server_and_logs_with_a_level_filter(tmp_path):
             await pilot.pause()
             assert app.screen.__class__.__name__ == "HelpScreen"
             await pilot.press("escape")
+    run(scenario())
+
+
+def test_devices_view_on_the_client_updates_in_place(tmp_path):
+    async def scenario():
+        devices = [dict(d) for d in DEVICES]
+        async with dashboard(tmp_path, three(), devices=devices) as (app, pilot, fake):
+            await pilot.press("u")
+            await pilot.pause()
+            table_ = app.query_one(DevicesTable)
+            assert table_.display and not app.query_one(UsersTable).display
+            assert app.focused is table_ and table_.row_count == 2
+            row = [str(c).strip() for c in table_.get_row("192.168.1.20")]
+            assert row == ["192.168.1.20", "2", "5", "1 (14)", "2.5 MB", "812 MB", "12.0 kB/s",
+                           "1.9 MB/s", "500 kB/s", "2.0 MB/s", "42s", "0 B", "0"]
+            assert [str(c).strip() for c in table_.get_row("kid-tablet")][1:4] == [
+                "0.5", "0", "0 (0)"]
+            assert "LAN devices: 2" in str(app.query_one("#users-title").render())
+            fake.devices[0] = dict(devices[0], priority_streams=0, throttled_down=0.0)
+            del fake.devices[1]
+            await until(pilot, lambda: table_.row_count == 1, what="the next snapshot")
+            row = [str(c).strip() for c in table_.get_row("192.168.1.20")]
+            assert row[3] == "0 (14)" and row[10] == "-"
+    run(scenario())
+
+
+def test_a_client_without_qos_rules_says_so_in_the_devices_view(tmp_path):
+    async def scenario():
+        async with dashboard(tmp_path, three()) as (app, pilot, fake):
+            await pilot.press("u")
+            await pilot.pause()
+            assert app.query_one(DevicesTable).row_count == 0
+            assert "no QoS rules" in str(app.query_one("#users-title").render())
     run(scenario())
 
 

@@ -1,4 +1,5 @@
-"""How the dashboard looks (pytest-textual-snapshot): the main screen and the users view.
+"""How the dashboard looks (pytest-textual-snapshot): the main screen, the users and
+devices views.
 
 Fixed data from the fake daemon, sent once (the next beat an hour later), and
 a fixed bandwidth history pushed into the chart: ages, uptime and rates are
@@ -16,7 +17,7 @@ import time
 
 import pytest
 
-from tests.tui_fake import FakeDaemon, stream
+from tests.tui_fake import DEVICES, FakeDaemon, stream
 from tests.tui_pilot import until
 from tui.app import Dashboard
 from tui.widgets.bandwidth import BandwidthChart
@@ -44,9 +45,10 @@ ALERT = {"name": "bandwidth", "since": 1796169900.0, "message": "download 12.1 M
          "value": 12100000.0, "threshold": 10000000.0, "subject": None}
 
 
-def prepared(tmp_path, role):
+def prepared(tmp_path, role, devices=None):
     path = tmp_path / ("%s.sock" % role)
-    fake = FakeDaemon(path, streams(role), role=role, interval=3600, alerts=[ALERT])
+    fake = FakeDaemon(path, streams(role), role=role, interval=3600, alerts=[ALERT],
+                      devices=devices)
 
     async def run_before(pilot):
         app = pilot.app
@@ -77,3 +79,13 @@ def test_users_view(snap_compare, tmp_path):
         await pilot.press("u")
         await pilot.pause()
     assert snap_compare(app, terminal_size=SIZE, run_before=users)
+
+
+def test_devices_view(snap_compare, tmp_path):
+    app, fake, run_before = prepared(tmp_path, "client", devices=DEVICES)
+
+    async def devices(pilot):
+        await run_before(pilot)
+        await pilot.press("u")
+        await pilot.pause()
+    assert snap_compare(app, terminal_size=SIZE, run_before=devices)

@@ -31,7 +31,20 @@ def stream(n, tunnel=1, role="client", age=10.0, up=None, down=None, state="open
             "rate_up": float(n % 13) * 10, "rate_down": float(n % 11) * 1000, "buffered": 0}
 
 
-def snapshot(streams, role="client", time=T0, alerts=(), users=None):
+DEVICES = [{"device": "192.168.1.20", "streams": 5, "priority_streams": 1,
+            "priority_streams_total": 14, "bytes_up": 2_500_000, "bytes_down": 812_000_000,
+            "rate_up": 12000.0, "rate_down": 1_950_000.0, "queued_down": 0, "weight": 2.0,
+            "rate_limit_down": 2_000_000, "rate_limit_up": 500_000, "throttled_down": 42.7,
+            "throttled_up": 0.0, "throttled_down_total": 90.1, "throttled_up_total": 0.0,
+            "refused_streams": 0},
+           {"device": "kid-tablet", "streams": 0, "priority_streams": 0,
+            "priority_streams_total": 0, "bytes_up": 1000, "bytes_down": 64000,
+            "rate_up": 0.0, "rate_down": 0.0, "queued_down": 0, "weight": 0.5,
+            "rate_limit_down": 0, "rate_limit_up": 0, "throttled_down": 0.0,
+            "throttled_up": 0.0, "refused_streams": 3}]
+
+
+def snapshot(streams, role="client", time=T0, alerts=(), users=None, devices=None):
     up = sum(s["rate_up"] for s in streams)
     down = sum(s["rate_down"] for s in streams)
     if users is None and role == "server":
@@ -57,7 +70,8 @@ def snapshot(streams, role="client", time=T0, alerts=(), users=None):
                                       "reconnects": 0, "streams": len(streams),
                                       "cipher": None, "bytes_up": 1, "bytes_down": 2,
                                       "rate_up": up, "rate_down": down, "uptime": 512.3}],
-            "users": users or [], "alerts": list(alerts), "streams": streams}
+            "users": users or [], "alerts": list(alerts), "streams": streams,
+            **({"devices": devices} if devices is not None and role == "client" else {})}
 
 
 RECORDS = [{"time": T0 - 3, "level": "INFO", "logger": "afb.apps.client",
@@ -69,10 +83,11 @@ RECORDS = [{"time": T0 - 3, "level": "INFO", "logger": "afb.apps.client",
 
 class FakeDaemon:
     def __init__(self, path, streams=(), role="client", interval=0.1, alerts=(),
-                 records=RECORDS):
+                 records=RECORDS, devices=None):
         self.path = str(path)
         self.streams = list(streams)
         self.role, self.interval, self.alerts = role, interval, list(alerts)
+        self.devices = devices
         self.records = list(records)
         self.commands = []
         self.snapshots_sent = 0
@@ -81,7 +96,7 @@ class FakeDaemon:
         self._connections = set()
 
     def snapshot(self):
-        return snapshot(self.streams, self.role, alerts=self.alerts)
+        return snapshot(self.streams, self.role, alerts=self.alerts, devices=self.devices)
 
     async def start(self):
         if os.path.exists(self.path):

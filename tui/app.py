@@ -3,9 +3,10 @@
 The app owns one :class:`~tui.control_client.ControlClient` running on
 Textual's asyncio loop and turns each message into widget updates: a
 ``snapshot`` (once a second) feeds the header, the connections table, the
-bandwidth chart, the alerts and the users view; ``log`` messages feed the log
-panel.  When no daemon answers, the status line says where it looked and what
-to do, and the client keeps trying by itself.
+bandwidth chart, the alerts and the users view (a server's users, a
+client's LAN devices); ``log`` messages feed the log panel.  When no
+daemon answers, the status line says where it looked and what to do, and
+the client keeps trying by itself.
 
 This module (and all of :mod:`tui`) never imports gevent or the daemons'
 transport: the dashboard is its own process and the control socket is all it
@@ -32,6 +33,7 @@ from tui.screens import ConfirmScreen, HelpScreen
 from tui.widgets.alerts import AlertsPanel
 from tui.widgets.bandwidth import BandwidthChart
 from tui.widgets.connections import ConnectionsTable, destination, who
+from tui.widgets.devices import DevicesTable
 from tui.widgets.header import StatusHeader
 from tui.widgets.logs import LogPanel
 from tui.widgets.status import StatusLine
@@ -86,6 +88,7 @@ class Dashboard(App):
             with Vertical(id="users"):
                 yield Static(id="users-title")
                 yield UsersTable(id="users-table")
+                yield DevicesTable(id="devices-table")
         yield Input(placeholder="filter: part of a destination, user/app or state "
                                 "(Enter keeps it, Esc clears)", id="filter")
         yield Footer()
@@ -97,6 +100,7 @@ class Dashboard(App):
         self.main.query_one(StatusHeader).waiting("looking for an afb daemon...")
         self.main.query_one(AlertsPanel).show({})
         self.main.query_one("#filter", Input).display = False
+        self.main.query_one(DevicesTable).display = False
         self._table_title()
         self.main.query_one(ConnectionsTable).focus()
         self.run_worker(self.client.run(), name="control", exclusive=True, exit_on_error=False)
@@ -164,13 +168,23 @@ class Dashboard(App):
 
     def _users(self, snapshot):
         title = self.main.query_one("#users-title", Static)
-        if snapshot.get("role") == "server":
+        server = snapshot.get("role") == "server"
+        self.main.query_one(UsersTable).display = server
+        self.main.query_one(DevicesTable).display = not server
+        if server:
             users = snapshot.get("users") or []
             title.update("users: %d (streams and rates now; today = the usage store's UTC day)"
                          % len(users))
             self.main.query_one(UsersTable).show_users(users)
+        elif "devices" in snapshot:
+            devices = snapshot.get("devices") or []
+            title.update("LAN devices: %d (priority = streams to priority destinations now "
+                         "(since first seen); throttled = since its first stream open)"
+                         % len(devices))
+            self.main.query_one(DevicesTable).show_devices(devices)
         else:
-            title.update("users: an afb client has no users; the server's dashboard lists them")
+            title.update("LAN devices: none listed, the client's config sets no QoS rules "
+                         "(device limits, weights, priority ports); a client has no users")
 
     def _table_title(self):
         table = self.main.query_one(ConnectionsTable)
@@ -258,6 +272,8 @@ class Dashboard(App):
         views = self.main.query_one(ContentSwitcher)
         views.current = "main" if views.current == name else name
         focus = {"main": "#connections", "users": "#users-table", "logs": "#log-lines"}
+        if views.current == "users" and (self.snapshot or {}).get("role") != "server":
+            focus["users"] = "#devices-table"
         self.main.query_one(focus[views.current]).focus()
 
     def action_log_level(self):

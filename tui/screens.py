@@ -20,7 +20,7 @@ HELP = """\
   [b]s[/b]       sort by the next column; [b]S[/b] reverses (or click a header)
   [b]p[/b]       pause the table (the header and chart stay live)
   [b]l[/b]       logs (there, [b]v[/b] changes the level); again: back
-  [b]u[/b]       users (server); again: back
+  [b]u[/b]       users (server), LAN devices (client); again: back
   [b]r[/b]       reconnect now, without waiting
   [b]?[/b]       this help
 

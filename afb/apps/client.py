@@ -35,7 +35,7 @@ from afb.policy.access import AuthThrottle, SourceAcl
 from afb.policy.client_token import ClientToken
 from afb.policy.proxy_users import ProxyUsers
 from afb.transport import tls
-from afb.transport.shaper import Devices, client_qos_settings
+from afb.transport.devices import Devices, client_qos
 from afb.transport.tunnel_client import TunnelClient
 
 log = logging.getLogger(__name__)
@@ -159,14 +159,18 @@ class ProxyClient:
 
     @staticmethod
     def _devices(cfg, devices=None):
-        """The LAN devices' limits of ``cfg`` ([qos]): ``devices`` reconfigured, or new
-        ones; None while nothing is limited (the relays then skip the shapers)."""
-        settings = client_qos_settings(cfg["qos"])
+        """The LAN devices' limits of ``cfg`` ([qos]): ``devices`` reconfigured (their live
+        streams too), or new ones; None while no rule is set (the relays then skip the
+        shapers)."""
+        settings, overrides, priority = client_qos(cfg["qos"])
         if devices is not None:
-            devices.configure(settings)
+            devices.configure(settings, overrides, priority)
             return devices
-        devices = Devices(settings)
-        return devices if devices.limited else None
+        devices = Devices(settings, overrides, priority)
+        if devices.limited:
+            return devices
+        devices.close()
+        return None
 
     def _apply(self, cfg, token):
         """What applies in place: the token source, the tunnel's parameters, the proxy's."""

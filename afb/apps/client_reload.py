@@ -11,7 +11,9 @@ falls in one of three groups:
   local proxy's users and their bans) -- kept as running, with one warning;
 * everything else (timeouts, windows, backoff, ``allow_sources``,
   ``fast_open``, ``log_level``, ``[qos]``) -- applied in place, for new
-  streams and the next dial (``[qos]`` rates: for the streams open too).
+  streams and the next dial (``[qos]`` rates, ``device_rates`` and
+  ``device_weights``: for the streams open too; ``priority_ports`` /
+  ``priority_hosts``: for the streams opened after it).
 """
 
 #: (section, key) of what a new tunnel is dialled with.

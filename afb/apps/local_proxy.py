@@ -35,6 +35,7 @@ from afb.errors import (
     reply_reason,
 )
 from afb.monitor.counters import count, count_destination_error
+from afb.policy.device_rules import device_key
 from afb.policy.proxy_users import parse_basic
 from afb.ratelog import LogLimiter
 from afb.transport.acceptor import Acceptor
@@ -48,6 +49,19 @@ _HTTP_STATUS = {0x02: 403, 0x03: 502, 0x04: 502, 0x05: 502, 0x06: 504, 0x07: 501
 
 #: Refusals by a device's stream rate: a few lines per device a minute.
 _refused_log = LogLimiter(log, interval=60.0, burst=5)
+
+
+def _mark_priority(session, stream):
+    """Ask the tunnel's scheduler to send ``stream``'s frames ahead of bulk streams.
+
+    The hook is ``FairScheduler.prioritize(stream_id)`` (afb/mux/scheduler.py
+    has none yet: until it does, a priority stream is served first by its
+    device's limit only).
+    """
+    prioritize = getattr(getattr(getattr(session, "writer", None), "sched", None),
+                         "prioritize", None)
+    if prioritize is not None:
+        prioritize(stream.id)
 
 
 class TooManyStreams(AfbError):
@@ -99,8 +113,8 @@ class LocalProxy:
         client (SOCKS5 method 2, HTTP ``Proxy-Authorization: Basic``); *sources*:
         None (anyone), or a :class:`~afb.policy.access.SourceAcl` of client addresses;
         *throttle*: the :class:`~afb.policy.access.AuthThrottle` of failed logins;
-        *devices*: None (no limits), or the :class:`~afb.transport.shaper.Devices`
-        whose rates and new streams a second each LAN device gets."""
+        *devices*: None (no limits), or the :class:`~afb.transport.devices.Devices`
+        whose rates, new streams a second and priority rules each LAN device gets."""
         self.tunnel = tunnel
         self.sources = sources
         self.throttle = throttle if authenticate is not None else None
@@ -255,7 +269,7 @@ class LocalProxy:
         """Open a stream for the app at ``peer`` (``user``: its proxy login); -> whether
         the socket was handed to a relay."""
         devices = self.devices
-        device = (user or peer.rpartition(":")[0]) if devices is not None else None
+        device = (user or device_key(peer.rpartition(":")[0])) if devices is not None else None
         if devices is not None and not devices.admit(device):
             count("limit_hits")
             self._fail(sock, kind, TooManyStreams(
@@ -278,6 +292,9 @@ class LocalProxy:
             self._succeed(sock, kind)
         stream = session.open_stream(frames.CMD_CONNECT, host, port, early, wait=not optimistic)
         stream.origin = (peer, user)
+        priority = devices is not None and devices.is_priority(host, port)
+        if priority:
+            _mark_priority(session, stream)
         if not optimistic:
             try:
                 stream.wait_open(self.open_timeout)
@@ -295,15 +312,15 @@ class LocalProxy:
             SocketRelay(sock, stream, on_close=self._relay_closed).start()
         else:
             SocketRelay(sock, stream, on_close=self._relay_closed,
-                        shapers=devices.acquire(device)).start()
+                        shapers=devices.acquire(device, stream, priority)).start()
         return True
 
     def _relay_closed(self, relay):
         self.active -= 1
         stream = relay.stream
-        if relay.shape_read is not None:
+        if relay.shape_read is not None and self.devices is not None:
             peer, user = stream.origin
-            self.devices.release(user or peer.rpartition(":")[0])
+            self.devices.release(user or device_key(peer.rpartition(":")[0]), stream)
         error = stream.reset_error
         if error is not None and stream.bytes_in == 0 and error.reply != REP_GENERAL_FAILURE:
             count_destination_error(error)      # fast_open: OPEN_FAIL came as the reset

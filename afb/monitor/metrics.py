@@ -150,7 +150,7 @@ class SnapshotCollector:
                                     labels=["user"])
         throttled = CounterMetricFamily(
             "afb_user_throttled_seconds_total", "Seconds a user's transfers waited for its "
-            "rate limit ([qos]; its live tunnels)", labels=["user", "direction"])
+            "rate limit ([qos]) since the start", labels=["user", "direction"])
         queued = GaugeMetricFamily("afb_user_queued_bytes", "Bytes afb holds for a user now",
                                    labels=["user", "direction"])
         limit = GaugeMetricFamily("afb_user_rate_limit_bytes_per_second", "A user's rate "
@@ -159,15 +159,16 @@ class SnapshotCollector:
         if rest:
             rows.append((OTHER, {field: sum(u.get(field, 0) for u in rest)
                                  for field in ("bytes_up", "bytes_down", "streams",
-                                               "tunnels", "throttled_up", "throttled_down",
-                                               "queued_up", "queued_down")}))
+                                               "tunnels", "throttled_up_total",
+                                               "throttled_down_total", "queued_up",
+                                               "queued_down")}))
         for name, user in rows:
             traffic.add_metric([name, "up"], user.get("bytes_up", 0))
             traffic.add_metric([name, "down"], user.get("bytes_down", 0))
             streams.add_metric([name], user.get("streams", 0))
             tunnels.add_metric([name], user.get("tunnels", 0))
             for direction in ("up", "down"):
-                throttled.add_metric([name, direction], user.get("throttled_" + direction, 0))
+                throttled.add_metric([name, direction], _total(user, "throttled_" + direction))
                 queued.add_metric([name, direction], user.get("queued_" + direction, 0))
                 if name != OTHER:
                     limit.add_metric([name, direction], user.get("rate_limit_" + direction, 0))
@@ -177,22 +178,45 @@ class SnapshotCollector:
 
 
     def _devices(self, devices):
-        """The client's LAN devices with [qos] limits (the first ``top_users`` by name)."""
+        """The client's LAN devices with [qos] rules: the ``top_users`` busiest (a
+        client's records are capped at MAX_IDLE_DEVICES idle ones anyway)."""
         throttled = CounterMetricFamily(
             "afb_device_throttled_seconds_total", "Seconds a LAN device's transfers waited "
-            "for its rate limit ([qos])", labels=["device", "direction"])
+            "for its rate limit ([qos]) since the start", labels=["device", "direction"])
         limit = GaugeMetricFamily("afb_device_rate_limit_bytes_per_second", "A LAN device's "
                                   "rate limit in force (0: none)", labels=["device", "direction"])
         refused = CounterMetricFamily("afb_device_streams_refused_total", "Streams of a LAN "
                                       "device refused by max_new_streams_per_second",
                                       labels=["device"])
-        for device in devices[:self.top_users]:
+        traffic = CounterMetricFamily("afb_device_bytes_total", "Bytes of a LAN device since "
+                                      "it was first seen", labels=["device", "direction"])
+        streams = GaugeMetricFamily("afb_device_streams_open", "Streams a LAN device has open "
+                                    "now", labels=["device"])
+        priority = GaugeMetricFamily("afb_device_priority_streams_open", "Streams of a LAN "
+                                     "device to [qos] priority destinations open now",
+                                     labels=["device"])
+        priority_total = CounterMetricFamily(
+            "afb_device_priority_streams_total", "Streams of a LAN device to [qos] priority "
+            "destinations since it was first seen", labels=["device"])
+        ranked = sorted(devices, key=lambda d: (-(d.get("bytes_up", 0) + d.get("bytes_down", 0)),
+                                                d["device"]))
+        for device in ranked[:self.top_users]:
             name = device["device"]
             for direction in ("up", "down"):
-                throttled.add_metric([name, direction], device.get("throttled_" + direction, 0))
+                throttled.add_metric([name, direction], _total(device, "throttled_" + direction))
                 limit.add_metric([name, direction], device.get("rate_limit_" + direction, 0))
+                traffic.add_metric([name, direction], device.get("bytes_" + direction, 0))
             refused.add_metric([name], device.get("refused_streams", 0))
-        return [throttled, limit, refused]
+            streams.add_metric([name], device.get("streams", 0))
+            priority.add_metric([name], device.get("priority_streams", 0))
+            priority_total.add_metric([name], device.get("priority_streams_total", 0))
+        return [throttled, limit, refused, traffic, streams, priority, priority_total]
+
+
+def _total(row, field):
+    """A counter's value: the row's ``FIELD_total`` (since the start), else ``FIELD``."""
+    value = row.get(field + "_total")
+    return row.get(field, 0) if value is None else value
 
 
 def _gauge(name, doc, value):

@@ -151,7 +151,7 @@ class Monitor:
             "alerts": list(self.alerts),
         }
         if self.devices is not None:
-            snap["devices"] = self.devices.rows()
+            snap["devices"] = self._devices(rates, fresh, now)
         if streams:
             # Rows for the newest ``limit`` streams only: a row costs microseconds, and
             # 10,000 of them a second would be the dashboard's whole cost.
@@ -195,6 +195,7 @@ class Monitor:
     def _users(self, user_live, rates, fresh, now):
         users = []
         live = self.live_users.users if self.live_users is not None else {}
+        qos = getattr(self.live_users, "qos", None)
         for name in sorted(set(self.user_tallies) | set(live)):
             tally = self.user_tallies.get(name) or Tally()
             record = live.get(name)
@@ -209,8 +210,17 @@ class Monitor:
                           "bytes_up": up, "bytes_down": down,
                           "rate_up": rate_up, "rate_down": rate_down,
                           "today_bytes_up": today[0], "today_bytes_down": today[1],
-                          **_qos(record)})
+                          **_qos(record), **_throttled_totals(qos, name)})
         return users
+
+    def _devices(self, rates, fresh, now):
+        """The client's DEVICE dicts, with their rates for this reader."""
+        rows = self.devices.rows()
+        for row in rows:
+            row["rate_up"], row["rate_down"] = rates.rates(
+                fresh, ("device", row["device"]), now, row["bytes_up"], row["bytes_down"],
+                self.started_mono)
+        return rows
 
     def _process_stats(self, rates, now):
         # psutil is loaded when someone first asks (2.5 MiB a client that nobody
@@ -293,7 +303,8 @@ class Monitor:
 
 
 def _qos(record):
-    """A live user's limits and what they cost it (issue 13); zeros when it has none."""
+    """A live user's limits and what they cost it (issue 13) since its first tunnel
+    still open; zeros when it has none."""
     down = getattr(record, "shape_down", None)
     up = getattr(record, "shape_up", None)
     return {"rate_limit_down": round(down.rate) if down is not None else 0,
@@ -303,6 +314,14 @@ def _qos(record):
             "queued_down": record.down.used if down is not None else 0,
             "queued_up": record.up.used if up is not None else 0,
             "refused_streams": record.refused_opens if down is not None else 0}
+
+
+def _throttled_totals(qos, name):
+    """Seconds ``name`` was throttled since the start, its earlier tunnels' too (the
+    Prometheus counters; the ``throttled_*`` figures start again with each spell of
+    tunnels)."""
+    down, up = qos.throttled_totals(name) if qos is not None else (0.0, 0.0)
+    return {"throttled_down_total": round(down, 3), "throttled_up_total": round(up, 3)}
 
 
 def _session_state(session):

@@ -43,14 +43,15 @@ from afb.mux.rate import MIN_GRANT, SHARE_PERIOD, TokenBucket, fair_shares
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Shaper", "Qos", "Devices", "qos_settings", "client_qos_settings"]
+__all__ = ["Shaper", "Priority", "Qos", "qos_settings"]
 
 
 class Shaper:
     """One user's rate in one direction: its bucket, the cap's, the waiting relays."""
 
     __slots__ = ("bucket", "cap", "limited", "limit", "weight", "moved", "wanted_more",
-                 "throttled", "_since", "_waiters", "_timer", "clock")
+                 "throttled", "throttled_mark", "_since", "_waiters", "_first", "_timer",
+                 "_due", "_slice", "clock")
 
     def __init__(self, cap=None, clock=time.monotonic):
         self.clock = clock
@@ -62,9 +63,13 @@ class Shaper:
         self.moved = 0              # bytes since the fair-share loop last looked
         self.wanted_more = False    # a relay waited since then
         self.throttled = 0.0        # seconds with a relay waiting, finished spells
+        self.throttled_mark = 0.0   # throttled_seconds() at the last reset_figures()
         self._since = None          # start of the current spell
         self._waiters = {}
+        self._first = {}            # priority streams' waiters: called first
         self._timer = None
+        self._due = 0.0             # when the timer fires
+        self._slice = 0.0           # each woken relay's part of the tokens (0: no limit)
 
     def __repr__(self):
         return "<Shaper %r%s>" % (self.bucket, " waiters=%d" % len(self._waiters)
@@ -77,11 +82,20 @@ class Shaper:
 
     @property
     def waiting(self):
-        return len(self._waiters)
+        return len(self._waiters) + len(self._first)
 
     def throttled_seconds(self, now=None):
+        """Seconds a relay waited, since this shaper was made (a counter's total)."""
         since = self._since
         return self.throttled + ((now or self.clock()) - since if since is not None else 0.0)
+
+    def throttled_now(self, now=None):
+        """Seconds a relay waited since :meth:`reset_figures` (the snapshot's figure)."""
+        return self.throttled_seconds(now) - self.throttled_mark
+
+    def reset_figures(self):
+        """The owner's last stream ended: :meth:`throttled_now` starts again from 0."""
+        self.throttled_mark = self.throttled_seconds()
 
     def configure(self, rate, burst=0, weight=1.0, limit=None):
         """Set the rate in force (``limit``: the user's own, for the fair shares)."""
@@ -92,18 +106,34 @@ class Shaper:
         if rate != self.bucket.rate:
             self.bucket.configure(rate, burst or None, now)
         self.limited = bool(rate) or self.cap is not None
-        if self._waiters:
+        if self._waiters or self._first:
             self._arm(0.0)
 
-    def ready(self, wanted):
-        """Bytes a relay may move now (<= ``wanted``), 0: wait (call :meth:`wait`)."""
+    def ready(self, wanted, debt=False):
+        """Bytes a relay may move now (<= ``wanted``), 0: wait (call :meth:`wait`).
+
+        ``debt``: a priority stream's question, which may take the buckets down
+        to minus one burst (see :class:`Priority`).
+        """
         now = self.clock()
-        allowed = self.bucket.allowance(now)
+        bucket = self.bucket
+        allowed = bucket.allowance(now)
+        if debt:
+            allowed += bucket.burst
         cap = self.cap
         if cap is not None:
             capped = cap.allowance(now)
+            if debt:
+                capped += cap.burst
             if capped < allowed:
                 allowed = capped
+        part = self._slice
+        if part and not debt:
+            if allowed < part:
+                return 0
+            if allowed < self._burst():
+                return wanted if wanted <= part else int(part)
+            self._slice = 0.0       # the buckets are full again: no one is short
         if allowed >= wanted:
             return wanted
         if allowed < MIN_GRANT and allowed < self._burst():
@@ -118,23 +148,31 @@ class Shaper:
             self.cap.spend(n, now)
         self.moved += n
 
-    def wait(self, callback):
-        """Call ``callback()`` once (when tokens are back, or the limit changed)."""
+    def wait(self, callback, first=False):
+        """Call ``callback()`` once (when tokens are back, or the limit changed);
+        ``first``: a priority stream's, called before the others, as soon as the
+        buckets are above minus one burst."""
         self.wanted_more = True
+        now = self.clock()
         if self._since is None:
-            self._since = self.clock()
-        self._waiters[callback] = None
+            self._since = now
+        (self._first if first else self._waiters)[callback] = None
         timer = self._timer
-        if timer is None or not timer.active:
-            now = self.clock()
-            want = min(MIN_GRANT, self._burst())
-            delay = self.bucket.wait_time(want, now)
-            if self.cap is not None:
-                delay = max(delay, self.cap.wait_time(want, now))
-            self._arm(min(delay, SHARE_PERIOD) if self.cap is not None else delay)
+        active = timer is not None and timer.active
+        if active and not first:
+            return
+        want = min(MIN_GRANT, self._burst())
+        bucket, cap = self.bucket, self.cap
+        delay = bucket.wait_time(want - (bucket.burst if first else 0), now)
+        if cap is not None:
+            delay = max(delay, cap.wait_time(want - (cap.burst if first else 0), now))
+            delay = min(delay, SHARE_PERIOD)
+        if not active or now + delay < self._due:
+            self._arm(delay)
 
     def forget(self, callback):
-        if self._waiters.pop(callback, 1) is None and not self._waiters:
+        if (self._waiters.pop(callback, 1) is None or self._first.pop(callback, 1) is None) \
+                and not self._waiters and not self._first:
             self._spell_ends()
 
     def _burst(self):
@@ -148,14 +186,34 @@ class Shaper:
         if timer is not None:
             timer.stop()
             timer.close()
-        self._timer = timer = gevent.get_hub().loop.timer(max(delay, 0.0005))
+        delay = max(delay, 0.0005)
+        self._due = self.clock() + delay
+        self._timer = timer = gevent.get_hub().loop.timer(delay)
         timer.start(self._fire)
 
     def _fire(self):
+        """Wake every waiter; when several wait, each may take only its part of the
+        tokens there are now.  Without the parts, the relay whose read callback the
+        event loop ran first took them all, every time: an SSH stream of a user
+        beside its bulk download waited 20 s for one read (seen in
+        tests/test_qos_devices_process.py), and which one ran first depended on
+        the order libev invokes ready descriptors in."""
+        first, self._first = self._first, {}
         waiters, self._waiters = self._waiters, {}
+        self._slice = 0.0
+        count = len(first) + len(waiters)
+        if count > 1:
+            now = self.clock()
+            allowed = self.bucket.allowance(now)
+            if self.cap is not None:
+                allowed = min(allowed, self.cap.allowance(now))
+            if count < allowed < float("inf"):
+                self._slice = allowed / count
+        for callback in first:
+            callback()
         for callback in waiters:
             callback()
-        if not self._waiters:
+        if not self._waiters and not self._first:
             self._spell_ends()
 
     def _spell_ends(self):
@@ -169,7 +227,48 @@ class Shaper:
             self._timer.close()
             self._timer = None
         self._waiters.clear()
+        self._first.clear()
         self._spell_ends()
+
+
+class Priority:
+    """A priority stream's view of its device's :class:`Shaper` (client, issue 13).
+
+    What the stream moves is charged to the device's buckets as any stream's
+    is, so the device's rate holds; but it may take them down to minus one
+    burst where the others wait for :data:`~afb.mux.rate.MIN_GRANT` tokens, and
+    its waiters are woken first.  So beside a throttled bulk transfer of the
+    same device (which keeps the bucket near zero), an SSH keystroke or a game
+    packet is read at once instead of waiting for the next refill of the
+    queue (up to MIN_GRANT / rate: 16 ms at 1 MB/s, with every other waiter
+    of the device before it); the bulk transfer pays for it.  A priority
+    stream that moves bulk takes the device's whole rate (strict priority).
+    """
+
+    __slots__ = ("shaper",)
+
+    def __init__(self, shaper):
+        self.shaper = shaper
+
+    @property
+    def limited(self):
+        return self.shaper.limited
+
+    @property
+    def rate(self):
+        return self.shaper.rate
+
+    def ready(self, wanted):
+        return self.shaper.ready(wanted, debt=True)
+
+    def spend(self, n):
+        self.shaper.spend(n)
+
+    def wait(self, callback):
+        self.shaper.wait(callback, first=True)
+
+    def forget(self, callback):
+        self.shaper.forget(callback)
 
 
 def qos_settings(section):
@@ -188,6 +287,11 @@ class Qos:
         self.overrides = {}
         self.caps = {"down": None, "up": None}
         self.users = {}             # name -> (down Shaper, up Shaper), set by the registry
+        # name -> [down, up] seconds throttled in the shapers of its earlier tunnels: a
+        # user's shapers go with its last tunnel (its snapshot figures start again), its
+        # Prometheus counter goes on.  As many entries as the monitor's user tallies.
+        self.finished = {}
+        self.keep_totals = True
         self._loop = None
         self.configure(settings or {}, overrides or {})
 
@@ -235,8 +339,21 @@ class Qos:
     def drop(self, name):
         shapers = self.users.pop(name, None)
         if shapers is not None:
+            if self.keep_totals:
+                totals = self.finished.setdefault(name, [0.0, 0.0])
+                for index, shaper in enumerate(shapers):
+                    totals[index] += shaper.throttled_seconds()
             for shaper in shapers:
                 shaper.close()
+
+    def throttled_totals(self, name):
+        """-> (down, up) seconds ``name`` was throttled since the start (counters)."""
+        down, up = self.finished.get(name, (0.0, 0.0))
+        live = self.users.get(name)
+        if live is not None:
+            down += live[0].throttled_seconds()
+            up += live[1].throttled_seconds()
+        return down, up
 
     def _apply(self, name, down, up):
         rate_down, rate_up, weight = self.user_limits(name)
@@ -291,118 +408,3 @@ class Qos:
         if self._loop is not None:
             self._loop.kill(block=False)
             self._loop = None
-
-
-#: Device records kept without streams before idle ones are dropped.
-MAX_IDLE_DEVICES = 256
-
-
-class Devices:
-    """The client's LAN devices (issue 13, part 4): a :class:`Qos` keyed by device.
-
-    A device is the app's proxy login (RFC 1929 / Basic) when ``users_file``
-    is set, else its source address.  :meth:`acquire` / :meth:`release` go
-    around each relay; new streams a second are counted per device
-    (:meth:`admit`).  A record outlives its streams (its bucket of new streams
-    must, or a device opening one short stream after the other would never
-    be limited): past :data:`MAX_IDLE_DEVICES` records, those without
-    streams whose bucket is full again are dropped.  On the client the relay
-    *reads* the device's upload and hands *credit* back for its download, so
-    :meth:`acquire` returns ``(up shaper, down shaper)``.
-    """
-
-    def __init__(self, settings=None, clock=time.monotonic):
-        self.clock = clock
-        self.qos = Qos(_as_user_settings(settings or {}), clock=clock)
-        self.devices = {}           # name -> [relays, opens TokenBucket or None, refused]
-
-    @property
-    def limited(self):
-        s = self.qos.settings
-        return any(s.get(key) for key in ("user_rate_down", "user_rate_up", "max_down",
-                                          "max_up", "max_new_streams_per_second"))
-
-    def configure(self, settings):
-        self.qos.configure(_as_user_settings(settings), {})
-        for record in self.devices.values():
-            record[1] = self._opens(record[1])
-
-    def _opens(self, bucket):
-        rate = self.qos.new_streams_rate
-        if not rate:
-            return None
-        if bucket is None:
-            return TokenBucket(rate, rate, self.clock())
-        bucket.configure(rate, rate, self.clock())
-        return bucket
-
-    def _record(self, name):
-        record = self.devices.get(name)
-        if record is None:
-            if len(self.devices) >= MAX_IDLE_DEVICES:
-                self._sweep()
-            record = self.devices[name] = [0, self._opens(None), 0]
-            self.qos.shapers_for(name)
-        return record
-
-    def _sweep(self):
-        now = self.clock()
-        for name, (relays, opens, _refused) in list(self.devices.items()):
-            if not relays and (opens is None or opens.allowance(now) >= opens.burst):
-                self._drop(name)
-
-    def admit(self, name):
-        """True if device ``name`` may open one more stream now (counted), else False."""
-        record = self._record(name)
-        opens = record[1]
-        if opens is not None and not opens.take(1, self.clock()):
-            record[2] += 1
-            return False
-        return True
-
-    def acquire(self, name):
-        """A relay of ``name`` starts: -> its ``(read, credit)`` shapers."""
-        record = self._record(name)
-        record[0] += 1
-        down, up = self.qos.users[name]
-        return up, down
-
-    def release(self, name):
-        record = self.devices.get(name)
-        if record is not None:
-            record[0] -= 1
-
-    def _drop(self, name):
-        del self.devices[name]
-        self.qos.drop(name)
-
-    def rows(self):
-        """DEVICE dicts for the client's snapshot."""
-        out = []
-        for name, (relays, _opens, refused) in sorted(self.devices.items()):
-            down, up = self.qos.users[name]
-            out.append({"device": name, "streams": relays,
-                        "rate_limit_down": round(down.rate), "rate_limit_up": round(up.rate),
-                        "throttled_down": round(down.throttled_seconds(), 3),
-                        "throttled_up": round(up.throttled_seconds(), 3),
-                        "refused_streams": refused})
-        return out
-
-    def close(self):
-        self.qos.close()
-
-
-def _as_user_settings(settings):
-    """A client's ``[qos]`` (device_rate_*) as :class:`Qos` settings (user_rate_*)."""
-    out = dict(settings)
-    for direction in ("down", "up"):
-        if "device_rate_" + direction in out:
-            out["user_rate_" + direction] = out.pop("device_rate_" + direction)
-    return out
-
-
-def client_qos_settings(section):
-    """The client's ``[qos]`` section as plain numbers (floats, bytes/s)."""
-    return {key: float(section.get(key, 0) or 0) for key in (
-        "device_rate_down", "device_rate_up", "burst", "max_down", "max_up",
-        "max_new_streams_per_second")}
