@@ -189,9 +189,12 @@ class ServerPool:
                 "%s: %s" % (e.name, e.last_error() or "connecting") for e in self.endpoints))
 
     def describe(self):
-        """The active server for the monitor: ``{name, url, up, strategy, switches}``."""
+        """The active server for the monitor: ``{name, url, up, strategy, switches,
+        servers}``.  The choice is made again first: it is made when a stream asks, and
+        a return to the preferred server should show without waiting for one."""
+        up = bool(self._choose())
         endpoint = self.active or self.endpoints[0]
-        return {"name": endpoint.name, "url": endpoint.url, "up": bool(endpoint.live()),
+        return {"name": endpoint.name, "url": endpoint.url, "up": up,
                 "strategy": self.strategy, "switches": self.switches,
                 "servers": len(self.endpoints)}
 
