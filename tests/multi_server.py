@@ -65,7 +65,8 @@ class Servers:
 
     def client_conf(self, urls=None, client="", tunnel="", path=None):
         """A client config listing the servers (``urls``: name -> URL, e.g. through a
-        relay); ``client`` and ``tunnel``: more lines for those sections."""
+        relay, in the order of preference; default: all of them, direct); ``client``
+        and ``tunnel``: more lines for those sections."""
         urls = urls or {name: self.url(name) for name in self.names}
         with open(self.setup.client_conf) as handle:
             text = handle.read()
@@ -73,8 +74,8 @@ class Servers:
         text = "\n".join(lines) + "\n"
         text = text.replace("[client]\n", "[client]\n" + client, 1)
         text = text.replace("[tunnel]\n", "[tunnel]\nping_interval = 1\n" + tunnel, 1)
-        text += "[servers]\n" + "".join("[[%s]]\nurl = %s\n" % (name, urls[name])
-                                        for name in self.names)
+        text += "[servers]\n" + "".join("[[%s]]\nurl = %s\n" % (name, url)
+                                        for name, url in urls.items())
         path = path or os.path.join(self.setup.dir, "client-multi.conf")
         with open(path, "w") as handle:
             handle.write(text)

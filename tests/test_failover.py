@@ -178,3 +178,28 @@ def _tunnels(setup):
 
     return [t for t in ask(os.path.join(setup.dir, "client.sock"),
                            {"v": 1, "cmd": "snapshot"})["tunnels"] if t["state"] == "open"]
+
+
+def test_sighup_adds_a_server_and_a_tunnel_then_drops_one(setup, servers, target, tmp_path,
+                                                           clients):
+    for name in servers.names:
+        servers.start(name, str(tmp_path))
+    conf = servers.client_conf({"a": servers.url("a")})
+    client = _start_client(setup, conf, tmp_path, clients)
+    assert until_ok(setup.proxy_port, target.url) is not None
+    servers.client_conf(tunnel="tunnels = 2\n", path=conf)            # a and b, 2 each
+    client.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: client.output().count("tunnel up to") == 4, 10), \
+        client.output()[-2000:]
+    assert "SIGHUP: [servers] b changed: opening a new tunnel" in client.output()
+    assert active_server(setup)["servers"] == 2
+    assert sorted(t["peer"] for t in _tunnels(setup)) == sorted([servers.url("a")] * 2
+                                                                + [servers.url("b")] * 2)
+    servers.kill("a")
+    assert until_ok(setup.proxy_port, target.url, limit=5) < 2.0
+    servers.client_conf({"b": servers.url("b")}, path=conf)           # a no longer listed
+    client.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "server a is no longer listed" in client.output(), 10)
+    assert wait_until(lambda: active_server(setup)["servers"] == 1, 5)
+    assert curl_ok(setup.proxy_port, target.url)
+    assert "Traceback" not in client.output()
