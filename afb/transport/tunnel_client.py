@@ -378,7 +378,7 @@ class TunnelClient:
                 log.info("%s: drained and closed (%s)", session.label,
                          session.close_reason or "closed")
             elif not self._stopping:
-                log.warning("tunnel down: %s", session.close_reason or "closed")
+                log.warning("tunnel down: %s (%s)", session.close_reason or "closed", self.url)
 
     def _retire(self, session):
         """A replaced session: GOAWAY (the server learns it too), then close it once
