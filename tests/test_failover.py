@@ -203,3 +203,21 @@ def test_sighup_adds_a_server_and_a_tunnel_then_drops_one(setup, servers, target
     assert wait_until(lambda: active_server(setup)["servers"] == 1, 5)
     assert curl_ok(setup.proxy_port, target.url)
     assert "Traceback" not in client.output()
+
+
+def test_goaway_of_the_active_server_sends_new_streams_on_while_old_ones_finish(
+        setup, servers, target, echo, tmp_path, clients):
+    for name in servers.names:
+        servers.start(name, str(tmp_path))
+    _start_client(setup, servers.client_conf(), tmp_path, clients)
+    assert until_ok(setup.proxy_port, target.url) is not None and _active(setup, "a", 10)
+    held = socks_connect(("127.0.0.1", setup.proxy_port), "127.0.0.1", echo.port, timeout=5)
+    held.sendall(b"old")
+    assert recv_exact(held, 3) == b"old"
+    servers.daemons["a"].proc.send_signal(signal.SIGTERM)     # GOAWAY, drains 5 s
+    assert until_ok(setup.proxy_port, target.url, limit=5) < 2.0
+    assert active_server(setup)["name"] == "b"
+    held.sendall(b"still")                                    # finishes where it is
+    assert recv_exact(held, 5) == b"still"
+    held.close()
+    assert servers.daemons["a"].proc.wait(10) == 0
