@@ -15,7 +15,13 @@ configspec's custom checks are in :mod:`afb.config_values`.
 import os
 import re
 
-from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
+from configobj import (
+    ConfigObj,
+    ConfigObjError,
+    DuplicateError,
+    flatten_errors,
+    get_extra_values,
+)
 from configobj.validate import (
     VdtMissingValue,
     VdtTypeError,
@@ -107,8 +113,9 @@ class _Report:
         self.errors = []  # (line or 0, text)
 
     def add(self, section, key, reason, line=None):
-        if line is None:
-            line = self.index.get((tuple(section), key))
+        if line is None:      # the key's line, else its section's ([servers] [[NAME]])
+            line = self.index.get((tuple(section), key)) or (
+                self.index.get((tuple(section[:-1]), section[-1])) if len(section) > 1 else None)
         where = "%s:%d" % (self.path, line) if line else self.path
         label = "[%s] %s" % ("][".join(section), key) if section else key
         self.errors.append((line or 1 << 30, "%s: %s: %s" % (where, label, reason)))
@@ -119,12 +126,28 @@ class _Report:
 
 def _parse_errors(path, exc):
     errors = getattr(exc, "errors", None) or [exc]
-    out = []
+    out, in_duplicate = [], False
     for err in errors:
         msg = re.sub(r"\s+at line \d+\.?$", "", str(err)).rstrip(".")
         line = getattr(err, "line_number", None)
+        # Keys of a duplicate section ([servers] [[home]] twice) repeat the first's:
+        # one line for the section says it all.
+        if isinstance(err, DuplicateError) and msg.startswith("Duplicate section"):
+            in_duplicate = line
+        elif in_duplicate and isinstance(err, DuplicateError) and line \
+                and not _section_between(path, in_duplicate, line):
+            continue
+        else:
+            in_duplicate = False
         out.append("%s:%d: %s" % (path, line, msg) if line else "%s: %s" % (path, msg))
     return out
+
+
+def _section_between(path, first, last):
+    """Whether a section header starts between lines ``first`` and ``last`` (excluded)."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        lines = fh.read().splitlines()[first:last - 1]
+    return any(_SECTION_RE.match(line) for line in lines)
 
 
 # --- loading -----------------------------------------------------------------
@@ -150,16 +173,40 @@ def _read(path, configspec=None):
                           errors=["%s: not UTF-8 text: %s" % (path, exc)]) from None
 
 
+def _server_choice(cfg, report):
+    """Exactly one of ``[client] server`` and ``[servers]`` subsections (checked even
+    when other values are bad: nothing else can be said without a server)."""
+    server, listed = cfg["client"].get("server"), cfg["servers"].sections
+    if server is None and not listed:
+        report.add(["client"], "server", "missing required value (or list servers in "
+                   "[servers], one [[NAME]] subsection each)")
+    elif server is not None and listed:
+        report.add(["client"], "server", "set either this or the servers of [servers] (%s), "
+                   "not both: delete this line to use the list" % ", ".join(listed))
+
+
+def _client_tokens(cfg, report):
+    """Each server gets exactly one of token and token_file: its own, else [client]'s."""
+    c = cfg["client"]
+    servers = cfg["servers"]
+    inherit = not servers.sections or any(
+        not (servers[name]["token"] or servers[name]["token_file"]) for name in servers.sections)
+    if (c["token"] and c["token_file"]) or (inherit and not (c["token"] or c["token_file"])):
+        which = "token" if c["token"] else "token_file"
+        report.add(["client"], which, "set exactly one of token and token_file",
+                   line=report.index.get((("client",), which))
+                   or report.index.get(((), "client")))
+    for name in servers.sections:
+        if servers[name]["token"] and servers[name]["token_file"]:
+            report.add(["servers", name], "token", "set at most one of token and token_file "
+                       "(none: those of [client])")
+
+
 def _cross_checks(cfg, role, report):
     if role == "server":
         _acl_migration(cfg["acl"], report)
     if role == "client":
-        c = cfg["client"]
-        if bool(c["token"]) == bool(c["token_file"]):
-            which = "token" if c["token"] else "token_file"
-            report.add(["client"], which, "set exactly one of token and token_file",
-                       line=report.index.get((("client",), which))
-                       or report.index.get(((), "client")))
+        _client_tokens(cfg, report)
         t = cfg["tunnel"]
         if t["reconnect_min"] > t["reconnect_max"]:
             report.add(["tunnel"], "reconnect_min", "must not exceed reconnect_max (%s)"
@@ -188,11 +235,15 @@ def _acl_migration(acl, report):
 
 
 def _resolve_paths(cfg, role, base):
-    for section, key in PATH_KEYS[role]:
-        value = cfg[section][key]
+    places = [(cfg[section], key) for section, key in PATH_KEYS[role]]
+    if role == "client":
+        places += [(cfg["servers"][name], key) for name in cfg["servers"].sections
+                   for key in ("token_file", "ca_file")]
+    for section, key in places:
+        value = section[key]
         if value and value not in _PATH_WORDS:
             value = os.path.expanduser(value)
-            cfg[section][key] = os.path.normpath(os.path.join(base, value))
+            section[key] = os.path.normpath(os.path.join(base, value))
 
 
 def load_config(path, role):
@@ -211,8 +262,8 @@ def load_config(path, role):
             for name in section:
                 parent = parent[name]
             specsec = cfg.configspec
-            for name in section:
-                specsec = specsec[name]
+            for name in section:       # a [servers] [[NAME]] is checked by [[__many__]]
+                specsec = specsec[name] if name in specsec else specsec["__many__"]
             spec = specsec.get(key)
             if isinstance(spec, dict):
                 report.add(section, key, "must be a [%s] section, not a key" % key)
@@ -227,6 +278,8 @@ def load_config(path, role):
                        line=report.index.get((section, name)))
         else:
             report.add(list(section), name, "unknown key")
+    if role == "client":
+        _server_choice(cfg, report)
     if not report.errors:
         _cross_checks(cfg, role, report)
     if report.errors:
@@ -253,7 +306,7 @@ def _startup_lines(path, cfg, role):
 
     report = _Report(path)
     for section, key, problem in startup_problems(cfg, role):
-        report.add([section], key, problem)
+        report.add(section.split("]["), key, problem)      # "servers][NAME": a subsection
     return report.lines()
 
 

@@ -221,19 +221,35 @@ def _alert_rows(cfg):
 def client_file_checks(cfg):
     """The ``(section, key, path, check)`` rows of a client config."""
     client = cfg["client"]
-    rows = [("client", "server", None, lambda _path: check_server_url(client["server"]))]
-    if client["token_file"]:
-        rows.append(("client", "token_file", client["token_file"], check_token_file))
-    if client["token"]:
-        rows.append(("client", "token", None,
-                     lambda _path: check_token_text(client["token"], "[client] token")))
-        if getattr(cfg, "filename", None):
-            rows.append(("client", "token", cfg.filename, check_inline_token_config))
+    rows = []
+    if client.get("server") is not None:
+        rows.append(("client", "server", None, lambda _path: check_server_url(client["server"])))
+    rows += _token_rows(cfg, "client", client)
     if client["users_file"]:
         rows.append(("client", "users_file", client["users_file"], check_users_file))
     if client["ca_file"]:     # whoever may write it may add a CA that signs their server
         rows.append(("client", "ca_file", client["ca_file"], check_ca_file))
+    servers = cfg["servers"] if "servers" in cfg else {}
+    for name in getattr(servers, "sections", ()):     # [servers] [[NAME]]
+        entry, where = servers[name], "servers][" + name
+        rows.append((where, "url", None, lambda _path, url=entry["url"]: check_server_url(url)))
+        rows += _token_rows(cfg, where, entry)
+        if entry["ca_file"]:
+            rows.append((where, "ca_file", entry["ca_file"], check_ca_file))
     return rows + _alert_rows(cfg)
+
+
+def _token_rows(cfg, where, section):
+    """The checks of the token or token file of ``section`` ([client], a server's)."""
+    rows = []
+    if section["token_file"]:
+        rows.append((where, "token_file", section["token_file"], check_token_file))
+    if section["token"]:
+        rows.append((where, "token", None, lambda _path: check_token_text(
+            section["token"], "[%s] token" % where)))
+        if getattr(cfg, "filename", None):
+            rows.append((where, "token", cfg.filename, check_inline_token_config))
+    return rows
 
 
 def server_file_checks(cfg):
@@ -285,7 +301,7 @@ def startup_problems(cfg, role):
     problems = []
     for section, key, path, check in rows:
         if path is not None and not os.path.lexists(path):
-            make = _MAKE.get((section, key))
+            make = _MAKE.get(("client" if section.startswith("servers]") else section, key))
             fix = make % path if make else (
                 _KEYGEN % os.path.dirname(path) if role == "server" else "fix the path")
             problems.append((section, key, "%s does not exist; %s" % (path, fix)))

@@ -246,14 +246,18 @@ def _literal(node):
 
 def read_spec(path):
     """{(section, key): (check, args, kwargs)} of a configspec, in file order."""
-    keys, section = {}, None
+    keys, section, nested = {}, None, False
     with open(path, encoding="utf-8") as f:
         for number, raw in enumerate(f, 1):
             text = raw.strip()
             if not text or text.startswith("#"):
                 continue
             if text.startswith("["):
+                # [servers] [[__many__]]: its keys are in the prose of [client] strategy
+                nested = text.startswith("[[")
                 section = text.strip("[]")
+                continue
+            if nested:
                 continue
             name, _sep, check = (part.strip() for part in text.partition("="))
             call = ast.parse(check, mode="eval").body
@@ -328,7 +332,7 @@ def key_tag(name, check, args, kwargs):
         what += esc(", at least %s" % low)
     elif high is not None:
         what += esc(", at most %s" % high)
-    if "default" not in kwargs:
+    if "default" not in kwargs or kwargs["default"] is None:
         return "%s \\(em %s, required" % (bold(name), what)
     default = _value(kwargs["default"])
     return "%s \\(em %s, default %s" % (bold(name), what,

@@ -126,7 +126,9 @@ def test_unknown_key_and_unknown_section(tmp_path):
 
 def test_missing_required(tmp_path):
     path = write(tmp_path, "[client]\ntoken = x\n")
-    assert errors_of(path, "client") == ["%s: [client] server: missing required value" % path]
+    assert errors_of(path, "client") == [
+        "%s: [client] server: missing required value (or list servers in [servers], one "
+        "[[NAME]] subsection each)" % path]
 
 
 def test_syntax_error_has_line(tmp_path):

@@ -1,11 +1,17 @@
 """``afb client``: the local SOCKS5/HTTP proxy and its tunnel to the server.
 
+The tunnels are a :class:`~afb.transport.server_pool.ServerPool`: one
+server (``[client] server``) or several (``[servers]``), ``[tunnel] tunnels``
+WebSockets to each; :attr:`ProxyClient.tunnel` is the preferred server's
+first one (the only one in the usual single-server config).
+
 Signals: SIGTERM and SIGINT stop it gracefully (open streams get
 ``drain_timeout`` seconds).  SIGHUP reads the config file and the token file
 again (:mod:`afb.apps.client_reload`): a new server URL, pin, CA file, token
 or E2E key opens a new tunnel while the current one goes on serving (make
-before break), other settings apply in place, and a config that is now
-invalid changes nothing -- each case one log line.
+before break), a server added to or removed from the list is dialled or
+drained, other settings apply in place, and a config that is now invalid
+changes nothing -- each case one log line.
 """
 
 import logging
@@ -19,6 +25,8 @@ from afb import logsetup, sd_notify
 from afb.apps.client_reload import (
     keep_running_values,
     reload_plan,
+    server_names,
+    token_place,
     tunnel_parameters,
     tunnel_settings,
 )
@@ -36,6 +44,7 @@ from afb.policy.client_token import ClientToken
 from afb.policy.proxy_users import ProxyUsers
 from afb.transport import tls
 from afb.transport.devices import Devices, client_qos
+from afb.transport.server_pool import ServerPool
 from afb.transport.tunnel_client import TunnelClient
 
 log = logging.getLogger(__name__)
@@ -48,12 +57,13 @@ class ProxyClient:
         self.cfg = cfg
         client, tunnel = cfg["client"], cfg["tunnel"]
         run_file_checks(client_file_checks(cfg))     # as `afb config check` does
-        self.tunnel = TunnelClient(
-            token_source=ClientToken(client["token"], client["token_file"]),
-            **tunnel_settings(cfg), **tunnel_parameters(cfg))
-        _warn_without_e2e(self.tunnel)
+        self.parameters = tunnel_parameters(cfg)
+        self.pool = ServerPool(self._make_tunnel, _entries(cfg), tunnels=tunnel["tunnels"],
+                               strategy=client["strategy"],
+                               return_to_preferred=client["return_to_preferred"])
+        _warn_without_e2e(self.pool)
         users = ProxyUsers.from_file(client["users_file"]) if client["users_file"] else None
-        self.proxy = LocalProxy(parse_hostport(client["listen"]), self.tunnel,
+        self.proxy = LocalProxy(parse_hostport(client["listen"]), self.pool,
                                 fast_open=client["fast_open"], open_timeout=tunnel["open_timeout"],
                                 handshake_timeout=client["handshake_timeout"],
                                 authenticate=users,
@@ -62,14 +72,24 @@ class ProxyClient:
                                                       client["auth_failure_window"],
                                                       client["ban_time"]),
                                 devices=self._devices(cfg))
-        self.monitor = Monitor("client", listen=client["listen"], server_url=self.tunnel.url,
-                               sessions=lambda: self.tunnel.sessions,
-                               tunnel_state=self._tunnel_state, reload=self.reload)
+        self.monitor = Monitor("client", listen=client["listen"], server_url=self.pool.url,
+                               sessions=lambda: self.pool.sessions,
+                               tunnel_state=self._tunnel_state, reload=self.reload,
+                               active_server=self.pool.describe)
         self.monitor.devices = self.proxy.devices
-        self.tunnel.tally = self.monitor.tally
+        self.pool.tally = self.monitor.tally
+        self.pool.on_switch = lambda endpoint: setattr(self.monitor, "server_url", endpoint.url)
         self.monitoring = None
         # /metrics (bound now: a busy port stops the start) and alerts.
         self.reporting = Reporting(self, cfg, "client")
+
+    @property
+    def tunnel(self):
+        """The preferred server's first tunnel (the only one with one server, one tunnel)."""
+        return self.pool.endpoints[0].clients[0]
+
+    def _make_tunnel(self, settings, token):
+        return TunnelClient(token_source=token, **settings, **self.parameters)
 
     def start(self):
         self.proxy.start()
@@ -77,12 +97,17 @@ class ProxyClient:
         self.monitor.listen = "%s:%d" % ("[%s]" % host if ":" in host else host, port)
         self.monitoring = start_monitoring(self.monitor, self.cfg, "client")
         self.monitoring.parts.append(self.reporting.start())
-        self.tunnel.start()
+        self.pool.start()
         sd_notify.notify("READY=1")
 
     def _tunnel_state(self, session):
         """The client's side of a TUNNEL dict (see :class:`~afb.monitor.stats.Monitor`)."""
-        tunnel = self.tunnel
+        if session is None:
+            tunnel = (self.pool.active or self.pool.endpoints[0]).clients[0]
+        else:
+            tunnel = self.pool.endpoint_of(session)[1]
+            if tunnel is None:          # closed and forgotten meanwhile: the defaults
+                return {}
         reconnects = max(0, tunnel.connects - 1)
         if session is None:
             down_for = (time.monotonic() - tunnel.down_since
@@ -105,7 +130,7 @@ class ProxyClient:
         timeout = self.cfg["client"]["drain_timeout"] if timeout is None else timeout
         sd_notify.notify("STOPPING=1")
         self.proxy.close()
-        self.tunnel.stop(drain_timeout=timeout)
+        self.pool.stop(drain_timeout=timeout)
         if self.proxy.devices is not None:
             self.proxy.devices.close()
         if self.monitoring is not None:
@@ -123,10 +148,10 @@ class ProxyClient:
         try:
             cfg = load_config(path, "client")
             run_file_checks(client_file_checks(cfg))
-            token = ClientToken(cfg["client"]["token"], cfg["client"]["token_file"])
-            settings = tunnel_settings(cfg)
-            if settings["url"].startswith("wss:"):
-                tls.client_context(ca_file=settings["ca_file"] or None, pin=settings["pin"])
+            entries = _entries(cfg)
+            for _name, settings, _token in entries:
+                if settings["url"].startswith("wss:"):
+                    tls.client_context(ca_file=settings["ca_file"] or None, pin=settings["pin"])
         except ConfigError as exc:
             errors = exc.errors or [str(exc)]
             log.error("SIGHUP: %s is not valid, nothing changed: %s%s", path, errors[0],
@@ -138,17 +163,19 @@ class ProxyClient:
             return None
         plan = reload_plan(self.cfg, cfg)
         changed = list(plan.tunnel)
-        if token.last() != self.tunnel.token_source.last():
+        running = {e.name: e.entry[1].last() for e in self.pool.endpoints}
+        if any(name in running and token.last() != running[name]
+               for name, _settings, token in entries):
             changed.append("the token")
-        self._apply(cfg, token)
+        self._apply(cfg)
         if plan.restart:
             log.warning("SIGHUP: %s changed: that takes a restart; running as before",
                         ", ".join(plan.restart))
+        self.pool.reconfigure(entries, cfg["tunnel"]["tunnels"], cfg["client"]["strategy"],
+                              cfg["client"]["return_to_preferred"], _same_entry)
+        self.monitor.server_url = self.pool.url
         if changed:
-            self.tunnel.configure(**settings)
-            self.monitor.server_url = self.tunnel.url
-            _warn_without_e2e(self.tunnel)
-            self.tunnel.renew()
+            _warn_without_e2e(self.pool)
             log.info("SIGHUP: %s changed: opening a new tunnel; the current one serves until "
                      "it is up, then drains", ", ".join(changed))
         else:
@@ -172,13 +199,14 @@ class ProxyClient:
         devices.close()
         return None
 
-    def _apply(self, cfg, token):
-        """What applies in place: the token source, the tunnel's parameters, the proxy's."""
+    def _apply(self, cfg):
+        """What applies in place: the tunnels' parameters, the proxy's."""
         client = cfg["client"]
         self.proxy.devices = self.monitor.devices = self._devices(cfg, self.proxy.devices)
-        self.tunnel.token_source = token
-        for name, value in tunnel_parameters(cfg).items():
-            setattr(self.tunnel, name, value)
+        self.parameters = tunnel_parameters(cfg)
+        for tunnel in self.pool.clients:
+            for name, value in self.parameters.items():
+                setattr(tunnel, name, value)
         self.proxy.fast_open = client["fast_open"]
         self.proxy.open_timeout = cfg["tunnel"]["open_timeout"]
         self.proxy.handshake_timeout = client["handshake_timeout"]
@@ -198,10 +226,29 @@ class ProxyClient:
         self.stop()
 
 
-def _warn_without_e2e(tunnel):
-    if not tunnel.e2e_key:
-        log.warning("E2E is off ([e2e] server_key is empty): whatever terminates TLS in "
-                    "front of the server sees the tunnel's destinations and data")
+def _entries(cfg):
+    """``[(name, settings, token source)]`` of the servers of ``cfg``; servers whose
+    token comes from the same place share one source (one refresh, one file)."""
+    tokens, entries = {}, []
+    for name in server_names(cfg):
+        where = token_place(cfg, name)
+        if where not in tokens:
+            tokens[where] = ClientToken(*where)
+        entries.append((name, tunnel_settings(cfg, name), tokens[where]))
+    return entries
+
+
+def _same_entry(old, new):
+    """Whether a server is dialled as before: the same settings and token."""
+    return old[0] == new[0] and old[1].last() == new[1].last()
+
+
+def _warn_without_e2e(pool):
+    plain = [e.name for e in pool.endpoints if not e.clients[0].e2e_key]
+    if plain:
+        which = "" if len(pool.endpoints) == 1 else " for server %s" % ", ".join(plain)
+        log.warning("E2E is off%s ([e2e] server_key is empty): whatever terminates TLS in "
+                    "front of the server sees the tunnel's destinations and data", which)
 
 
 def run_client(cfg):

@@ -4,15 +4,15 @@ Pure code: two validated client configs in, a :class:`Plan` out.  Each key
 falls in one of three groups:
 
 * what a tunnel is dialled with (:data:`TUNNEL_KEYS`: the server URL, pin,
-  CA file, upstream proxy, token place, E2E key and cipher) -- a change
-  opens a new tunnel, make before break (the token itself is compared by the
-  caller, which reads the token file);
+  CA file, upstream proxy, token place, E2E key and cipher; a ``[servers]``
+  subsection) -- a change opens a new tunnel, make before break (the token
+  itself is compared by the caller, which reads the token file);
 * what needs a restart (:data:`RESTART_KEYS`: the listening socket and the
   local proxy's users and their bans) -- kept as running, with one warning;
-* everything else (timeouts, windows, backoff, ``allow_sources``,
-  ``fast_open``, ``log_level``, ``[qos]``) -- applied in place, for new
-  streams and the next dial (``[qos]`` rates, ``device_rates`` and
-  ``device_weights``: for the streams open too; ``priority_ports`` /
+* everything else (timeouts, windows, backoff, ``tunnels``, ``strategy``,
+  ``allow_sources``, ``fast_open``, ``log_level``, ``[qos]``) -- applied in
+  place, for new streams and the next dial (``[qos]`` rates, ``device_rates``
+  and ``device_weights``: for the streams open too; ``priority_ports`` /
   ``priority_hosts``: for the streams opened after it).
 """
 
@@ -29,13 +29,35 @@ RESTART_KEYS = (("client", "listen"), ("client", "users_file"),
 TOKEN_KEYS = (("client", "token"), ("client", "token_file"))
 
 
-def tunnel_settings(cfg):
-    """The keyword arguments of ``TunnelClient.configure`` in a client config."""
+#: The name of the server of ``[client] server`` (the single-server form).
+SINGLE = "server"
+
+
+def tunnel_settings(cfg, name=SINGLE):
+    """The keyword arguments of ``TunnelClient.configure`` for the server ``name`` of a
+    client config: its ``[servers]`` subsection, whose empty keys take [client]'s
+    and [e2e]'s values; ``[client] server`` itself for :data:`SINGLE`."""
     client, e2e = cfg["client"], cfg["e2e"]
-    return dict(url=client["server"], pin=client["pin"], ca_file=client["ca_file"],
-                proxy=client["upstream_proxy"], token_place=client["token_place"],
-                token_cookie=client["token_cookie"], e2e_key=e2e["server_key"] or None,
+    own = cfg["servers"][name] if name in cfg["servers"].sections else {}
+    return dict(url=own.get("url") or client["server"], pin=own.get("pin") or client["pin"],
+                ca_file=own.get("ca_file") or client["ca_file"],
+                proxy=own.get("upstream_proxy") or client["upstream_proxy"],
+                token_place=client["token_place"], token_cookie=client["token_cookie"],
+                e2e_key=own.get("server_key") or e2e["server_key"] or None,
                 e2e_cipher=None if e2e["cipher"] == "auto" else e2e["cipher"])
+
+
+def server_names(cfg):
+    """The servers of a client config, the preferred first."""
+    return list(cfg["servers"].sections) or [SINGLE]
+
+
+def token_place(cfg, name):
+    """``(token, token_file)`` of the server ``name``: its own, else [client]'s."""
+    own = cfg["servers"][name] if name in cfg["servers"].sections else {}
+    if own.get("token") or own.get("token_file"):
+        return own.get("token", ""), own.get("token_file", "")
+    return cfg["client"]["token"], cfg["client"]["token_file"]
 
 
 def tunnel_parameters(cfg):
@@ -79,6 +101,11 @@ def reload_plan(old, new):
                 plan.restart.append(label(section, key))
             else:
                 plan.applied.append(label(section, key))
+    for name in new["servers"].sections:
+        if old["servers"].get(name) != new["servers"][name]:
+            plan.tunnel.append("[servers] %s" % name)
+    plan.tunnel += ["[servers] %s (no longer listed)" % name for name in old["servers"].sections
+                    if name not in new["servers"].sections]
     return plan
 
 

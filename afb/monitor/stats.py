@@ -56,16 +56,18 @@ class Monitor:
     ``sessions()``: the live tunnel sessions; ``tunnel_state(session)``: a
     TUNNEL dict's ``state``/``reconnects``/``user`` for a session, and with
     ``None`` the entry for "no tunnel now" (client) or None (server);
-    ``reload()``: what SIGHUP does.  The server registers its users' live
-    records in ``live_users`` (the :class:`~afb.transport.users.UserRegistry`).
-    ``node``: the node's name (``[server] node_id``, by default the host
-    name); ``draining``: set by a server that stopped accepting tunnels
-    (SIGTERM), for ``/health`` and the snapshot.
+    ``reload()``: what SIGHUP does; ``active_server()``: the client's server that new
+    streams go to (:meth:`~afb.transport.server_pool.ServerPool.describe`).  The
+    server registers its users' live records in ``live_users`` (the
+    :class:`~afb.transport.users.UserRegistry`).  ``node``: the node's name
+    (``[server] node_id``, by default the host name); ``draining``: set by a
+    server that stopped accepting tunnels (SIGTERM), for ``/health`` and the
+    snapshot.
     """
 
     def __init__(self, role, *, listen="", server_url=None, sessions=lambda: (),
                  tunnel_state=None, reload=None, live_users=None, clock=time.monotonic,
-                 wall=time.time, log_size=1000, node=""):
+                 wall=time.time, log_size=1000, node="", active_server=None):
         self.role = role
         self.node = node or socket.gethostname()
         self.draining = False
@@ -75,6 +77,7 @@ class Monitor:
         self.tunnel_state = tunnel_state or (lambda session: None)
         self.reload = reload
         self.live_users = live_users
+        self.active_server = active_server      # client: () -> the server new streams go to
         self.devices = None             # client: the LAN devices' limits (afb.transport.shaper)
         self.clock = clock
         self.wall = wall
@@ -150,6 +153,8 @@ class Monitor:
             "users": self._users(user_live, rates, fresh, now) if self.role == "server" else [],
             "alerts": list(self.alerts),
         }
+        if self.active_server is not None:
+            snap["active_server"] = self.active_server()
         if self.devices is not None:
             snap["devices"] = self._devices(rates, fresh, now)
         if streams:

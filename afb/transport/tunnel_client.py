@@ -96,7 +96,7 @@ class TunnelClient:
         self.connects = 0
         self.last_error = ""
         self._delay = reconnect_min
-        self._ready = Event()        # set while a session is published
+        self.ready = Event()         # set while a session is published (the pool waits on it)
         self._wake = Event()         # the connector's alarm: see _unpublish, renew, stop
         self._renewals = 0           # renewals asked for ...
         self._renewed = 0            # ... and the last one a published session answers
@@ -181,7 +181,7 @@ class TunnelClient:
             if left <= 0:
                 raise TunnelUnavailable("no tunnel to %s within %.1f s%s" % (
                     self.url, timeout, (": " + self.last_error) if self.last_error else ""))
-            self._ready.wait(left)
+            self.ready.wait(left)
         raise TunnelUnavailable("client is stopping")
 
     def token_for(self, session):
@@ -192,7 +192,7 @@ class TunnelClient:
         self.session = session
         self.down_since = None
         self.sessions.add(session)
-        self._ready.set()
+        self.ready.set()
         session.state_changed.rawlink(lambda _event: self._unpublish(session))
 
     def _unpublish(self, session):
@@ -200,7 +200,7 @@ class TunnelClient:
         if self.session is session:
             self.session = None
             self.down_since = time.monotonic()
-            self._ready.clear()
+            self.ready.clear()
             self._wake.set()
 
     # --- the connector -------------------------------------------------------------
@@ -378,7 +378,7 @@ class TunnelClient:
                 log.info("%s: drained and closed (%s)", session.label,
                          session.close_reason or "closed")
             elif not self._stopping:
-                log.warning("tunnel down: %s", session.close_reason or "closed")
+                log.warning("tunnel down: %s (%s)", session.close_reason or "closed", self.url)
 
     def _retire(self, session):
         """A replaced session: GOAWAY (the server learns it too), then close it once
@@ -394,7 +394,7 @@ class TunnelClient:
     def stop(self, drain_timeout=0.0):
         """Let open streams finish up to ``drain_timeout`` s, then close the tunnel."""
         self._stopping = True
-        self._ready.set()     # wake waiters: they see _stopping / no session
+        self.ready.set()     # wake waiters: they see _stopping / no session
         self._wake.set()
         deadline = time.monotonic() + drain_timeout
         for session in list(self.sessions):
