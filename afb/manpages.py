@@ -69,6 +69,8 @@ VALUE_TYPES = {
             "\"bit\" (80Mbit); 0 turns the rule off.",
     "cookie_name": "An HTTP cookie name: letters, digits and !#$%&'*+-.^_`|~.",
     "command": "A command line split like a shell's (quotes work) but run without a shell.",
+    "state_url": "Empty (the SQLite file in state_dir), redis://[[user]:password@]host:port/db, "
+                 "rediss://... (TLS) or unix:///path/redis.sock?db=N.",
 }
 
 
