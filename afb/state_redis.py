@@ -90,7 +90,7 @@ class RedisStore:
             raise StateUnavailable("state store %s unreachable" % self.where)
         try:
             return what(*args, **kwargs)
-        except redis.RedisError as exc:
+        except (redis.RedisError, OSError) as exc:
             self._mark_down(exc)
             raise StateUnavailable("state store %s: %s" % (self.where, _why(exc))) from None
 
@@ -98,16 +98,15 @@ class RedisStore:
         return self._call(self._scripts[name], keys=list(keys), args=list(args))
 
     def _mark_down(self, exc):
-        if self.down_since is None:
-            self.down_since = time.monotonic()
-            self._client.connection_pool.disconnect()
+        if self.down_since is None:     # (redis-py drops the failed connection itself;
+            self.down_since = time.monotonic()   # others may be in use by other greenlets)
             self._notify(False, _why(exc))
 
     def probe(self):
         """One PING, whatever the state: True (and up again) if the store answers."""
         try:
             self._client.ping()
-        except redis.RedisError as exc:
+        except (redis.RedisError, OSError) as exc:
             if self.down_since is None:
                 self.down_since = time.monotonic()
                 self._notify(False, _why(exc))
@@ -381,7 +380,7 @@ def _token(text):
 
 def _why(exc):
     """A short reason for a redis-py error, with the fix where one is known."""
-    text = str(exc) or type(exc).__name__
+    text = (str(exc) or type(exc).__name__).rstrip(".")
     if isinstance(exc, redis.AuthenticationError) or "NOAUTH" in text or "WRONGPASS" in text:
         return "%s (check the password in [server] state)" % text
     if isinstance(exc, redis.TimeoutError):

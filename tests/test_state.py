@@ -14,7 +14,11 @@ import time
 import pytest
 
 from afb.state import DB_NAME, StateStore, open_store, store_path
-from tests.redis_support import clean_redis, redis_server  # noqa: F401 - fixtures
+from tests import redis_support
+
+# A real redis-server (tests/redis_support.py), shared by the module's tests.
+redis_server = redis_support.redis_server
+clean_redis = redis_support.clean_redis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

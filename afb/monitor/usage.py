@@ -35,7 +35,7 @@ of it in the loop: every 5 s, about 0.06 % of one core.
 import logging
 import time
 
-from afb.state import STORE_ERRORS, USAGE_FIELDS
+from afb.state import STORE_ERRORS, USAGE_FIELDS, StateUnavailable
 
 log = logging.getLogger(__name__)
 DAY = 86400
@@ -120,8 +120,9 @@ class UsageRecorder:
         rows = [dict(row, day=day, user=user) for (day, user), row in pending.items()]
         try:
             self.store.add_usage(rows)
-        except STORE_ERRORS as exc:
-            log.warning("usage: %d rows not written, kept for the next try: %s", len(rows), exc)
+        except STORE_ERRORS as exc:     # (a shared store's outage is logged once by the node)
+            (log.debug if isinstance(exc, StateUnavailable) else log.warning)(
+                "usage: %d rows not written, kept for the next try: %s", len(rows), exc)
             for key, row in pending.items():
                 self._add(self._pending.setdefault(key, _zero()), row)
             return 0

@@ -201,6 +201,10 @@ class _Gate:
         self.cache = cache
 
     def is_revoked(self, claims):
+        store = self.node.store
+        if not store.available:         # known down: no cached answer lets one in
+            return self.node.unavailable(claims, StateUnavailable(
+                "state store %s unreachable" % store.where))
         try:
             return self.cache.is_revoked(claims)
         except StateUnavailable as exc:
