@@ -73,6 +73,9 @@ def parse_state_url(text):
         return None
     parts = urlsplit(text)
     if parts.scheme == "unix":
+        if parts.netloc.rpartition("@")[2]:
+            raise ValueError("unix:// takes no host but an absolute socket path "
+                             "(three slashes: unix:///run/redis/redis.sock)")
         if not parts.path.startswith("/"):
             raise ValueError("unix:// needs an absolute socket path (unix:///run/redis/redis.sock)")
         db = dict(q.partition("=")[::2] for q in parts.query.split("&") if q).get("db", "0")

@@ -1,14 +1,14 @@
 """The Lua scripts of :mod:`afb.state_redis`: each write that reads first, atomic in Redis.
 
 Redis runs a script alone, so two nodes (or a node and ``afb token``)
-cannot interleave inside one.  Times are Redis's own (``TIME``): one clock
-for every node.  Numbers in JSON rows go through Redis's cjson, which keeps
-14 significant digits: a ``revoked_at`` to 0.1 ms.
+cannot interleave inside one.  Times are Redis's own (``TIME``), to the millisecond:
+one clock for every node, and a value Redis's cjson (14 significant digits)
+writes and reads back unchanged, so a row's ``revoked_at`` is its score.
 """
 
 _NOW = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = tonumber(t[1]) + math.floor(tonumber(t[2]) / 1000) / 1000
 """
 
 #: KEYS rev:jti, rev:log; ARGV exp|'', reason, channel, value...: refuse each value
