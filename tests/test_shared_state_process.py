@@ -136,6 +136,7 @@ def test_a_revocation_cuts_live_tunnels_on_both_nodes_within_a_second(cluster_of
     cluster = cluster_of()
     socks = [socks_connect(proxy, "127.0.0.1", echo.port) for proxy in cluster.proxies]
     assert [echo_once(s) for s in socks] == [b"ping", b"ping"]
+    started = time.monotonic()
     result = afb("token", "revoke", "--sub", "tester", "-c", cluster.server_confs[1],
                  "--reason", "left")
     revoked = time.monotonic()
@@ -144,6 +145,8 @@ def test_a_revocation_cuts_live_tunnels_on_both_nodes_within_a_second(cluster_of
     cut = [closed_within(s, 3) for s in socks]
     assert all(c is not None for c in cut), cut
     after = time.monotonic() - revoked
+    print("both tunnels cut %.3f s after afb token revoke returned (%.3f s after it started)"
+          % (after, time.monotonic() - started))
     assert after < 1.0, after      # the poll is 5 s here: the push did it
     for daemon in cluster.servers:
         assert wait_log(daemon, "user tester revoked (left); closing the tunnel")

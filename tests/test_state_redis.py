@@ -246,3 +246,28 @@ def test_commands_use_the_redis_store(tmp_path, clean_redis):
         assert "afb report: state store redis://127.0.0.1:%d/0" % clean_redis.port in down.stderr
     finally:
         clean_redis.start()
+
+
+def test_two_nodes_split_a_users_rate(clean_redis):
+    """Each node's heartbeat: the users with streams here -> this node's share of their rate."""
+    from afb.transport.shared_state import SharedNode
+    from afb.transport.users import UserRegistry
+
+    nodes = []
+    for name in ("n1", "n2"):
+        users = UserRegistry(qos=Qos({"user_rate_down": 1000, "user_rate_up": 1000}))
+        nodes.append(SharedNode(RedisStore(clean_redis.url), name, users=users))
+    alice = [node.users.enter("alice") for node in nodes]
+    alice[0].streams = 2
+    nodes[0].beat()
+    assert alice[0].shape_down.rate == 1000                 # alone so far
+    alice[1].streams = 1
+    nodes[1].beat()
+    nodes[0].beat()
+    assert [a.shape_down.rate for a in alice] == [500, 500]
+    alice[1].streams = 0                                    # idle on n2: n1 takes it all
+    nodes[1].beat()
+    nodes[0].beat()
+    assert [a.shape_down.rate for a in alice] == [1000, 1000]
+    for node in nodes:
+        node.store.close()

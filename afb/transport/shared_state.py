@@ -41,6 +41,20 @@ without the revocation check (``fail-open``).  One log line when the store
 goes down, one when it is back, one rate-limited line for refused upgrades;
 the snapshot's ``state_store`` says "down" (the alert ``state_store``).
 The reconnect loop probes with a backoff from 0.25 s to 5 s.
+
+Not shared: the caps on pending connections per source
+(:class:`~afb.transport.admission.Admission`) guard this process's
+descriptors, which no other node spends; a per-source cap over all nodes is
+the load balancer's (HAProxy's ``maxconn`` / stick tables).
+
+Measured (loopback Redis 7.0, redis-py 8.1 under gevent, a 2-core VM shared
+with other work): a stream admission 170 us median (p99 5 ms), a revocation
+check 100 us, a ban check 70 us; a heartbeat of 1,000 active users 14 ms.
+``afb token revoke`` to both nodes' tunnels closed: within milliseconds of
+the command's write (0.3-0.85 s after the command started, most of it the
+command's own start-up).  With Redis stopped by SIGSTOP and
+``state_timeout = 1``, echoes on another tunnel never took more than 11 ms
+(tests/test_shared_state_process.py).
 """
 
 import logging
