@@ -137,7 +137,7 @@ class RedisStore:
             raise ValueError("a token id (jti) is needed")
         row = self.lookup_token(jti)
         family = row["fam"] if row is not None and row["fam"] else family_of_jti(jti)
-        known = [t for t in self._tokens().values() if t["fam"] == family]
+        known = self._family(family)
         if exp is None and known:
             exp = max(t["exp"] for t in known)
         sub = row["sub"] if row is not None else (max(t["sub"] for t in known) if known else None)
@@ -216,6 +216,15 @@ class RedisStore:
     def _tokens(self):
         return {jti: _token(text) for jti, text in
                 self._call(self._client.hgetall, "afb:tok").items()}
+
+    def _family(self, family):
+        """The recorded tokens of ``family`` (two at most: the index afb:tokfam)."""
+        members = self._call(self._client.hget, "afb:tokfam", family)
+        members = json.loads(members) if members else []
+        if not members:
+            return []
+        rows = self._call(self._client.hmget, "afb:tok", members)
+        return [_token(text) for text in rows if text is not None]
 
     def lookup_token(self, jti):
         text = self._call(self._client.hget, "afb:tok", jti)
