@@ -84,6 +84,11 @@ def parse_state_url(text):
         db = parts.path.strip("/") or "0"
     if not db.isdigit():
         raise ValueError("the database number must be an integer, not %r" % db)
+    import importlib.util
+
+    if importlib.util.find_spec("redis") is None:
+        raise ValueError("a Redis store needs redis-py, which is not installed (Debian: apt "
+                         "install python3-redis; pip: pip install 'afb[redis]')")
     return text
 
 

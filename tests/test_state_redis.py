@@ -271,3 +271,19 @@ def test_two_nodes_split_a_users_rate(clean_redis):
     assert [a.shape_down.rate for a in alice] == [1000, 1000]
     for node in nodes:
         node.store.close()
+
+
+def test_config_check_says_when_redis_py_is_missing(tmp_path):
+    """What the daemon would refuse at start, `afb config check` says first."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['redis'] = None; import importlib.util; "
+            "importlib.util.find_spec = lambda name, *a: None if name == 'redis' else 1; "
+            "from afb.config_values import parse_state_url\n"
+            "try:\n    parse_state_url('redis://h:6379/0')\n"
+            "except ValueError as exc:\n    print(exc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__)))), timeout=30)
+    assert "needs redis-py" in out.stdout and "python3-redis" in out.stdout, out.stderr
