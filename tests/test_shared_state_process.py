@@ -267,3 +267,32 @@ def test_a_redis_that_stops_answering_freezes_no_tunnel(cluster_of, echo, clean_
     assert wait_log(server, "reachable again")
     assert upgrade_status(port, token) == 101
     live.close()
+
+
+def test_a_server_started_while_redis_is_down_recovers_by_itself(tmp_path, clean_redis):
+    """Redis does not answer at the server's start: 503, then, once it answers, the
+    tunnel and the per-user limits that could not be read at start."""
+    from afb.state_redis import RedisStore
+
+    store = RedisStore(clean_redis.url)
+    store.set_user_limits("tester", rate_down=1e6)
+    store.close()
+    setup = Setup(tmp_path, tls=False)
+    with open(setup.server_conf) as handle:
+        text = handle.read().replace("[server]\n", "[server]\nstate = %s\nstate_timeout = 0.3\n"
+                                     % clean_redis.url, 1)
+    with open(setup.server_conf, "w") as handle:
+        handle.write(text)
+    clean_redis.pause()
+    server = Daemon("server", setup.server_conf, str(tmp_path / "server.log"))
+    try:
+        wait_port(setup.server_port)
+        wait_log(server, "unreachable")
+        assert upgrade_status(setup.server_port, setup.token) == 503
+        clean_redis.resume()
+        wait_log(server, "per-user limits read from the state store: 1 users")
+        assert upgrade_status(setup.server_port, setup.token) == 101
+    finally:
+        clean_redis.resume()
+        server.stop()
+    assert server.output().count("unreachable:") == 1

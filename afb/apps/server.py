@@ -117,6 +117,7 @@ class TunnelServer:
                                                 interval=cfg["auth"]["revocation_poll"])
         if self.shared is not None:
             self.shared.users, self.shared.watch = self.users, self.revocation_watch
+            self.shared.on_back.append(self._store_back)
         self.stopping = False
         self._stopped = Event()
         self.wsgi = make_server(
@@ -378,9 +379,20 @@ class TunnelServer:
         """The state store's per-user limits ({} when it cannot be read: one log line)."""
         try:
             return self.state.user_limits()
+        except StateUnavailable as exc:     # read again when the store is back
+            log.warning("per-user limits not read, the [qos] defaults apply until the state "
+                        "store is back: %s", exc)
+            return {}
         except STORE_ERRORS as exc:
             log.error("cannot read the per-user limits from the state store: %s", exc)
             return {}
+
+    def _store_back(self):
+        """The shared store answers again: its per-user limits (unread while it was down)."""
+        limits = self._user_limits()
+        if limits != self.qos.overrides:
+            self.users.configure_qos(self.qos.settings, limits)
+            log.info("per-user limits read from the state store: %d users", len(limits))
 
     def reload_qos(self):
         """Read ``[qos]`` of the config file and the store's limits again; live tunnels too.

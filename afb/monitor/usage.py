@@ -78,7 +78,7 @@ class UsageRecorder:
         try:
             rows = self.store.usage(since=self._day, until=self._day)
         except STORE_ERRORS as exc:
-            log.warning("usage: cannot read today's rows: %s", exc)
+            _quiet_if_down(exc)("usage: cannot read today's rows: %s", exc)
             rows = []
         self._today = {r["user"]: {f: r[f] for f in USAGE_FIELDS} for r in rows}
 
@@ -120,9 +120,9 @@ class UsageRecorder:
         rows = [dict(row, day=day, user=user) for (day, user), row in pending.items()]
         try:
             self.store.add_usage(rows)
-        except STORE_ERRORS as exc:     # (a shared store's outage is logged once by the node)
-            (log.debug if isinstance(exc, StateUnavailable) else log.warning)(
-                "usage: %d rows not written, kept for the next try: %s", len(rows), exc)
+        except STORE_ERRORS as exc:
+            _quiet_if_down(exc)("usage: %d rows not written, kept for the next try: %s",
+                                len(rows), exc)
             for key, row in pending.items():
                 self._add(self._pending.setdefault(key, _zero()), row)
             return 0
@@ -133,7 +133,7 @@ class UsageRecorder:
         try:
             removed = self.store.purge_usage(before)
         except STORE_ERRORS as exc:
-            log.warning("usage: cannot expire rows before %s: %s", before, exc)
+            _quiet_if_down(exc)("usage: cannot expire rows before %s: %s", before, exc)
             return
         if removed:
             log.info("usage: %d rows older than %d days expired", removed, self.keep_days)
@@ -188,6 +188,11 @@ class UsageRecorder:
         self.sample()
         written = self.flush()
         log.debug("usage: %d rows written at stop", written)
+
+
+def _quiet_if_down(exc):
+    """log.warning, or log.debug for a shared store's outage (the node logs that once)."""
+    return log.debug if isinstance(exc, StateUnavailable) else log.warning
 
 
 def _zero():

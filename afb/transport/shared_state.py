@@ -85,6 +85,7 @@ class SharedNode:
         self.users = users              # the UserRegistry (its qos too)
         self.watch = watch              # the RevocationWatch
         self.fail_open = fail_open
+        self.on_back = []               # callables run (in a greenlet) when the store is back
         self._active = set()            # users registered as active for QoS
         self._tasks = []
         store.on_change.append(self._changed)
@@ -145,6 +146,8 @@ class SharedNode:
         if up:
             log.warning("state store %s reachable again (%s)", self.store.where, detail)
             gevent.spawn(self.watch.poll)       # what was revoked meanwhile
+            for callback in self.on_back:
+                gevent.spawn(callback)
         else:
             log.error("state store %s unreachable: %s; established tunnels keep working, "
                       "new tunnels are %s until it is back", self.store.where, detail,
