@@ -23,9 +23,13 @@ setup(
     ],
     # The dashboard (tui/, `afb tui`) is its own Debian package, afb-tui: a router
     # that runs only the client does not install Textual.
+    # Several servers sharing a Redis store ([server] state = redis://...): only
+    # those servers need redis-py (Debian: python3-redis, 4.3 in Debian 12).
     extras_require={"tui": ["textual>=2.1"],
+                    "redis": ["redis>=4.3"],
                     "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.2",
-                             "ruff>=0.6", "textual>=2.1", "pytest-textual-snapshot>=1.0"]},
+                             "ruff>=0.6", "textual>=2.1", "pytest-textual-snapshot>=1.0",
+                             "redis>=4.3"]},
     # Optional: WebSocket masking in C, 64 bits at a time; without a compiler
     # afb falls back to wsaccel.
     ext_modules=[Extension("afb._xormask", ["afb/_xormask.c"], optional=True,

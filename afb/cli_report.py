@@ -15,10 +15,10 @@ import datetime
 import json
 import os
 import re
-import sqlite3
 import sys
 
 from afb.cli_common import DEFAULT_SERVER_CONF, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, _err, _load
+from afb.state import STORE_ERRORS
 
 FIELDS = ("day", "user", "bytes_up", "bytes_down", "streams", "peak_streams", "tunnel_seconds")
 _RELATIVE_RE = re.compile(r"^(\d{1,5})d$")
@@ -100,7 +100,7 @@ def render(rows, fmt, out=None):
 
 
 def cmd_report(args):
-    from afb.state import open_store
+    from afb.state import describe_store, open_store
 
     cfg = _load(args.config or DEFAULT_SERVER_CONF, "server")
     if cfg is None:
@@ -108,19 +108,18 @@ def cmd_report(args):
     if args.since and args.until and args.since > args.until:
         _err("afb report: --since %s is after --until %s" % (args.since, args.until))
         return EXIT_FAILURE
-    state_dir = cfg["server"]["state_dir"]
-    if not os.path.isdir(state_dir):
+    if not cfg["server"]["state"] and not os.path.isdir(cfg["server"]["state_dir"]):
         rows = []
     else:
         try:
             store = open_store(cfg, create=True)
-        except (OSError, sqlite3.Error) as exc:
-            _err("afb report: state store in %s: %s" % (state_dir, exc))
+        except (OSError, *STORE_ERRORS) as exc:
+            _err("afb report: %s: %s" % (describe_store(cfg), exc))
             return EXIT_FAILURE
         try:
             rows = store.usage(since=args.since, until=args.until, user=args.user)
-        except sqlite3.Error as exc:        # locked, broken...
-            _err("afb report: state store in %s: %s" % (state_dir, exc))
+        except STORE_ERRORS as exc:        # locked, broken, unreachable...
+            _err("afb report: %s: %s" % (describe_store(cfg), exc))
             return EXIT_FAILURE
         finally:
             store.close()

@@ -4,7 +4,6 @@ Loaded by :mod:`afb.cli` when a ``token`` command runs; never imports gevent.
 """
 
 import os
-import sqlite3
 import time
 
 from afb.cli_common import (
@@ -17,18 +16,17 @@ from afb.cli_common import (
     _utc,
 )
 from afb.errors import ConfigError
+from afb.state import STORE_ERRORS
 
 
 def _store(cfg, create):
     """The server's state store, or None (after a message) if it cannot be opened."""
-    import sqlite3
-
-    from afb.state import open_store
+    from afb.state import describe_store, open_store
 
     try:
         return open_store(cfg, create=create)
-    except (OSError, sqlite3.Error) as exc:
-        _err("state store in %s: %s" % (cfg["server"]["state_dir"], exc))
+    except (OSError, *STORE_ERRORS) as exc:
+        _err("%s: %s" % (describe_store(cfg), exc))
         return None
 
 
@@ -41,7 +39,7 @@ def _record(cfg, claims, kid):
         store.record_issued(claims, kid=kid)
         store.purge_expired()
         return True
-    except (OSError, sqlite3.Error) as exc:      # a locked or broken database...
+    except (OSError, *STORE_ERRORS) as exc:      # a locked or broken database...
         _err("state store: %s" % exc)
         return False
     finally:
@@ -116,13 +114,17 @@ def cmd_token_revoke(args):
             print("revoked every token of %s issued before %s; tokens issued later work"
                   % (args.sub, _utc(before)))
         store.purge_expired()
-    except (OSError, sqlite3.Error) as exc:      # a locked or broken database...
+    except (OSError, *STORE_ERRORS) as exc:      # a locked or broken database...
         _err("afb token revoke: %s" % exc)
         return EXIT_FAILURE
     finally:
         store.close()
-    _err("a running server refuses it at once and closes the live tunnels it reaches within "
-         "%g seconds ([auth] revocation_poll + 1)" % (cfg["auth"]["revocation_poll"] + 1))
+    if cfg["server"]["state"]:
+        _err("every running server refuses it at once and closes the live tunnels it reaches "
+             "within a second (pushed through the shared store)")
+    else:
+        _err("a running server refuses it at once and closes the live tunnels it reaches within "
+             "%g seconds ([auth] revocation_poll + 1)" % (cfg["auth"]["revocation_poll"] + 1))
     return EXIT_OK
 
 
@@ -130,7 +132,7 @@ def cmd_token_list(args):
     cfg = _load(args.config or DEFAULT_SERVER_CONF, "server")
     if cfg is None:
         return EXIT_CONFIG
-    if not os.path.isdir(cfg["server"]["state_dir"]):
+    if not cfg["server"]["state"] and not os.path.isdir(cfg["server"]["state_dir"]):
         print("no tokens recorded (no state directory %s)" % cfg["server"]["state_dir"])
         return EXIT_OK
     store = _store(cfg, create=True)
@@ -138,7 +140,7 @@ def cmd_token_list(args):
         return EXIT_FAILURE
     try:
         tokens, revocations = store.list_tokens(), store.list_revocations()
-    except (OSError, sqlite3.Error) as exc:      # a locked or broken database...
+    except (OSError, *STORE_ERRORS) as exc:      # a locked or broken database...
         _err("afb token list: %s" % exc)
         return EXIT_FAILURE
     finally:

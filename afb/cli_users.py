@@ -8,9 +8,9 @@ not a token claim).  Unset values fall back to the config's ``[qos]``.
 """
 
 import argparse
-import sqlite3
 
 from afb.cli_common import DEFAULT_SERVER_CONF, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, _err, _load
+from afb.state import STORE_ERRORS
 
 
 def rate_argument(text):
@@ -45,15 +45,15 @@ def _rate(value):
 
 
 def _store(args):
-    from afb.state import open_store
+    from afb.state import describe_store, open_store
 
     cfg = _load(args.config or DEFAULT_SERVER_CONF, "server")
     if cfg is None:
         return None, EXIT_CONFIG
     try:
         return open_store(cfg, create=True), EXIT_OK
-    except (OSError, sqlite3.Error) as exc:
-        _err("afb user: state store in %s: %s" % (cfg["server"]["state_dir"], exc))
+    except (OSError, *STORE_ERRORS) as exc:
+        _err("afb user: %s: %s" % (describe_store(cfg), exc))
         return None, EXIT_FAILURE
 
 
@@ -78,7 +78,7 @@ def cmd_user_limit(args):
             row = store.user_limits()[args.user]
             print("%s: down %s, up %s, weight %g" % (args.user, _rate(row["rate_down"]),
                                                      _rate(row["rate_up"]), row["weight"] or 1))
-    except sqlite3.Error as exc:
+    except STORE_ERRORS as exc:
         _err("afb user limit: state store: %s" % exc)
         return EXIT_FAILURE
     finally:
@@ -93,7 +93,7 @@ def cmd_user_limits(args):
         return status
     try:
         rows = store.user_limits()
-    except sqlite3.Error as exc:
+    except STORE_ERRORS as exc:
         _err("afb user limits: state store: %s" % exc)
         return EXIT_FAILURE
     finally:

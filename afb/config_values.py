@@ -10,7 +10,7 @@ is the reason :mod:`afb.config` shows beside the file, line and key.
 import base64
 import ipaddress
 import re
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from configobj.validate import ValidateError, Validator, VdtTypeError, is_string_list
 
@@ -59,6 +59,37 @@ def _parse_url(text, schemes):
     if parts.fragment:
         raise ValueError("URL must not have a #fragment")
     return parts
+
+
+def parse_state_url(text):
+    """``[server] state``: None (empty: the embedded SQLite store) or the Redis URL.
+
+    ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS) or
+    ``unix://[[user]:password@]/path/to/redis.sock[?db=N]``; ValueError names
+    what is wrong.  The URL goes to redis-py's ``Redis.from_url`` as it is.
+    """
+    text = (text or "").strip()
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme == "unix":
+        if parts.netloc.rpartition("@")[2]:
+            raise ValueError("unix:// takes no host but an absolute socket path "
+                             "(three slashes: unix:///run/redis/redis.sock)")
+        if not parts.path.startswith("/"):
+            raise ValueError("unix:// needs an absolute socket path (unix:///run/redis/redis.sock)")
+        db = dict(q.partition("=")[::2] for q in parts.query.split("&") if q).get("db", "0")
+    else:
+        parts = _parse_url(text, ("redis", "rediss"))
+        db = parts.path.strip("/") or "0"
+    if not db.isdigit():
+        raise ValueError("the database number must be an integer, not %r" % db)
+    import importlib.util
+
+    if importlib.util.find_spec("redis") is None:
+        raise ValueError("a Redis store needs redis-py, which is not installed (Debian: apt "
+                         "install python3-redis; pip: pip install 'afb[redis]')")
+    return text
 
 
 # --- custom configspec checks -----------------------------------------------
@@ -325,6 +356,24 @@ def _check_command(value, *args, **kwargs):
     return value
 
 
+def masked_url(url):
+    """``url`` without its password (for messages)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc="%s:***@%s" % (parts.username or "", host)))
+
+
+def _check_state_url(value, *args, **kwargs):
+    try:
+        return parse_state_url(_check_str(value)) or ""
+    except ValueError as exc:
+        raise InvalidValue("%s (empty: the SQLite file in state_dir; several servers: "
+                           "redis://[:PASSWORD@]HOST:6379/0, rediss://... or "
+                           "unix:///run/redis/redis.sock?db=0)" % exc) from None
+
+
 def make_validator():
     return Validator({
         "hostport": _check_hostport,
@@ -345,4 +394,5 @@ def make_validator():
         "local_listen": _check_local_listen,
         "command": _check_command,
         **_device_rules(),
+        "state_url": _check_state_url,
     })

@@ -73,6 +73,8 @@ VALUE_TYPES = {
     "device_rates": "Comma separated DEVICE:DOWN/UP, rates as for rate: kid-tablet:2M/500K.",
     "port_list": "Comma separated ports or LOW-HIGH ranges: 22, 53, 27000-27050.",
     "command": "A command line split like a shell's (quotes work) but run without a shell.",
+    "state_url": "Empty (the SQLite file in state_dir), redis://[[user]:password@]host:port/db, "
+                 "rediss://... (TLS) or unix:///path/redis.sock?db=N.",
 }
 
 

@@ -1,4 +1,4 @@
-"""The server's state store: token revocations and the list of issued tokens.
+"""The server's state store: token revocations, issued tokens, usage, per-user limits.
 
 One node keeps it in an embedded SQLite file, ``[server] state_dir`` /
 ``afb.sqlite3`` (directory 0700, file 0600), shared by the one server process
@@ -46,6 +46,29 @@ several servers) can implement the same methods:
     read by the server at start and on SIGHUP.
 ``close()``
 
+Shared between several servers (issue 14), only with the Redis store
+(:mod:`afb.state_redis`, ``[server] state = redis://...``); one SQLite
+server keeps these in its memory (:class:`afb.policy.access.AuthThrottle`,
+:class:`afb.transport.users.UserRegistry`), where nobody else needs them:
+
+``watch_revocations(callback)``
+    a push: ``callback(rows)`` for each revocation as it is made (pub/sub),
+    besides the poll of ``revocations_since``.
+``streams_admit(node, user, count, limit)`` / ``streams_publish(node, counts)``
+    per-user stream counts over every node: ``count`` is this node's; the
+    admission is refused when the nodes' sum would pass ``limit``.
+``active_nodes(node, users) -> {user: nodes}``
+    QoS: on how many nodes each user is active, for its rate share.
+``auth_failed(key, weight, max_failures, window, ban_time)`` / ``banned_for(key)`` /
+``auth_succeeded(key)``
+    failed-login counting and bans of an address, with TTLs.
+``probe()``
+    one cheap round trip: True if the store answers (the reconnect loop).
+
+A store that cannot be reached raises :class:`StateUnavailable` (an
+:class:`~afb.errors.AuthError` answered with HTTP 503 at an upgrade);
+:data:`STORE_ERRORS` is what callers catch for "the store failed".
+
 :class:`RevocationCache` puts a short cache (2 s by default) in front of
 ``is_revoked`` for the server's upgrade checks; the server empties it when
 its poll sees a new revocation.
@@ -56,6 +79,7 @@ import sqlite3
 import threading
 import time
 
+from afb.errors import SignedTokenRefused
 from afb.policy.lineage import family_of, family_of_jti, with_reason
 
 DB_NAME = "afb.sqlite3"
@@ -97,17 +121,55 @@ CREATE INDEX IF NOT EXISTS revoked_sub_at ON revoked_sub (revoked_at);
 """
 
 
+class StateUnavailable(SignedTokenRefused):
+    """The shared state store cannot be reached now (Redis down, timed out, refused us).
+
+    At an upgrade with a valid token: HTTP 503 under ``state_unavailable =
+    fail-closed`` (:mod:`afb.transport.shared_state`); elsewhere a store error.
+    """
+
+    http_status = 503
+
+
+#: What callers catch when a store call failed (either backend).
+STORE_ERRORS = (sqlite3.Error, StateUnavailable)
+
+
 def store_path(state_dir):
     """The SQLite file inside ``state_dir``."""
     return os.path.join(state_dir, DB_NAME)
 
 
 def open_store(cfg, **kwargs):
-    """The state store of a server config (``[server] state_dir``).
+    """The state store of a server config: ``[server] state`` (Redis) or ``state_dir``.
 
-    The one place that picks the backend; a Redis store would be chosen here.
+    The one place that picks the backend.  ``timeout``: seconds a call may
+    wait (SQLite: for a lock; Redis: for an answer, default ``state_timeout``).
     """
-    return StateStore(store_path(cfg["server"]["state_dir"]), **kwargs)
+    server = cfg["server"]
+    url = server.get("state") or ""
+    if url:
+        try:
+            from afb.state_redis import RedisStore
+        except ImportError as exc:
+            raise StateUnavailable("[server] state = redis://... needs redis-py (Debian: apt "
+                                   "install python3-redis; pip: pip install 'afb[redis]'): %s"
+                                   % exc) from None
+        # The server passes state_timeout; a command may wait longer (5 s).
+        timeout = kwargs.get("timeout") or max(5.0, server.get("state_timeout") or 0)
+        return RedisStore(url, timeout=timeout)
+    return StateStore(store_path(server["state_dir"]), **kwargs)
+
+
+def describe_store(cfg):
+    """Where the store is, for messages: ``state store in DIR`` or ``state store redis://...``
+    (the password left out)."""
+    url = cfg["server"].get("state") or ""
+    if url:
+        from afb.config_values import masked_url
+
+        return "state store %s" % masked_url(url)
+    return "state store in %s" % cfg["server"]["state_dir"]
 
 
 def _same_owner_as(path, directory):

@@ -1,4 +1,9 @@
-"""The SQLite state store: revocations, issued tokens, file modes, several processes."""
+"""The state store: revocations, issued tokens, file modes, several processes.
+
+The interface's cases run against both stores: the embedded SQLite file and
+Redis (a real redis-server, tests/redis_support.py); the file and process
+cases are SQLite's own.
+"""
 
 import os
 import stat
@@ -9,6 +14,11 @@ import time
 import pytest
 
 from afb.state import DB_NAME, StateStore, open_store, store_path
+from tests import redis_support
+
+# A real redis-server (tests/redis_support.py), shared by the module's tests.
+redis_server = redis_support.redis_server
+clean_redis = redis_support.clean_redis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,8 +28,20 @@ def mode(path):
 
 
 @pytest.fixture
-def store(tmp_path):
+def sqlite_store(tmp_path):
     db = StateStore(str(tmp_path / "state" / DB_NAME))
+    yield db
+    db.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    """Each store of the interface, empty."""
+    if request.param == "sqlite":
+        db = StateStore(str(tmp_path / "state" / DB_NAME))
+    else:
+        server = request.getfixturevalue("clean_redis")
+        db = open_store({"server": {"state": server.url, "state_dir": str(tmp_path)}})
     yield db
     db.close()
 
@@ -29,7 +51,8 @@ def claims(jti, sub="alice", iat=None, ttl=3600):
     return {"jti": jti, "sub": sub, "iat": iat, "nbf": iat, "exp": iat + ttl}
 
 
-def test_creates_dir_0700_file_0600_wal(tmp_path, store):
+def test_creates_dir_0700_file_0600_wal(tmp_path, sqlite_store):
+    store = sqlite_store
     assert mode(tmp_path / "state") == 0o700
     assert mode(store.path) == 0o600
     assert store._query("PRAGMA journal_mode")[0][0] == "wal"
@@ -122,8 +145,9 @@ db.close()
 """
 
 
-def test_reader_and_writer_processes(store):
+def test_reader_and_writer_processes(sqlite_store):
     """Two writer processes (like `afb token revoke`) while this process reads."""
+    store = sqlite_store
     env = dict(os.environ, PYTHONPATH=ROOT)
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, store.path, "100", name], env=env)
              for name in ("p", "q")]

@@ -20,6 +20,10 @@ moment before the row is committed; rows already seen are skipped.  It also
 empties the upgrade check's cache, so that the client's next upgrade with
 the revoked token is refused at once.
 
+With a shared store (Redis, several servers) the revocations are also
+pushed as they are made (:meth:`RevocationWatch.apply`, from
+:mod:`afb.transport.shared_state`): within a round trip instead of a poll.
+
 A tunnel whose upgrade was checked just before a revocation, but which is
 not yet among the live sessions when the poll runs (E2E and HELLO still in
 progress), is checked again when it joins them (:meth:`RevocationWatch.admit`).
@@ -30,6 +34,7 @@ import time
 
 from afb.errors import CLOSE_POLICY_VIOLATION, AuthError
 from afb.policy.lineage import family_of, refresh_refusal, revocation_reason
+from afb.state import StateUnavailable
 from afb.transport.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -84,6 +89,10 @@ class TokenRefresher:
         return token
 
 
+def _key(row):
+    return row["kind"], row["value"], row["revoked_at"]
+
+
 class RevocationWatch(Periodic):
     """Closes the live tunnels (``sessions``: a set of Sessions) that new revocations reach."""
 
@@ -105,6 +114,8 @@ class RevocationWatch(Periodic):
         started = self.clock()
         try:
             rows = self.store.revocations_since(self._since - OVERLAP)
+        except StateUnavailable:     # Redis down: the shared-state node says so, once
+            return 0
         except Exception as exc:     # noqa: BLE001 - a locked or broken store: try again
             if not self._failing:
                 log.error("cannot read new revocations (live tunnels stay open until it "
@@ -115,14 +126,25 @@ class RevocationWatch(Periodic):
             log.info("reading revocations works again")
             self._failing = False
         self._since = started
-        keys = {(r["kind"], r["value"], r["revoked_at"]) for r in rows}
-        new = [r for r in rows if (r["kind"], r["value"], r["revoked_at"]) not in self._seen]
+        keys = {_key(r) for r in rows}
+        new = [r for r in rows if _key(r) not in self._seen]
         self._seen = keys
-        if not new:
+        return self._apply(new)
+
+    def apply(self, rows):
+        """Revocations pushed as they are made (a shared store's channel) -> tunnels closed.
+
+        Remembered as seen, so the next poll does not act on them again.
+        """
+        self._seen |= {_key(r) for r in rows}
+        return self._apply(rows)
+
+    def _apply(self, rows):
+        if not rows:
             return 0
         if self.cache is not None:
             self.cache.clear()
-        return sum(self._close_reached(session, new) for session in list(self.sessions))
+        return sum(self._close_reached(session, rows) for session in list(self.sessions))
 
     def admit(self, session):
         """A tunnel joins the live ones: closed at once if revoked since its upgrade.

@@ -1,8 +1,9 @@
 """``afb server``: the WebSocket tunnel endpoint that forwards streams to destinations."""
 
 import logging
+import os
 import signal
-import sqlite3
+import socket
 import time
 
 import gevent
@@ -26,13 +27,14 @@ from afb.policy.acl import DestinationAcl
 from afb.policy.auth import token_from_headers
 from afb.policy.keyring import make_signer, make_verifier
 from afb.ratelog import LogLimiter
-from afb.state import RevocationCache, open_store
+from afb.state import STORE_ERRORS, RevocationCache, StateUnavailable, describe_store, open_store
 from afb.transport import tls
 from afb.transport.dialer import Dialer
 from afb.transport.relay import SocketRelay
 from afb.transport.resolver import Resolver
 from afb.transport.session import Session
 from afb.transport.shaper import Qos, qos_settings
+from afb.transport.shared_state import SharedNode, SharedThrottle
 from afb.transport.sockets import close_socket
 from afb.transport.store_thread import StoreThread
 from afb.transport.users import UserRegistry
@@ -59,9 +61,18 @@ class TunnelServer:
             check_secret_file(server["key"], "TLS private key")
         # Key ring (or single key) + revocations from the state store (answers
         # cached 2 s); refuses group/world-readable JWT private keys / secrets.
-        self.state = StoreThread(open_store(cfg, timeout=5.0))
+        # SQLite in a thread of its own; Redis (several servers) is cooperative
+        # sockets, and a SharedNode keeps this node's part of the shared state.
+        self.shared = None
+        if server["state"]:
+            self.state = open_store(cfg, timeout=server["state_timeout"])
+            self.shared = SharedNode(self.state, server.get("node_id") or None,
+                                     fail_open=server["state_unavailable"] == "fail-open")
+        else:
+            self.state = StoreThread(open_store(cfg, timeout=5.0))
         self.revocations = RevocationCache(self.state)
-        self.verifier = make_verifier(cfg, revocations=self.revocations)
+        self.verifier = make_verifier(cfg, revocations=self.revocations if self.shared is None
+                                      else self.shared.gate(self.revocations))
         # Signs refreshed tokens: the ring's newest key (or the single jwt_private_key).
         self.signer = make_signer(cfg, keyring=self.verifier.keyring)
         # The host's own addresses, looked at again every few seconds (-> a new ACL).
@@ -72,8 +83,9 @@ class TunnelServer:
         access = cfg["access"]
         self.sources = SourceAcl(allow=access["allow"], deny=access["deny"])
         self.trusted_proxies = parse_networks(access["trusted_proxies"])
-        self.throttle = AuthThrottle(access["max_auth_failures"], access["auth_failure_window"],
-                                     access["ban_time"])
+        throttle = (AuthThrottle,) if self.shared is None else (SharedThrottle, self.state)
+        self.throttle = throttle[0](*throttle[1:], access["max_auth_failures"],
+                                    access["auth_failure_window"], access["ban_time"])
         dns = cfg["dns"]
         self.resolver = Resolver(cache_ttl=dns["cache_ttl"], negative_ttl=dns["negative_ttl"],
                                  timeout=dns["timeout"])
@@ -88,6 +100,7 @@ class TunnelServer:
             max_tunnels=tunnel["max_tunnels_per_user"], max_streams=tunnel["max_streams_per_user"],
             buffer_limit=tunnel["max_buffer_per_user"],
             frame_rate=tunnel["max_frame_rate_per_user"], qos=self.qos)
+        self.users.shared = self.shared
         self.sessions = set()
         #: This node's name in logs, /metrics and the control socket (several nodes
         #: behind HAProxy): ``node_id``, by default the host name.
@@ -105,6 +118,9 @@ class TunnelServer:
         self.refresher = TokenRefresher(self.signer, self.verifier, self.state, cfg["auth"])
         self.revocation_watch = RevocationWatch(self.state, self.sessions, self.revocations,
                                                 interval=cfg["auth"]["revocation_poll"])
+        if self.shared is not None:
+            self.shared.users, self.shared.watch = self.users, self.revocation_watch
+            self.shared.on_back.append(self._store_back)
         self.stopping = False
         self._stopped = Event()
         self.wsgi = make_server(
@@ -157,6 +173,8 @@ class TunnelServer:
             if not token:
                 raise AuthError("no token")
             claims = self.verifier.verify(token)
+        except StateUnavailable:        # a valid token, the store down: 503, no failure
+            raise
         except AuthError as exc:
             count("auth_failures")
             sources = self.auth_failures_by_source      # read and emptied by the alert loop
@@ -309,6 +327,11 @@ class TunnelServer:
         self.monitoring.parts.append(self.reporting.start())    # stopped before the store
         self.revocation_watch.start()
         self.own_watch.start()
+        if self.shared is not None:
+            if self.shared.node is None:        # host:port:pid, unique among the nodes
+                self.shared.node = "%s:%d:%d" % (socket.gethostname(), self.address[1],
+                                                 os.getpid())
+            self.shared.start()
         if self.listen[1] == 0:     # an ephemeral port: refuse the one we got
             self.dialer.acl = self.acl = self._make_acl(self.address[1])
         scheme = "wss" if self.ssl_context else "ws"
@@ -358,6 +381,8 @@ class TunnelServer:
             session.close(CLOSE_GOING_AWAY, "server stopping")
         self.wsgi.stop(timeout=1)
         self.qos.close()
+        if self.shared is not None:
+            self.shared.stop()
         if self._housekeeper is not None:
             self._housekeeper.kill(block=False)
         ratelog.flush_all(now=float("inf"))
@@ -376,9 +401,20 @@ class TunnelServer:
         """The state store's per-user limits ({} when it cannot be read: one log line)."""
         try:
             return self.state.user_limits()
-        except sqlite3.Error as exc:
+        except StateUnavailable as exc:     # read again when the store is back
+            log.warning("per-user limits not read, the [qos] defaults apply until the state "
+                        "store is back: %s", exc)
+            return {}
+        except STORE_ERRORS as exc:
             log.error("cannot read the per-user limits from the state store: %s", exc)
             return {}
+
+    def _store_back(self):
+        """The shared store answers again: its per-user limits (unread while it was down)."""
+        limits = self._user_limits()
+        if limits != self.qos.overrides:
+            self.users.configure_qos(self.qos.settings, limits)
+            log.info("per-user limits read from the state store: %d users", len(limits))
 
     def reload_qos(self):
         """Read ``[qos]`` of the config file and the store's limits again; live tunnels too.
@@ -451,8 +487,9 @@ def run_server(cfg):
     except (OSError, AfbError, ValueError) as exc:
         log.error("cannot start the server: %s", exc)
         return 1
-    except sqlite3.Error as exc:      # a state store that is not one, locked, ...
-        log.error("cannot start the server: state store in %s: %s", cfg["server"]["state_dir"], exc)
+    except STORE_ERRORS as exc:      # a state store that is not one, locked, ...
+        log.error("cannot start the server: %s: %s", describe_store(cfg), exc)
         return 1
+
     server.serve_until_signal()
     return 0

@@ -21,6 +21,10 @@ Rules (0 turns one off), each alert named by a stable tag:
     Fed by ``sources``: the failures per address since the previous call.
 ``tunnel_down`` (client)
     no open tunnel for longer than ``tunnel_down_after`` seconds.
+``state_store`` (server, several servers sharing Redis)
+    the shared state store cannot be reached (new tunnels get HTTP 503
+    under ``state_unavailable = fail-closed``); always on.  Fed by the
+    snapshot's ``state_store`` ("up" / "down"), absent with SQLite.
 ``rss`` / ``fds``
     the process's resident memory above ``max_rss`` bytes, its descriptors
     above ``max_fds``.
@@ -46,7 +50,7 @@ from collections import deque
 MINUTE = 60.0
 #: Every alert name (``alert=<name>`` in the log).
 RULE_NAMES = ("bandwidth_up", "bandwidth_down", "error_rate", "auth_failures",
-              "auth_failures_source", "tunnel_down", "rss", "fds", "anomaly")
+              "auth_failures_source", "tunnel_down", "rss", "fds", "anomaly", "state_store")
 #: Error kinds the ``error_rate`` rule leaves out (see the module doc).
 NOT_ERRORS = ("decoy_answers",)
 
@@ -106,6 +110,9 @@ class AlertEngine:
         self._bandwidth(snapshot, firing)
         self._error_rates(snapshot, now, sources or {}, firing)
         self._tunnel(snapshot, now, firing)
+        if snapshot.get("state_store") == "down":
+            firing[("state_store", None)] = (1, 0, "the shared state store (Redis) is "
+                                                   "unreachable")
         self._process(snapshot, firing)
         self._anomalies(snapshot, now, firing)
         self._last = now

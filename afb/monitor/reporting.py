@@ -75,7 +75,8 @@ class Reporting:
 
     @property
     def alerting(self):
-        return any(self.settings.get(key) for key in _RULE_KEYS)
+        return any(self.settings.get(key) for key in _RULE_KEYS) or \
+            getattr(self.app, "shared", None) is not None      # the state_store rule
 
     def start(self):
         """Start the parts -> self (a part of the daemon's Monitoring, for its stop())."""
@@ -116,7 +117,11 @@ class Reporting:
         sources = getattr(self.app, "auth_failures_by_source", None)
         if sources:
             self.app.auth_failures_by_source = {}
-        started, cleared = self.engine.evaluate(monitor.snapshot(reader="alerts"), now, sources)
+        snapshot = monitor.snapshot(reader="alerts")
+        shared = getattr(self.app, "shared", None)
+        if shared is not None:
+            snapshot["state_store"] = shared.state
+        started, cleared = self.engine.evaluate(snapshot, now, sources)
         monitor.alerts = self.engine.alerts()
         for alert in started:
             log.warning("alert=%s%s: %s", alert["name"], _subject(alert), alert["message"])

@@ -8,7 +8,10 @@ seconds (5 by default) and at each UTC midnight, turns the differences into
 increments of the day the interval belongs to, and adds them to the state
 store's ``usage`` table (:meth:`afb.state.StateStore.add_usage`; through
 :class:`~afb.transport.store_thread.StoreThread`, so SQLite never holds the
-loop).  Nothing is counted on the data path for this; a crash loses at most
+loop).  With a Redis store shared by several servers the increments are
+HINCRBY per day and user, so ``afb report`` adds up every node; while Redis
+is unreachable they wait in memory and go with the next flush that works.
+Nothing is counted on the data path for this; a crash loses at most
 the last ``report_flush`` seconds, and a restarted server just adds to the
 day's rows (its counters start from 0 again).
 
@@ -30,10 +33,9 @@ of it in the loop: every 5 s, about 0.06 % of one core.
 """
 
 import logging
-import sqlite3
 import time
 
-from afb.state import USAGE_FIELDS
+from afb.state import STORE_ERRORS, USAGE_FIELDS, StateUnavailable
 
 log = logging.getLogger(__name__)
 DAY = 86400
@@ -75,8 +77,8 @@ class UsageRecorder:
         self._expire(now)
         try:
             rows = self.store.usage(since=self._day, until=self._day)
-        except sqlite3.Error as exc:
-            log.warning("usage: cannot read today's rows: %s", exc)
+        except STORE_ERRORS as exc:
+            _quiet_if_down(exc)("usage: cannot read today's rows: %s", exc)
             rows = []
         self._today = {r["user"]: {f: r[f] for f in USAGE_FIELDS} for r in rows}
 
@@ -118,8 +120,9 @@ class UsageRecorder:
         rows = [dict(row, day=day, user=user) for (day, user), row in pending.items()]
         try:
             self.store.add_usage(rows)
-        except sqlite3.Error as exc:
-            log.warning("usage: %d rows not written, kept for the next try: %s", len(rows), exc)
+        except STORE_ERRORS as exc:
+            _quiet_if_down(exc)("usage: %d rows not written, kept for the next try: %s",
+                                len(rows), exc)
             for key, row in pending.items():
                 self._add(self._pending.setdefault(key, _zero()), row)
             return 0
@@ -129,8 +132,8 @@ class UsageRecorder:
         before = utc_day(now - self.keep_days * DAY)
         try:
             removed = self.store.purge_usage(before)
-        except sqlite3.Error as exc:
-            log.warning("usage: cannot expire rows before %s: %s", before, exc)
+        except STORE_ERRORS as exc:
+            _quiet_if_down(exc)("usage: cannot expire rows before %s: %s", before, exc)
             return
         if removed:
             log.info("usage: %d rows older than %d days expired", removed, self.keep_days)
@@ -185,6 +188,11 @@ class UsageRecorder:
         self.sample()
         written = self.flush()
         log.debug("usage: %d rows written at stop", written)
+
+
+def _quiet_if_down(exc):
+    """log.warning, or log.debug for a shared store's outage (the node logs that once)."""
+    return log.debug if isinstance(exc, StateUnavailable) else log.warning
 
 
 def _zero():

@@ -231,6 +231,8 @@ class TokenVerifier:
         if self.revocations is not None:
             try:
                 reason = self.revocations.is_revoked(claims)
+            except AuthError:       # the store's own refusal (StateUnavailable: HTTP 503)
+                raise
             except Exception as exc:  # noqa: BLE001 - fail closed: a broken store lets nobody in
                 log.error("revocation check failed: %s", exc)
                 raise SignedTokenRefused("revocation check failed") from None

@@ -130,6 +130,9 @@ def refusal_message(status, url, verdict, now):
     tunnel; any other status comes from something that is not an afb server
     on that path (a CDN, a reverse proxy, another web site).
     """
+    if status == 503:
+        return ("server answered HTTP 503: it runs but cannot reach its shared state store "
+                "(Redis) and refuses new tunnels until it is back; retrying by itself")
     if status != 404:
         return ("server answered HTTP %s instead of opening the tunnel: is server = %s an afb "
                 "server, and does whatever is in front of it (CDN, reverse proxy) pass "

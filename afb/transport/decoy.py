@@ -32,6 +32,7 @@ REASONS = {
     400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Not Allowed",
     408: "Request Time-out", 414: "Request-URI Too Large",
     416: "Requested Range Not Satisfiable", 501: "Not Implemented",
+    503: "Service Temporarily Unavailable",
     505: "HTTP Version Not Supported",
 }
 #: Error statuses after which nginx closes the connection (ngx_http_special_response_handler).

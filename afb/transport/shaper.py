@@ -292,6 +292,7 @@ class Qos:
         # Prometheus counter goes on.  As many entries as the monitor's user tallies.
         self.finished = {}
         self.keep_totals = True
+        self.node_shares = {}       # name -> on how many nodes its rate is split (issue 14)
         self._loop = None
         self.configure(settings or {}, overrides or {})
 
@@ -325,9 +326,22 @@ class Qos:
         row = self.overrides.get(name) or {}
         down = row.get("rate_down")
         up = row.get("rate_up")
-        return (self.settings.get("user_rate_down", 0) if down is None else down,
-                self.settings.get("user_rate_up", 0) if up is None else up,
+        nodes = self.node_shares.get(name, 1)
+        return ((self.settings.get("user_rate_down", 0) if down is None else down) / nodes,
+                (self.settings.get("user_rate_up", 0) if up is None else up) / nodes,
                 row.get("weight") or 1.0)
+
+    def set_node_share(self, name, nodes):
+        """Several servers (afb.transport.shared_state): ``name``'s rates are split
+        between ``nodes`` nodes; this one takes ``1 / nodes`` of them."""
+        if self.node_shares.get(name, 1) == nodes:
+            return
+        if nodes == 1:
+            self.node_shares.pop(name, None)
+        else:
+            self.node_shares[name] = nodes
+        if name in self.users:
+            self._apply(name, *self.users[name])
 
     def shapers_for(self, name):
         """New shapers of a user who arrives: its limits and the caps."""
@@ -337,6 +351,7 @@ class Qos:
         return down, up
 
     def drop(self, name):
+        self.node_shares.pop(name, None)
         shapers = self.users.pop(name, None)
         if shapers is not None:
             if self.keep_totals:

@@ -10,7 +10,9 @@ per direction, from :class:`~afb.transport.shaper.Qos`) and how many streams it
 may open a second.  A :class:`User` lives while it has tunnels;
 counting a stream is an integer add where the session already creates and
 forgets it, so nothing is scanned per OPEN (the old per-user stream check
-summed over every tunnel of the server).
+summed over every tunnel of the server).  With several servers sharing a
+Redis store, the stream limit holds over all of them
+(:mod:`afb.transport.shared_state`, one round trip per OPEN).
 """
 
 import time
@@ -64,6 +66,9 @@ class UserRegistry:
         self.buffer_limit = buffer_limit
         self.frame_rate = frame_rate
         self.users = {}
+        #: Several servers: a SharedNode (afb.transport.shared_state) whose
+        #: admit_stream holds max_streams over every node; None: this node alone.
+        self.shared = None
 
     def __len__(self):
         return len(self.users)
@@ -100,6 +105,8 @@ class UserRegistry:
         if self.max_streams and user.streams > self.max_streams:
             raise AfbError("user %s has too many streams (limit %d)" % (user.name,
                                                                          self.max_streams))
+        if self.shared is not None:
+            self.shared.admit_stream(user, self.max_streams)
         opens = user.opens
         if opens is not None and not opens.take(1, self.clock()):
             user.refused_opens += 1

@@ -38,7 +38,7 @@ from afb.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, AfbError, AuthErr
 from afb.policy.access import parse_networks
 from afb.ratelog import LogLimiter
 from afb.transport.admission import Admission
-from afb.transport.decoy import SERVER_HEADER, Decoy, http_date
+from afb.transport.decoy import SERVER_HEADER, Decoy, error_response, http_date
 from afb.transport.decoy_upstream import Upstream
 from afb.transport.front_door import FrontDoor
 from afb.transport.wsconn import WsConnection
@@ -108,16 +108,23 @@ class TunnelUpgrade:
         env = head.environ(ip)
         if isinstance(address, tuple) and len(address) > 1:
             env["REMOTE_PORT"] = str(address[1])
-        principal, reason = None, None
+        principal, reason, status = None, None, None
         try:
             principal = self.authorize(env)
         except AuthError as exc:
             reason = "not authorized (%s)" % (exc or "no reason")
+            status = exc.http_status
         except Exception:  # noqa: BLE001 - a bug in authorize must not leak out
             log.exception("authorize() failed")
             reason = "authorize() failed"
         key, bad = check_upgrade(head, self.path)
         reason = bad or _tls_version(conn) or reason
+        if status == 503 and reason is not bad and not _tls_version(conn):
+            # A valid token while the shared state store is down (fail-closed):
+            # "try again later", not the decoy (the client retries by itself).
+            release()
+            conn.sendall(error_response(503, head=head)[0])
+            return True
         if reason is not None:
             self.limiter.info(ip, "refused WebSocket upgrade",
                               "refused WebSocket upgrade from %s: %s", ip, reason,
