@@ -84,6 +84,46 @@ def status(port, source, header=b"", request=None, tls=True):
         raw.close()
 
 
+def status_one_segment(port, source, header, trickle=False):
+    """As :func:`status`, the ClientHello in the same send() as the header (the server
+    must take the header's bytes only), or every byte of the header sent alone."""
+    raw = connect(port, source)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = CTX.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    try:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.do_handshake()
+        if trickle:
+            for byte in header:
+                raw.sendall(bytes((byte,)))
+                time.sleep(0.002)
+            header = b""
+        raw.sendall(header + outgoing.read())
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                data = raw.recv(65536)
+                assert data, "closed in the TLS handshake"
+                incoming.write(data)
+        tls.write(build("GET", "/", "HTTP/1.1", port=port))
+        raw.sendall(outgoing.read())
+        answer = b""
+        while b"\r\n" not in answer:
+            try:
+                answer += tls.read(4096)
+            except ssl.SSLWantReadError:
+                data = raw.recv(65536)
+                if not data:
+                    break
+                incoming.write(data)
+        return answer.partition(b"\r\n")[0].decode("latin-1")
+    finally:
+        raw.close()
+
+
 def upgrade(setup, token):
     headers = upgrade_headers() + ["Authorization: Bearer %s" % token]
     return build("GET", "/tunnel", "HTTP/1.1", headers, port=setup.server_port)
@@ -108,6 +148,14 @@ def test_bans_and_logs_follow_the_address_in_the_header(tmp_path):
         assert status(port, PROXY, v2_header("2001:db8::8", 40300), good) == SWITCHING
         assert status(port, "127.0.0.1", b"", good) == SWITCHING
         # LOCAL (a balancer's own check) and UNKNOWN: the balancer's address, served
+        # the header's bytes only are taken: ClientHello in the same segment, or the
+        # header trickled a byte at a time (v2 with a TLV, v1)
+        tlv = v2_header("198.51.100.10", 1)[:14] + b"\x00\x13" + \
+            v2_header("198.51.100.10", 1)[16:] + b"\x04\x00\x04nop!"
+        for header in (tlv, proxy_v1_header(("198.51.100.11", 2), ("127.0.0.1", port))):
+            assert status_one_segment(port, PROXY, header).startswith("HTTP/1.1 200")
+            assert status_one_segment(port, PROXY, header, trickle=True) \
+                .startswith("HTTP/1.1 200")
         local = V2_SIGNATURE + b"\x20\x00\x00\x00"
         assert status(port, PROXY, local).startswith("HTTP/1.1 200")
         assert status(port, PROXY, b"PROXY UNKNOWN\r\n").startswith("HTTP/1.1 200")
@@ -115,6 +163,7 @@ def test_bans_and_logs_follow_the_address_in_the_header(tmp_path):
     refused = [line for line in out.splitlines() if "refused WebSocket upgrade" in line]
     assert refused and all("198.51.100.7" in line for line in refused), refused
     assert "tester@198.51.100.8" in out and "tester@2001:db8::8" in out, out[-3000:]
+    assert out.count("client 198.51.100.10:1\n") == 2 and out.count("198.51.100.11:2\n") == 2
     assert "banned" not in out.replace("client 198.51.100.7 banned", "").replace(
         "198.51.100.7 is banned", ""), out[-3000:]
     assert "Traceback" not in out
