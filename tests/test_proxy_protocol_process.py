@@ -172,6 +172,9 @@ def test_bans_and_logs_follow_the_address_in_the_header(tmp_path):
 def test_a_trusted_peer_must_send_a_header_others_are_served_directly(tmp_path):
     with serving(tmp_path, decoy="[decoy]\nheader_timeout = 2\n") as (setup, server):
         port = setup.server_port
+        # a TCP check (connect, close): no warning
+        for _ in range(3):
+            connect(port, PROXY).close()
         # the balancer without send-proxy-v2: closed before TLS, a few log lines for 12
         for _ in range(12):
             with pytest.raises((ssl.SSLError, OSError)):
@@ -195,10 +198,11 @@ def test_a_trusted_peer_must_send_a_header_others_are_served_directly(tmp_path):
         assert status(port, "127.0.0.6", v2_header("198.51.100.9", 1), tls=False) \
             .startswith("HTTP/1.1 400")
         out = server.output()
-    lines = [line for line in out.splitlines() if "from trusted proxy 127.0.0.5 closed" in line]
+    lines = [line for line in out.splitlines() if "from trusted proxy 127.0.0.5 closed:" in line]
     assert 1 <= len(lines) <= 5, lines                  # rate-limited (burst 5)
     assert "no PROXY protocol header: the connection starts with a TLS ClientHello" in lines[0]
     assert "send-proxy-v2" in lines[0]
+    assert out.count("trusted proxy 127.0.0.5 closed before sending anything") == 3
     assert "198.51.100.9" not in out
     assert "Traceback" not in out
 

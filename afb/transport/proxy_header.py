@@ -10,7 +10,8 @@ address, read here before TLS under the front door's deadline.
 Who must send one: only peers in ``[access] trusted_proxies``.  Their
 connections *must* start with a header (a trusted peer without one is
 closed, one rate-limited log line: HAProxy without ``send-proxy-v2``
-would otherwise make every client look like HAProxy again, silently);
+would otherwise make every client look like HAProxy again, silently;
+one that closes without sending a byte is a TCP check, logged at debug);
 connections from anyone else are served as direct connections and never
 read for a header, so a client on a misconfigured LAN cannot claim another
 address by sending one.
@@ -64,6 +65,9 @@ class ProxyHeaderReader:
             return address
         try:
             header = _read(sock, deadline)
+        except _NothingSent:
+            log.debug("connection from trusted proxy %s closed before sending anything", ip)
+            raise
         except ProxyHeaderError as exc:
             count("source_refusals")
             self.limiter.warning(ip, "connection without a valid PROXY header",
@@ -77,6 +81,10 @@ class ProxyHeaderReader:
         log.debug("PROXY v%d header from %s: client %s:%d", header.version, ip,
                   header.source[0], header.source[1])
         return header.source
+
+
+class _NothingSent(ProxyHeaderError):
+    """Connected and closed without a byte: a TCP health check, not worth a warning."""
 
 
 def _read(sock, deadline):
@@ -93,8 +101,9 @@ def _read(sock, deadline):
             raise ProxyHeaderError("no complete PROXY header before the header timeout") \
                 from None
         if not data:
-            raise ProxyHeaderError("closed within the PROXY header" if taken else
-                                   "closed before sending a PROXY header")
+            if not taken:
+                raise _NothingSent("closed before sending a PROXY header")
+            raise ProxyHeaderError("closed within the PROXY header")
         fed = len(parser.buffer)
         header = parser.feed(data)
         # Everything fed is header unless the header ended in it: take only that.
