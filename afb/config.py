@@ -205,6 +205,9 @@ def _client_tokens(cfg, report):
 def _cross_checks(cfg, role, report):
     if role == "server":
         _acl_migration(cfg["acl"], report)
+        if cfg["server"]["proxy_protocol"] and not cfg["access"]["trusted_proxies"]:
+            report.add(["server"], "proxy_protocol", "on, but [access] trusted_proxies is empty: "
+                       "list the load balancers that send PROXY headers (e.g. 127.0.0.1)")
     if role == "client":
         _client_tokens(cfg, report)
         t = cfg["tunnel"]

@@ -11,6 +11,10 @@
   With ``mode="http"`` it terminates TLS instead (the nodes' certificate and
   key, so the client's pin holds) and forwards the WebSocket on plain
   ``ws://`` with X-Forwarded-For; E2E stays on inside.
+  With ``proxy_protocol=True`` (passthrough) HAProxy connects to the nodes
+  from :data:`HAPROXY_SOURCE` with ``send-proxy-v2``, and the nodes have
+  ``[server] proxy_protocol = on`` with that address trusted: they see each
+  client's own address.
 * :class:`Cluster` -- one key set (certificate, JWT key, E2E key) shared by
   N nodes, each with its own port, metrics port, state directory, control
   socket and ``node_id`` (n1, n2, ...); the client config of
@@ -34,6 +38,9 @@ from tests.steady_load import shipped_reconnect
 from tests.support import Daemon, Setup, free_port, wait_port, wait_until
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+#: HAProxy's source address towards the nodes with proxy_protocol (the nodes' only
+#: trusted proxy), so that no client shares it.
+HAPROXY_SOURCE = "127.0.0.9"
 #: Milliseconds between two health checks of a node (the test config; conf/haproxy.cfg
 #: uses 2 s): with ``fall 1`` a draining node is out of the rotation within this.
 CHECK_INTER = 200
@@ -91,16 +98,18 @@ class HAProxy:
     """A real haproxy on 127.0.0.1:``port`` in front of ``nodes`` [(name, port, metrics)]."""
 
     def __init__(self, directory, nodes, port=None, balance="leastconn", inter=CHECK_INTER,
-                 mode="tcp", pem=None):
+                 mode="tcp", pem=None, proxy_protocol=False):
         """``mode``: ``tcp`` (TLS passthrough) or ``http`` (TLS termination with the
-        certificate and key in ``pem``, the nodes on plain ws://)."""
+        certificate and key in ``pem``, the nodes on plain ws://); ``proxy_protocol``:
+        ``send-proxy-v2`` from :data:`HAPROXY_SOURCE` to the nodes."""
         self.dir = str(directory)
         self.port = port or free_port()
         self.stats = os.path.join(self.dir, "haproxy.stats")
         self.conf = os.path.join(self.dir, "haproxy.cfg")
+        extra = " send-proxy-v2 source %s" % HAPROXY_SOURCE if proxy_protocol else ""
         servers = "".join(
-            "    server %s 127.0.0.1:%d check port %d inter %dms fall 1 rise 1\n"
-            % (name, node_port, metrics, inter) for name, node_port, metrics in nodes)
+            "    server %s 127.0.0.1:%d check port %d inter %dms fall 1 rise 1%s\n"
+            % (name, node_port, metrics, inter, extra) for name, node_port, metrics in nodes)
         with open(self.conf, "w") as handle:
             frontend = (_TERMINATION if mode == "http" else _PASSTHROUGH).format(
                 port=self.port, pem=pem)
@@ -171,9 +180,15 @@ class Node:
                       "127.0.0.1:%d\nnode_id = %s" % (cluster.drain_timeout, self.metrics,
                                                       self.name), text)
         text = text.replace("log_level = debug", "log_level = %s" % cluster.log_level)
+        access = cluster.access
         if cluster.mode == "http":      # HAProxy terminates TLS and says who the client is
             text = re.sub(r"(?m)^tls = .*$", "tls = False", text)
-            text += "[access]\ntrusted_proxies = 127.0.0.1\n"
+            access = "trusted_proxies = 127.0.0.1\n" + access
+        if cluster.proxy_protocol:      # HAProxy's PROXY header says who the client is
+            text = re.sub(r"(?m)^\[server\]$", "[server]\nproxy_protocol = on", text, count=1)
+            access = "trusted_proxies = %s\n" % HAPROXY_SOURCE + access
+        if access:
+            text += "[access]\n" + access
         with open(self.conf, "w") as handle:
             handle.write(text)
         self.daemon = None
@@ -229,10 +244,14 @@ class Cluster:
 
     def __init__(self, directory, nodes=3, drain_timeout=10.0, shipped_backoff=True,
                  log_level="info", inter=CHECK_INTER, balance="leastconn", open_timeout=10,
-                 mode="tcp"):
-        """``mode``: HAProxy's, ``tcp`` (TLS passthrough) or ``http`` (TLS termination)."""
+                 mode="tcp", proxy_protocol=False, access=""):
+        """``mode``: HAProxy's, ``tcp`` (TLS passthrough) or ``http`` (TLS termination);
+        ``proxy_protocol``: HAProxy sends, the nodes read PROXY v2 headers (tcp only);
+        ``access``: more ``[access]`` lines for every node."""
         self.dir = str(directory)
         self.mode = mode
+        self.proxy_protocol = proxy_protocol
+        self.access = access
         self.drain_timeout = drain_timeout
         self.log_level = log_level
         self.setup = Setup(directory, open_timeout=open_timeout)
@@ -252,7 +271,7 @@ class Cluster:
             os.chmod(pem, 0o600)
         self.haproxy = HAProxy(directory, [(n.name, n.port, n.metrics) for n in self.nodes],
                                port=haproxy_port, balance=balance, inter=inter, mode=mode,
-                               pem=pem)
+                               pem=pem, proxy_protocol=proxy_protocol)
         self.clients = []
 
     @property

@@ -8,6 +8,9 @@ One :class:`FrontDoor` (a gevent ``StreamServer``) per listening port:
    :class:`~afb.transport.admission.Admission` (per-source cap, descriptor
    high-water mark) *before* a greenlet is spent on it, else it is closed at
    once (above the high-water mark the oldest pending connections go first);
+   with ``[server] proxy_protocol = on`` a peer in ``trusted_proxies`` must
+   then send a PROXY header, whose client address replaces the peer's from
+   here on (:mod:`afb.transport.proxy_header`);
 2. **TLS** -- the first byte is peeked: not a TLS handshake record means plain
    HTTP on the TLS port, answered as nginx does (``400 The plain HTTP request
    was sent to HTTPS port``) or spliced raw to the upstream's TLS port;
@@ -39,6 +42,7 @@ from gevent.server import StreamServer
 from gevent.socket import wait_read
 
 from afb.codec.http_head import ChunkedSkipper, HeadReader, body_length, normalize_path
+from afb.codec.proxy_protocol import ProxyHeaderError
 from afb.errors import HttpRequestError
 from afb.monitor.counters import count
 from afb.transport import tls
@@ -69,7 +73,7 @@ class FrontDoor(StreamServer):
 
     def __init__(self, listener, *, upgrade, decoy, limiter, admission, wrap_socket=None,
                  upstream=None, header_timeout=60.0, keepalive_timeout=75.0, reuse_port=True,
-                 **kw):
+                 proxy_header=None, **kw):
         super().__init__(listener, self._serve_connection, **kw)
         self.reuse_port = reuse_port
         self.upgrade = upgrade
@@ -80,6 +84,7 @@ class FrontDoor(StreamServer):
         self.upstream = upstream
         self.header_timeout = float(header_timeout)
         self.keepalive_timeout = float(keepalive_timeout)
+        self.proxy_header = proxy_header    # a ProxyHeaderReader: [server] proxy_protocol = on
         self._housekeeper = None
         self._resume = None
         self._pending = {}      # greenlet -> accept time, oldest first
@@ -185,14 +190,21 @@ class FrontDoor(StreamServer):
 
     def _serve_connection(self, sock, address):
         ip = _ip(address)
-        state = {"pending": True}
+        state = {"pending": True, "ip": ip}
         me = gevent.getcurrent()
 
-        def release():
+        def release(moved_to=None):
+            """Uncount the connection (or, *moved_to*, count it as that client's)."""
             if state["pending"]:
+                self.admission.release(state["ip"])
+                refused = moved_to and self.admission.admit(moved_to)
+                if moved_to and not refused:
+                    state["ip"] = moved_to
+                    return None
                 state["pending"] = False
-                self.admission.release(ip)
                 self._pending.pop(me, None)
+                return refused
+            return None
 
         opened = [sock]         # + the TLS socket, which takes the descriptor over
         try:
@@ -212,6 +224,8 @@ class FrontDoor(StreamServer):
     def _route(self, sock, address, release, opened):
         deadline = time.monotonic() + self.header_timeout
         set_nodelay(sock)
+        if self.proxy_header is not None:    # the client's address, from a trusted proxy
+            address = self._proxied(sock, address, deadline, release)
         conn = sock
         if self.wrap_socket is not None:
             first = _peek(sock, deadline)
@@ -229,6 +243,21 @@ class FrontDoor(StreamServer):
         if self.upgrade(conn, head, reader.leftover, address, release):
             return
         self._to_decoy(conn, sock, address, reader, head=head)
+
+    def _proxied(self, sock, address, deadline, release):
+        try:
+            client = self.proxy_header.read(sock, address, deadline)
+        except ProxyHeaderError as exc:     # (logged, rate-limited, by the reader)
+            raise _Closed(exc) from None
+        if client is not address:
+            refused = release(moved_to=_ip(client))
+            if refused is not None:
+                count("source_refusals")
+                self.limiter.info(client[0], "connection refused before TLS",
+                                  "connection from %s (via %s) closed at once: %s",
+                                  client[0], _ip(address), refused)
+                raise _Closed(refused)
+        return client
 
     def _tls(self, sock, deadline):
         sock.settimeout(max(0.001, deadline - time.monotonic()))

@@ -41,6 +41,7 @@ from afb.transport.admission import Admission
 from afb.transport.decoy import SERVER_HEADER, Decoy, error_response, http_date
 from afb.transport.decoy_upstream import Upstream
 from afb.transport.front_door import FrontDoor
+from afb.transport.proxy_header import ProxyHeaderReader
 from afb.transport.wsconn import WsConnection
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,8 @@ class TunnelUpgrade:
 def front_door_options(cfg):
     """make_server's keyword arguments from a server config's [decoy] and [access]."""
     decoy, access = cfg["decoy"], cfg["access"]
-    return dict(decoy_dir=decoy["dir"] or None, upstream=decoy["upstream"] or None,
+    return dict(proxy_protocol=cfg["server"]["proxy_protocol"],
+                decoy_dir=decoy["dir"] or None, upstream=decoy["upstream"] or None,
                 upstream_tls=decoy["upstream_tls"],
                 upstream_proxy_protocol=decoy["upstream_proxy_protocol"],
                 header_timeout=decoy["header_timeout"],
@@ -185,7 +187,7 @@ def make_server(listen, on_tunnel, *, authorize, path="/", ssl_context=None, dec
                 upstream_tls=True, upstream_proxy_protocol=False, max_pending_per_source=32,
                 max_pending_per_proxy=1024, trusted_proxies=(), descriptor_high_water=0.8,
                 log_interval=60.0, log_burst=5, fd_limit=None, handshake_timeout=None,
-                reuse_port=True):
+                reuse_port=True, proxy_protocol=False):
     """A (not yet started) :class:`FrontDoor` for the tunnel on *listen* = (host, port).
 
     *upstream*: ``"host:port"`` of a real web server that gets every
@@ -195,7 +197,9 @@ def make_server(listen, on_tunnel, *, authorize, path="/", ssl_context=None, dec
     *handshake_timeout* is the old name of *header_timeout* (the deadline for
     TLS and the request head), kept for callers that still pass it.
     *reuse_port*: listen with SO_REUSEPORT (a new server may listen on the
-    port while this one drains).
+    port while this one drains).  *proxy_protocol*: peers in
+    *trusted_proxies* must start with a PROXY header, whose client address
+    counts from then on (:mod:`afb.transport.proxy_header`).
     """
     if handshake_timeout is not None:
         header_timeout = handshake_timeout
@@ -213,7 +217,8 @@ def make_server(listen, on_tunnel, *, authorize, path="/", ssl_context=None, dec
         (listen[0], listen[1]), upgrade=upgrade, decoy=Decoy(decoy_dir), limiter=limiter,
         admission=admission, wrap_socket=ssl_context.wrap_socket if ssl_context else None,
         upstream=splice, header_timeout=header_timeout, keepalive_timeout=keepalive_timeout,
-        backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
+        backlog=LISTEN_BACKLOG, reuse_port=reuse_port,
+        proxy_header=ProxyHeaderReader(proxies, limiter) if proxy_protocol else None)
     return server
 
 
