@@ -20,6 +20,8 @@
   socket and ``node_id`` (n1, n2, ...); the client config of
   :class:`~tests.support.Setup` pointed at HAProxy; start, kill, restart a
   node; which node holds the client's tunnel (``afb_tunnels_open``).
+  ``state=`` a ``redis://`` URL: the nodes share it; more clients of the same
+  user (:meth:`Cluster.start_clients`): leastconn deals their tunnels round.
 
 Everything listens on and connects to 127.0.0.1 only; every wait is bounded.
 """
@@ -163,6 +165,14 @@ class HAProxy:
             return handle.read().decode("utf-8", "replace")
 
 
+def add_keys(text, section, lines):
+    """``text`` with ``lines`` atop ``[section]`` (added at the end if not there)."""
+    header = "[%s]\n" % section
+    if header in text:
+        return text.replace(header, header + lines, 1)
+    return text + header + lines
+
+
 class Node:
     """One ``afb server`` of the cluster: its config and, while it runs, its Daemon."""
 
@@ -180,15 +190,20 @@ class Node:
                       "127.0.0.1:%d\nnode_id = %s" % (cluster.drain_timeout, self.metrics,
                                                       self.name), text)
         text = text.replace("log_level = debug", "log_level = %s" % cluster.log_level)
-        access = cluster.access
+        keys = dict(cluster.server_keys)
+        if cluster.access:
+            keys["access"] = cluster.access + keys.get("access", "")
+        if cluster.state:       # the shared store; usage written often enough for a test
+            keys["server"] = "state = %s\nreport_flush = 0.5\n%s" % (cluster.state,
+                                                                     keys.get("server", ""))
         if cluster.mode == "http":      # HAProxy terminates TLS and says who the client is
             text = re.sub(r"(?m)^tls = .*$", "tls = False", text)
-            access = "trusted_proxies = 127.0.0.1\n" + access
+            keys["access"] = "trusted_proxies = 127.0.0.1\n" + keys.get("access", "")
         if cluster.proxy_protocol:      # HAProxy's PROXY header says who the client is
-            text = re.sub(r"(?m)^\[server\]$", "[server]\nproxy_protocol = on", text, count=1)
-            access = "trusted_proxies = %s\n" % HAPROXY_SOURCE + access
-        if access:
-            text += "[access]\n" + access
+            keys["server"] = "proxy_protocol = on\n" + keys.get("server", "")
+            keys["access"] = "trusted_proxies = %s\n" % HAPROXY_SOURCE + keys.get("access", "")
+        for section, lines in keys.items():
+            text = add_keys(text, section, lines)
         with open(self.conf, "w") as handle:
             handle.write(text)
         self.daemon = None
@@ -244,17 +259,22 @@ class Cluster:
 
     def __init__(self, directory, nodes=3, drain_timeout=10.0, shipped_backoff=True,
                  log_level="info", inter=CHECK_INTER, balance="leastconn", open_timeout=10,
-                 mode="tcp", proxy_protocol=False, access=""):
+                 mode="tcp", proxy_protocol=False, access="", state=None, server_keys=None,
+                 fast_open=True):
         """``mode``: HAProxy's, ``tcp`` (TLS passthrough) or ``http`` (TLS termination);
         ``proxy_protocol``: HAProxy sends, the nodes read PROXY v2 headers (tcp only);
-        ``access``: more ``[access]`` lines for every node."""
+        ``access``: more ``[access]`` lines for every node;
+        ``state``: the nodes' ``[server] state`` (a ``redis://`` URL: one store for all);
+        ``server_keys``: {section: "key = value\\n"...} more for every node's config."""
         self.dir = str(directory)
         self.mode = mode
         self.proxy_protocol = proxy_protocol
         self.access = access
         self.drain_timeout = drain_timeout
         self.log_level = log_level
-        self.setup = Setup(directory, open_timeout=open_timeout)
+        self.state = state
+        self.server_keys = server_keys or {}
+        self.setup = Setup(directory, open_timeout=open_timeout, fast_open=fast_open)
         haproxy_port = free_port()
         self.setup.server_port = haproxy_port       # the client's URL: HAProxy
         self.setup.write()
@@ -273,11 +293,39 @@ class Cluster:
                                port=haproxy_port, balance=balance, inter=inter, mode=mode,
                                pem=pem, proxy_protocol=proxy_protocol)
         self.clients = []
+        self.proxies = []       # the SOCKS5 address of each client started
 
     @property
     def proxy(self):
         """The first client's SOCKS5 address."""
         return ("127.0.0.1", self.setup.proxy_port)
+
+    def client_conf(self, index):
+        """-> (path, SOCKS port) of client ``index``'s config: the cluster's (same user,
+        token and HAProxy), with a port and control socket of its own (0: the setup's)."""
+        text = open(self.setup.client_conf).read()
+        port = self.setup.proxy_port if index == 0 else free_port()
+        text = re.sub(r"(?m)^listen = .*$", "listen = 127.0.0.1:%d" % port, text)
+        text = re.sub(r"(?m)^control_socket = .*$", "control_socket = client-%d.sock" % index,
+                      text)
+        path = os.path.join(self.dir, "client-%d.conf" % index)
+        with open(path, "w") as handle:
+            handle.write(text)
+        return path, port
+
+    def start_clients(self, count, timeout=20):
+        """``count`` more clients, each started once the previous one's tunnel is up,
+        so that leastconn gives each tunnel to a node with the fewest."""
+        for _ in range(count):
+            before, index = sum(self.spread().values()), len(self.clients)
+            self.start_client(*self.client_conf(index), name="client-%d" % index)
+            if not wait_until(lambda b=before: sum(self.spread().values()) > b, timeout):
+                raise AssertionError("client %d: no tunnel after %d s; per node: %s"
+                                     % (index, timeout, self.spread()))
+
+    def spread(self):
+        """{node name: tunnels open on it now} (0 for a node that does not answer)."""
+        return {node.name: node.tunnels() for node in self.nodes}
 
     def start(self, client=True):
         for node in self.nodes:
@@ -292,6 +340,7 @@ class Cluster:
         daemon = Daemon("client", conf or self.setup.client_conf,
                         os.path.join(self.dir, "%s.log" % name))
         self.clients.append(daemon)
+        self.proxies.append(("127.0.0.1", port or self.setup.proxy_port))
         wait_port(port or self.setup.proxy_port)
         return daemon
 
