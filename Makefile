@@ -76,8 +76,9 @@ bench-tui: venv
 	$(PY) bench/tui $(BENCH_ARGS)
 
 # The linter (ruff; rules in pyproject.toml) on the code, its tests and the benchmarks.
+# bench/ scripts without a .py suffix are named too (ruff skips them otherwise).
 lint: venv
-	$(VENV)/bin/ruff check afb tests bench $(wildcard tui)
+	$(VENV)/bin/ruff check afb tests bench $(wildcard tui) $(shell grep -l '^#!.*python' bench/* 2>/dev/null)
 
 # afb(1) and afb.conf(5) in build/man/, as the Debian build makes them (standard
 # library only: no venv needed); then e.g. man -l build/man/afb.conf.5
