@@ -42,7 +42,7 @@ from afb.errors import (
     ProtocolError,
     VersionMismatch,
 )
-from afb.monitor.counters import Tally, count
+from afb.monitor.counters import Tally, count, count_udp
 from afb.mux.budget import ByteBudget
 from afb.transport.frame_reader import FrameReader
 from afb.transport.frame_writer import BATCH_LIMIT, FrameWriter
@@ -126,6 +126,7 @@ class Session:
                                   on_overflow=self._overflow, on_failure=self._write_failed)
         self.tokens = TokenLife(self, on_refresh)
         self.reader = FrameReader(self)
+        self.reader.handlers[frames.DATAGRAM] = self._datagram
         # The writer's queueing is the streams' hot path: bound once.
         self.queue = self.writer.queue
         self.queue_control = self.writer.queue_control
@@ -231,6 +232,15 @@ class Session:
             self.queue(stream.id, frames.OPEN_FAIL, frames.open_fail_payload(error.reply,
                                                                             str(error)))
             stream.on_reset(error.reply, str(error), by_peer=False)
+
+    def _datagram(self, _flags, stream_id, payload):
+        """DATAGRAM: to the UDP association of its stream (afb/transport/udp_*.py)."""
+        stream = self.streams.get(stream_id)
+        on_datagram = getattr(stream and stream.sink, "on_datagram", None)
+        if on_datagram is None:
+            count_udp("dropped_no_association")
+        else:
+            on_datagram(payload)
 
     # --- what streams call (StreamOwner) -------------------------------------
 
