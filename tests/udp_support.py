@@ -17,7 +17,16 @@ from afb.codec.socks5_udp import build_udp_datagram, parse_udp_header
 DNS_ANSWER = "10.1.2.3"
 
 
-class UdpEcho(DatagramServer):
+class _Server(DatagramServer):
+    def do_read(self):
+        """gevent reads 8,192 bytes at most: a bigger datagram would be cut."""
+        try:
+            return self._socket.recvfrom(65535)
+        except BlockingIOError:
+            return None
+
+
+class UdpEcho(_Server):
     """Sends every datagram back to where it came from."""
 
     def __init__(self, host="127.0.0.1"):
@@ -31,7 +40,7 @@ class UdpEcho(DatagramServer):
         self.socket.sendto(data, address)
 
 
-class TinyDns(DatagramServer):
+class TinyDns(_Server):
     """Answers A queries with one A record (DNS_ANSWER, TTL 60)."""
 
     def __init__(self, host="127.0.0.1"):

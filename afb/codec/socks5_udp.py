@@ -29,8 +29,8 @@ __all__ = ["UdpDatagram", "build_udp_header", "build_udp_datagram", "parse_udp_h
 
 #: The longest header: RSV, FRAG, ATYP, a 255-byte name with its length, port.
 MAX_HEADER_SIZE = 2 + 1 + 1 + 1 + 255 + 2
-#: The shortest one: an IPv4 address.
-MIN_HEADER_SIZE = 2 + 1 + 1 + 4 + 2
+#: The shortest one: a one-letter name.
+MIN_HEADER_SIZE = 2 + 1 + 1 + 1 + 1 + 2
 
 
 @dataclass(frozen=True)
