@@ -132,3 +132,19 @@ def test_malformed_datagram_is_dropped(session):
     session.reader.dispatch(frames.DATAGRAM, 0, 1, b"\x09garbage")
     session.reader.dispatch(frames.DATAGRAM, 0, 1, b"\x01\x7f")
     assert UDP["dropped_malformed"] == before + 2
+
+
+def test_config_check_catches_bad_udp_values(tmp_path):
+    from afb.config import check_config, load_config
+
+    path = tmp_path / "client.conf"
+    path.write_text("[client]\nserver = wss://127.0.0.1:8443/t\ntoken = a.b.c\n"
+                    "[udp]\nenabled = perhaps\nidle_timeout = -1\nmax_queue = 0\n")
+    path.chmod(0o600)
+    errors = check_config(str(path), "client")
+    assert any("[udp] enabled" in e for e in errors), errors
+    assert any("[udp] idle_timeout" in e and "too small" in e for e in errors), errors
+    assert any("[udp] max_queue" in e and "too small" in e for e in errors), errors
+    path.write_text("[client]\nserver = wss://127.0.0.1:8443/t\ntoken = a.b.c\n")
+    assert load_config(str(path), "client")["udp"] == {
+        "enabled": True, "idle_timeout": 120.0, "max_queue": 64}
