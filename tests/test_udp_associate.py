@@ -225,3 +225,28 @@ def test_tcp_streams_go_on_beside_associations(tunnel, echo, echo_udp):
         sock.close()
     finally:
         client.close()
+
+
+def test_ipv6_destination(tunnel):
+    server = UdpEcho("::1")
+    client = _client(tunnel)
+    try:
+        client.send("::1", server.port, b"six")
+        assert client.recv() == ("::1", server.port, b"six")
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_relay_binds_next_to_an_ipv6_proxy():
+    from afb.transport.udp_relay import bind_next_to
+
+    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    listener.bind(("::1", 0))
+    listener.listen(1)
+    app = socket.create_connection(("::1", listener.getsockname()[1]))
+    control, _ = listener.accept()
+    relay = bind_next_to(control)
+    assert relay.family == socket.AF_INET6 and relay.getsockname()[0] == "::1"
+    for sock in (relay, control, app, listener):
+        sock.close()
