@@ -15,10 +15,9 @@ With a ``users_file``, wrong credentials are answered after
 for ``ban_time``; IPv6 by /64): the proxy used to let a LAN host try 3,636
 passwords a second.  A banned source's connections are closed on accept.
 
-A SOCKS5 UDP ASSOCIATE (``[udp] enabled``) becomes a tunnel stream opened
-with ``CMD_UDP_ASSOCIATE`` and a UDP relay socket next to this listener
-(:mod:`afb.transport.udp_relay`); the app gets the relay's address once the
-server has said OPEN_OK, or the server's SOCKS5 code.
+A SOCKS5 UDP ASSOCIATE (``[udp] enabled``) becomes a ``CMD_UDP_ASSOCIATE``
+stream and a UDP relay socket next to this listener (:mod:`afb.transport.
+udp_relay`); the app gets its address after OPEN_OK, or the server's code.
 """
 
 import logging
@@ -122,8 +121,7 @@ class LocalProxy:
         *throttle*: the :class:`~afb.policy.access.AuthThrottle` of failed logins;
         *devices*: None (no limits), or the :class:`~afb.transport.devices.Devices`
         whose rates, new streams a second and priority rules each LAN device gets;
-        *udp*: the :class:`~afb.transport.udp_common.UdpSettings` of UDP
-        associations (None: the defaults, enabled)."""
+        *udp*: :class:`~afb.transport.udp_common.UdpSettings` (None: the defaults)."""
         self.tunnel = tunnel
         self.sources = sources
         self.throttle = throttle if authenticate is not None else None
@@ -254,7 +252,6 @@ class LocalProxy:
             return None
         self.associations.add(relay)
         relay.start()
-        log.debug("%s: UDP association via %s:%d (stream %d)", peer, host, port, stream.id)
         return relay
 
     def _http_start(self, sock, peer, first):
