@@ -250,3 +250,34 @@ def test_relay_binds_next_to_an_ipv6_proxy():
     assert relay.family == socket.AF_INET6 and relay.getsockname()[0] == "::1"
     for sock in (relay, control, app, listener):
         sock.close()
+
+
+def test_port_zero_learns_the_first_datagrams_port(tunnel, echo_udp):
+    client = _client(tunnel, named_port=0)
+    second = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    second.bind(("127.0.0.1", 0))
+    before = UDP["dropped_source"]
+    try:
+        client.send("127.0.0.1", echo_udp.port, b"first")
+        assert client.recv()[2] == b"first"
+        from afb.codec.socks5_udp import build_udp_datagram
+        second.sendto(build_udp_datagram("127.0.0.1", echo_udp.port, b"second"), client.relay)
+        assert wait_until(lambda: UDP["dropped_source"] == before + 1, 5)
+        assert echo_udp.count == 1
+    finally:
+        second.close()
+        client.close()
+
+
+def test_associations_count_against_the_users_streams(tmp_path):
+    setup = Setup(tmp_path, server_extra="[tunnel]\nmax_streams_per_user = 2\n")
+    with InProcessTunnel(setup) as tunnel:
+        first, second = _client(tunnel), _client(tunnel)
+        third = RawUdpClient(tunnel.proxy)
+        assert third.reply != 0            # refused by the server: the user's limit
+        third.close()
+        second.close()
+        assert wait_until(lambda: _server_streams(tunnel) == 1, 5)
+        fourth = _client(tunnel)           # room again
+        fourth.close()
+        first.close()
