@@ -211,6 +211,7 @@ class ProxyClient:
         self.proxy.fast_open = client["fast_open"]
         self.proxy.open_timeout = cfg["tunnel"]["open_timeout"]
         self.proxy.handshake_timeout = client["handshake_timeout"]
+        self.proxy.udp = udp_settings(cfg["udp"])      # for the next associations
         self.proxy.sources = SourceAcl(allow=client["allow_sources"])
         if client["log_level"] != self.cfg["client"]["log_level"]:
             logsetup.configure(client["log_level"])
