@@ -94,6 +94,18 @@ def test_echo_of_many_datagrams_byte_exact(tunnel, echo_udp):
     assert sorted(got) == sorted(sent)      # UDP may reorder; here nothing may be lost
 
 
+def test_the_largest_datagram(tunnel, echo_udp):
+    """65,497 bytes: with the 10-byte header, the largest IPv4 UDP payload (65,507)."""
+    client = _client(tunnel)
+    try:
+        for _ in range(3):
+            data = os.urandom(65497)
+            client.send("127.0.0.1", echo_udp.port, data)
+            assert client.recv() == ("127.0.0.1", echo_udp.port, data)
+    finally:
+        client.close()
+
+
 def test_a_stranger_cannot_use_the_relay(tunnel, echo_udp):
     client = _client(tunnel)
     stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -281,3 +293,15 @@ def test_associations_count_against_the_users_streams(tmp_path):
         fourth = _client(tunnel)           # room again
         fourth.close()
         first.close()
+
+
+def test_losing_the_tunnel_ends_the_association(tunnel, echo_udp):
+    client = _client(tunnel)
+    client.send("127.0.0.1", echo_udp.port, b"x")
+    assert client.recv()[2] == b"x"
+    for session in list(tunnel.server.sessions):
+        session.close()
+    client.control.settimeout(5)
+    assert recv_all(client.control) == b""       # the app learns it: its TCP connection ends
+    assert wait_until(lambda: not tunnel.client.proxy.associations, 5)
+    client.close()
