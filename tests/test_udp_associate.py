@@ -305,3 +305,36 @@ def test_losing_the_tunnel_ends_the_association(tunnel, echo_udp):
     assert recv_all(client.control) == b""       # the app learns it: its TCP connection ends
     assert wait_until(lambda: not tunnel.client.proxy.associations, 5)
     client.close()
+
+
+def test_garbage_datagrams_from_the_app_hurt_nothing(tmp_path, echo_udp):
+    """2,000 random datagrams at the relay (never a name: no DNS query leaves; the ACL
+    lets only the echo out), then the association and the tunnel still work."""
+    setup = Setup(tmp_path, server_extra="allow = 127.0.0.1:%d\n" % echo_udp.port)
+    rng = random.Random(1928)
+    before = UDP["dropped_acl"], UDP["dropped_malformed"]
+    with InProcessTunnel(setup) as tunnel:
+        client = _client(tunnel)
+        try:
+            for _ in range(2000):
+                data = bytearray(rng.randbytes(rng.randrange(0, 60)))
+                if len(data) > 3 and data[3] == 3:
+                    data[3] = rng.choice((1, 4, 9))
+                if len(data) > 2 and rng.random() < 0.7:
+                    data[0:3] = b"\0\0\0"          # mostly well-formed headers
+                client.udp.sendto(bytes(data), client.relay)
+            client.udp.settimeout(0.2)
+            while True:                                 # answers of 127.0.0.1 (the echo)
+                try:
+                    client.recv()
+                except socket.timeout:
+                    break
+            client.udp.settimeout(5)
+            client.send("127.0.0.1", echo_udp.port, b"still here")
+            while True:
+                host, port, data = client.recv()
+                if data == b"still here":
+                    break
+        finally:
+            client.close()
+    assert UDP["dropped_acl"] > before[0] and UDP["dropped_malformed"] > before[1]
