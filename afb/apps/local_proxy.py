@@ -224,27 +224,24 @@ class LocalProxy:
 
     def _start_udp(self, sock, peer, request):
         """The stream, the relay socket and the reply; -> the UdpRelay, or None."""
+        udp = stream = None
         try:
             session = self.tunnel.get_session(self.open_timeout)
-        except AfbError as exc:
-            self._fail(sock, "socks5", exc)
-            log.warning("%s: UDP ASSOCIATE: %s", peer, exc)
-            return None
-        udp = bind_next_to(sock)
-        stream = session.open_stream(frames.CMD_UDP_ASSOCIATE, request.host, request.port)
-        stream.origin = (peer, request.user)
-        try:
+            udp = bind_next_to(sock)
+            stream = session.open_stream(frames.CMD_UDP_ASSOCIATE, request.host, request.port)
+            stream.origin = (peer, request.user)
             stream.wait_open(self.open_timeout)
-        except DestinationError as exc:
-            close_socket(udp)
-            if stream.reset_error is None:
+        except AfbError as exc:         # no tunnel, or the server's refusal
+            if udp is not None:
+                close_socket(udp)
+            if stream is not None and stream.reset_error is None:
                 stream.reset(exc.reply, "client gave up waiting")
             self._fail(sock, "socks5", exc)
             log.info("%s: UDP ASSOCIATE refused: %s", peer, exc)
             return None
-        relay = UdpRelay(sock, udp, stream, self.udp, on_close=self.associations.discard,
-                         label="%s udp" % peer)
-        host, port = relay.address
+        host, port = udp.getsockname()[:2]
+        relay = UdpRelay(sock, peer.rpartition(":")[0], udp, stream, self.udp,
+                         on_close=self.associations.discard, label="%s udp" % peer)
         try:
             send_whole(sock, socks5.reply(REP_SUCCEEDED, host, port))
         except OSError as exc:

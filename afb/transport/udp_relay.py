@@ -66,16 +66,16 @@ def bind_next_to(control):
 class UdpRelay(DatagramSink):
     """One association: the app's datagrams to the stream, the stream's to the app."""
 
-    def __init__(self, control, udp_sock, stream, settings, on_close=None, label=""):
-        """``control``: the SOCKS5 TCP connection (a plain socket); ``udp_sock``: the
+    def __init__(self, control, client_ip, udp_sock, stream, settings, on_close=None, label=""):
+        """``control``: the SOCKS5 TCP connection (a plain socket), from ``client_ip``
+        (the only address that may use the relay); ``udp_sock``: the
         bound relay socket; ``stream``: the association's, opened with the request's
         address (its port, if not 0, is the only one the app may send from);
         ``on_close(relay)``: called once when the association ends."""
         self.control = control
         self.stream = stream
         self.label = label or "udp %d" % stream.id
-        peer = control.getpeername()
-        self.client_ip = plain_ip(peer[0])
+        self.client_ip = plain_ip(client_ip)
         self.client_port = stream.port or None      # the port the request named
         self.client_address = None                  # where datagrams go back to
         self.udp = DatagramSocket(udp_sock, self._from_app, settings.max_queue)
