@@ -338,3 +338,27 @@ def test_garbage_datagrams_from_the_app_hurt_nothing(tmp_path, echo_udp):
         finally:
             client.close()
     assert UDP["dropped_acl"] > before[0] and UDP["dropped_malformed"] > before[1]
+
+
+def test_the_users_rate_limit_polices_datagrams(tmp_path, echo_udp):
+    """[qos] user_rate_up = 20K: of 200 datagrams of 1,000 bytes sent at once, the
+    server lets about a burst and a second's rate through, drops the rest."""
+    setup = Setup(tmp_path, server_extra="[qos]\nuser_rate_up = 20K\n")
+    before = UDP["dropped_rate"]
+    with InProcessTunnel(setup) as tunnel:
+        client = _client(tunnel)
+        try:
+            for _ in range(200):
+                client.send("127.0.0.1", echo_udp.port, b"r" * 1000)
+            client.udp.settimeout(1.0)
+            got = 0
+            while True:
+                try:
+                    client.recv()
+                except socket.timeout:
+                    break
+                got += 1
+        finally:
+            client.close()
+    assert UDP["dropped_rate"] > before
+    assert 0 < got < 120, got

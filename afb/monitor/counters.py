@@ -44,10 +44,11 @@ def count(kind, n=1):
 #: carried each way, and dropped: fragments (FRAG != 0), from a source other than
 #: the associating app, refused by the destination ACL, finding a full queue (or
 #: the tunnel's budget spent), too big for the tunnel, malformed, and for an
-#: association that is gone; UDP sends the kernel refused; associations opened.
+#: association that is gone, over the user's rate (server); UDP sends the kernel
+#: refused; associations opened.
 UDP_KINDS = ("datagrams_up", "datagrams_down", "dropped_fragment", "dropped_source",
              "dropped_acl", "dropped_queue_full", "dropped_too_big", "dropped_malformed",
-             "dropped_no_association", "send_errors", "associations")
+             "dropped_no_association", "dropped_rate", "send_errors", "associations")
 
 #: UDP datagrams by kind, for the whole process.
 UDP = Counter()

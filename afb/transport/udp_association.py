@@ -22,7 +22,11 @@ client sends names a destination:
 
 Datagrams back go to the client as DATAGRAM frames carrying their source
 address, charged to the tunnel's ``down`` budget and dropped when it is
-spent (:func:`~afb.transport.udp_common.send_to_tunnel`).  The association
+spent (:func:`~afb.transport.udp_common.send_to_tunnel`).  The user's
+bandwidth limits (``[qos]``, :mod:`afb.transport.shaper`) police datagrams
+both ways: one that finds the user's bucket empty is dropped
+(``dropped_rate``), as a router polices UDP, since there is no sender to
+slow down.  The association
 ends with the stream (the client's FIN or RST, the tunnel's end) or after
 ``[udp] idle_timeout`` seconds without a datagram (then FIN to the client,
 which closes the app's control connection).
@@ -60,6 +64,18 @@ def _literal(host):
     return str(ip), socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
 
+def _within_rate(shaper, size):
+    """Whether the user's ``shaper`` lets ``size`` bytes through now (then spent), else
+    the datagram is dropped and counted."""
+    if shaper is None or not shaper.limited:
+        return True
+    if shaper.ready(size) < size:
+        count_udp("dropped_rate")
+        return False
+    shaper.spend(size)
+    return True
+
+
 class UdpAssociation(DatagramSink):
     """One association on the server (see the module doc)."""
 
@@ -77,6 +93,9 @@ class UdpAssociation(DatagramSink):
         self.pending_count = 0
         self.idle = IdleTimer(settings.idle_timeout, self._idle)
         self.closed = False
+        user = session.user          # its rate limits (None: none)
+        self.shape_down = getattr(user, "shape_down", None)
+        self.shape_up = getattr(user, "shape_up", None)
 
     def __repr__(self):
         return "<UdpAssociation %s>" % self.label
@@ -100,6 +119,8 @@ class UdpAssociation(DatagramSink):
             return
         self.stream.bytes_in += len(data)
         self.idle.touch()
+        if not _within_rate(self.shape_up, len(data)):
+            return
         literal = _literal(host)
         if literal is not None:
             self._send(literal[0], literal[1], port, host, data)
@@ -198,7 +219,8 @@ class UdpAssociation(DatagramSink):
             count_udp("dropped_source")
             return
         self.idle.touch()
-        send_to_tunnel(self.stream, key[0], key[1], data, "datagrams_down")
+        if _within_rate(self.shape_down, len(data)):
+            send_to_tunnel(self.stream, key[0], key[1], data, "datagrams_down")
 
     # --- the end ----------------------------------------------------------------------
 
