@@ -126,7 +126,6 @@ class Session:
                                   on_overflow=self._overflow, on_failure=self._write_failed)
         self.tokens = TokenLife(self, on_refresh)
         self.reader = FrameReader(self)
-        self.reader.handlers[frames.DATAGRAM] = self._datagram
         # The writer's queueing is the streams' hot path: bound once.
         self.queue = self.writer.queue
         self.queue_control = self.writer.queue_control
@@ -136,6 +135,7 @@ class Session:
         self.expire_at = self.tokens.expire_at
         self._next_id = 1
         self._greenlets = []
+        self.reader.handlers[frames.DATAGRAM] = self._datagram    # UDP associations
 
     def __repr__(self):
         return "<Session %s %d streams>" % (self.label, len(self.streams))
