@@ -46,6 +46,7 @@ from afb.transport import tls
 from afb.transport.devices import Devices, client_qos
 from afb.transport.server_pool import ServerPool
 from afb.transport.tunnel_client import TunnelClient
+from afb.transport.udp_common import udp_settings
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class ProxyClient:
                                 throttle=AuthThrottle(client["max_auth_failures"],
                                                       client["auth_failure_window"],
                                                       client["ban_time"]),
-                                devices=self._devices(cfg))
+                                devices=self._devices(cfg), udp=udp_settings(cfg.get("udp")))
         self.monitor = Monitor("client", listen=client["listen"], server_url=self.pool.url,
                                sessions=lambda: self.pool.sessions,
                                tunnel_state=self._tunnel_state, reload=self.reload,
@@ -210,6 +211,7 @@ class ProxyClient:
         self.proxy.fast_open = client["fast_open"]
         self.proxy.open_timeout = cfg["tunnel"]["open_timeout"]
         self.proxy.handshake_timeout = client["handshake_timeout"]
+        self.proxy.udp = udp_settings(cfg["udp"])      # for the next associations
         self.proxy.sources = SourceAcl(allow=client["allow_sources"])
         if client["log_level"] != self.cfg["client"]["log_level"]:
             logsetup.configure(client["log_level"])

@@ -10,7 +10,8 @@ falls in one of three groups:
 * what needs a restart (:data:`RESTART_KEYS`: the listening socket and the
   local proxy's users and their bans) -- kept as running, with one warning;
 * everything else (timeouts, windows, backoff, ``tunnels``, ``strategy``,
-  ``allow_sources``, ``fast_open``, ``log_level``, ``[qos]``) -- applied in
+  ``allow_sources``, ``fast_open``, ``log_level``, ``[qos]``, ``[udp]``: for the
+  next UDP associations) -- applied in
   place, for new streams and the next dial (``[qos]`` rates, ``device_rates``
   and ``device_weights``: for the streams open too; ``priority_ports`` /
   ``priority_hosts``: for the streams opened after it).

@@ -14,6 +14,10 @@ With a ``users_file``, wrong credentials are answered after
 (``[client] max_auth_failures`` within ``auth_failure_window`` seconds ban it
 for ``ban_time``; IPv6 by /64): the proxy used to let a LAN host try 3,636
 passwords a second.  A banned source's connections are closed on accept.
+
+A SOCKS5 UDP ASSOCIATE (``[udp] enabled``) becomes a ``CMD_UDP_ASSOCIATE``
+stream and a UDP relay socket next to this listener (:mod:`afb.transport.
+udp_relay`); the app gets its address after OPEN_OK, or the server's code.
 """
 
 import logging
@@ -42,6 +46,8 @@ from afb.transport.acceptor import Acceptor
 from afb.transport.relay import SocketRelay
 from afb.transport.socket_writes import send_whole
 from afb.transport.sockets import close_socket, set_nodelay
+from afb.transport.udp_common import udp_settings
+from afb.transport.udp_relay import UdpRelay, bind_next_to
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +114,14 @@ class LocalProxy:
 
     def __init__(self, listen, tunnel, *, fast_open=True, open_timeout=10.0,
                  handshake_timeout=10.0, authenticate=None, sources=None, throttle=None,
-                 devices=None):
+                 devices=None, udp=None):
         """*authenticate*: None, or ``(user, password) -> bool`` required of every
         client (SOCKS5 method 2, HTTP ``Proxy-Authorization: Basic``); *sources*:
         None (anyone), or a :class:`~afb.policy.access.SourceAcl` of client addresses;
         *throttle*: the :class:`~afb.policy.access.AuthThrottle` of failed logins;
         *devices*: None (no limits), or the :class:`~afb.transport.devices.Devices`
-        whose rates, new streams a second and priority rules each LAN device gets."""
+        whose rates, new streams a second and priority rules each LAN device gets;
+        *udp*: :class:`~afb.transport.udp_common.UdpSettings` (None: the defaults)."""
         self.tunnel = tunnel
         self.sources = sources
         self.throttle = throttle if authenticate is not None else None
@@ -124,6 +131,8 @@ class LocalProxy:
         self.authenticate = authenticate
         self.devices = devices
         self.active = 0
+        self.udp = udp if udp is not None else udp_settings()
+        self.associations = set()      # the UdpRelays of live UDP associations
         # A page load opens dozens of connections at once: a deep backlog.
         self.listener = Acceptor(listen, self._accepted, backlog=4096)
 
@@ -173,7 +182,8 @@ class LocalProxy:
         set_nodelay(sock)
         ProxyHandshake(sock, peer, authenticate=authenticate,
                        timeout=self.handshake_timeout, on_socks=self._socks_request,
-                       on_http=self._http_start, on_auth_failure=on_auth_failure).start()
+                       on_http=self._http_start, on_auth_failure=on_auth_failure,
+                       on_udp=self._udp_request if self.udp.enabled else None).start()
 
     def _auth_failed(self, ip, peer):
         """Count a failed login of ``ip``; -> the delay before its refusal."""
@@ -196,6 +206,50 @@ class LocalProxy:
             self._open_or_close(*args)          # nothing on this path waits
         else:
             start_now(self._open_or_close, *args)
+
+    def _udp_request(self, sock, peer, request):
+        self._auth_passed(peer)
+        start_now(self._associate, sock, peer, request)
+
+    def _associate(self, sock, peer, request):
+        """UDP ASSOCIATE, in a greenlet (it waits for the server's OPEN_OK)."""
+        relay = None
+        try:
+            relay = self._start_udp(sock, peer, request)
+        except (OSError, AfbError) as exc:
+            log.info("%s: UDP ASSOCIATE: %s", peer, exc)
+        finally:
+            if relay is None:
+                close_socket(sock)
+
+    def _start_udp(self, sock, peer, request):
+        """The stream, the relay socket and the reply; -> the UdpRelay, or None."""
+        udp = stream = None
+        try:
+            session = self.tunnel.get_session(self.open_timeout)
+            udp = bind_next_to(sock)
+            stream = session.open_stream(frames.CMD_UDP_ASSOCIATE, request.host, request.port)
+            stream.origin = (peer, request.user)
+            stream.wait_open(self.open_timeout)
+        except AfbError as exc:         # no tunnel, or the server's refusal
+            if udp is not None:
+                close_socket(udp)
+            if stream is not None and stream.reset_error is None:
+                stream.reset(exc.reply, "client gave up waiting")
+            self._fail(sock, "socks5", exc)
+            log.info("%s: UDP ASSOCIATE refused: %s", peer, exc)
+            return None
+        host, port = udp.getsockname()[:2]
+        relay = UdpRelay(sock, peer.rpartition(":")[0], udp, stream, self.udp,
+                         on_close=self.associations.discard, label="%s udp" % peer)
+        try:
+            send_whole(sock, socks5.reply(REP_SUCCEEDED, host, port))
+        except OSError as exc:
+            relay.close("the app is gone: %s" % exc)
+            return None
+        self.associations.add(relay)
+        relay.start()
+        return relay
 
     def _http_start(self, sock, peer, first):
         # The HTTP head is read blocking-style in a greenlet, on a gevent socket.

@@ -37,6 +37,8 @@ from afb.transport.shaper import Qos, qos_settings
 from afb.transport.shared_state import SharedNode, SharedThrottle
 from afb.transport.sockets import close_socket
 from afb.transport.store_thread import StoreThread
+from afb.transport.udp_association import UdpAssociation
+from afb.transport.udp_common import udp_settings
 from afb.transport.users import UserRegistry
 from afb.transport.wsserver import front_door_options, make_server, masked_path
 
@@ -91,6 +93,7 @@ class TunnelServer(ServerReload):
                                  timeout=dns["timeout"])
         self.dialer = Dialer(self.resolver, self.acl, connect_timeout=tunnel["connect_timeout"],
                              recv_buffer=tunnel["socket_buffer"])
+        self.udp = udp_settings(cfg.get("udp"))
         self.ssl_context = tls.server_context(server["cert"], server["key"]) \
             if server["tls"] else None
         self.e2e = E2eAcceptor(cfg["e2e"])
@@ -271,8 +274,14 @@ class TunnelServer(ServerReload):
 
         A destination given as an address is connected from the event loop
         (no greenlet, no extra scheduling before the connect starts); a name
-        needs DNS, so a greenlet resolves and dials it.
+        needs DNS, so a greenlet resolves and dials it.  A UDP association
+        (``[udp] enabled``) is accepted at once: its datagrams name their
+        destinations (afb/transport/udp_association.py).
         """
+        if command == frames.CMD_UDP_ASSOCIATE and self.udp.enabled:
+            UdpAssociation(session, stream, self.resolver, lambda: self.acl, self.udp).start()
+            session.accept(stream)
+            return
         if command != frames.CMD_CONNECT:
             session.refuse(stream, CommandNotSupported("command %d is not supported" % command))
             return

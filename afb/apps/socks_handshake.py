@@ -34,17 +34,18 @@ class ProxyHandshake:
     """One connection's proxy handshake; see the module doc.
 
     ``on_socks(sock, peer, request, leftover)`` gets a complete SOCKS5
-    CONNECT request (other commands are refused here); ``on_http(sock,
+    CONNECT request; ``on_udp(sock, peer, request)`` a UDP ASSOCIATE (None:
+    refused with 0x07, as every other command is); ``on_http(sock,
     peer, first)`` gets the socket and the bytes read so far when they
     start an HTTP request.  Both run in the event loop
     and own the socket from then on.
     """
 
-    __slots__ = ("sock", "peer", "authenticate", "timeout", "on_socks", "on_http",
+    __slots__ = ("sock", "peer", "authenticate", "timeout", "on_socks", "on_http", "on_udp",
                  "on_auth_failure", "parser", "done", "_watcher", "_timer")
 
     def __init__(self, sock, peer, *, authenticate, timeout, on_socks, on_http,
-                 on_auth_failure=None):
+                 on_auth_failure=None, on_udp=None):
         """``on_auth_failure()``: called on wrong credentials; returns the seconds
         to wait before the refusal is sent (0: at once)."""
         self.sock = sock
@@ -53,6 +54,7 @@ class ProxyHandshake:
         self.timeout = timeout
         self.on_socks = on_socks
         self.on_http = on_http
+        self.on_udp = on_udp
         self.on_auth_failure = on_auth_failure
         self.parser = None
         self.done = False
@@ -111,6 +113,10 @@ class ProxyHandshake:
         if out and not self._send(out):
             return
         if request is None:
+            return
+        if request.command == socks5.CMD_UDP_ASSOCIATE and self.on_udp is not None:
+            self._end()
+            self.on_udp(self.sock, self.peer, request)
             return
         if request.command != socks5.CMD_CONNECT:
             exc = CommandNotSupported("SOCKS5 command %d is not supported" % request.command)

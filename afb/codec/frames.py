@@ -9,8 +9,12 @@ spans two messages, so a message can be parsed on its own)::
       big-endian, 10 bytes of header
 
 Stream 0 carries session frames (HELLO, PING, PONG, GOAWAY).  Client streams
-have odd ids.  Payload layouts are built and parsed by the helpers below; all of
-them take and return plain values, never sockets.
+have odd ids.  A DATAGRAM belongs to the stream of an OPEN with
+CMD_UDP_ASSOCIATE (its *association*): its payload is a SOCKS-style address
+(the destination from the client, the source towards it) and one UDP
+datagram's data, never split across frames.  Payload layouts are built and
+parsed by the helpers below; all of them take and return plain values, never
+sockets.
 """
 
 import struct
@@ -188,6 +192,26 @@ def parse_reason(payload):
 
 
 rst_payload = open_fail_payload
+
+
+# --- datagrams --------------------------------------------------------------
+
+def datagram_payload(host, port, data):
+    """DATAGRAM payload: ``ATYP ADDR PORT`` then the datagram; AddressError if bad."""
+    return encode_address(host, port) + bytes(data)
+
+
+def parse_datagram(payload):
+    """``(host, port, data)`` of a DATAGRAM payload (``data`` a slice of ``payload``).
+
+    ProtocolError for a truncated address; AddressError for a bad one.  The
+    data may be empty: an empty UDP datagram is a datagram too.
+    """
+    decoded = decode_address(payload, 0)
+    if decoded is None:
+        raise ProtocolError("DATAGRAM with a truncated address (%d bytes)" % len(payload))
+    host, port, end = decoded
+    return host, port, payload[end:]
 
 
 def window_payload(increment):

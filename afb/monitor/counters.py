@@ -12,11 +12,19 @@ control already.
 :data:`ERRORS` counts failures by kind for the whole process.  It is a
 :class:`collections.Counter`, so counting one is a dict add; the places that
 refuse, fail or reset call :func:`count` once per event, never per byte.
+
+:data:`UDP` counts the datagrams of SOCKS5 UDP associations (afb/transport/
+udp_relay.py on the client, udp_association.py on the server): carried up
+(from the apps towards the destinations) and down, and dropped by reason.
+UDP may drop, so a drop is no error: they are counted apart from
+:data:`ERRORS` (a flood of refused datagrams would otherwise fire the
+errors-per-minute alert), one dict add per datagram.
 """
 
 from collections import Counter
 
-__all__ = ["ERROR_KINDS", "ERRORS", "Tally", "count", "count_destination_error"]
+__all__ = ["ERROR_KINDS", "ERRORS", "Tally", "UDP", "UDP_KINDS", "count",
+           "count_destination_error", "count_udp"]
 
 #: The error kinds a snapshot lists (docs/control-protocol.rst), always all of them.
 ERROR_KINDS = ("auth_failures", "decoy_answers", "acl_refusals", "source_refusals",
@@ -30,6 +38,25 @@ ERRORS = Counter()
 def count(kind, n=1):
     """One more failure of ``kind`` (one of :data:`ERROR_KINDS`)."""
     ERRORS[kind] += n
+
+
+#: What the snapshot's ``udp`` object lists (docs/control-protocol.rst): datagrams
+#: carried each way, and dropped: fragments (FRAG != 0), from a source other than
+#: the associating app, refused by the destination ACL, finding a full queue (or
+#: the tunnel's budget spent), too big for the tunnel, malformed, and for an
+#: association that is gone, over the user's rate (server); UDP sends the kernel
+#: refused; associations opened.
+UDP_KINDS = ("datagrams_up", "datagrams_down", "dropped_fragment", "dropped_source",
+             "dropped_acl", "dropped_queue_full", "dropped_too_big", "dropped_malformed",
+             "dropped_no_association", "dropped_rate", "send_errors", "associations")
+
+#: UDP datagrams by kind, for the whole process.
+UDP = Counter()
+
+
+def count_udp(kind, n=1):
+    """One more datagram of ``kind`` (one of :data:`UDP_KINDS`)."""
+    UDP[kind] += n
 
 
 #: SOCKS5 reply codes of a failed destination -> the error kind it is counted as.

@@ -20,7 +20,7 @@ import time
 
 from afb import __version__
 from afb.errors import CLOSE_BY_OPERATOR, REP_GENERAL_FAILURE
-from afb.monitor.counters import ERROR_KINDS, ERRORS, Tally
+from afb.monitor.counters import ERROR_KINDS, ERRORS, UDP, UDP_KINDS, Tally
 from afb.monitor.log_ring import LogRing
 from afb.monitor.stream_rows import stream_row, tunnel_cipher
 
@@ -149,6 +149,7 @@ class Monitor:
                        "bytes_up": up, "bytes_down": down,
                        "rate_up": rate_up, "rate_down": rate_down},
             "errors": {kind: self.errors.get(kind, 0) for kind in ERROR_KINDS},
+            "udp": {kind: UDP.get(kind, 0) for kind in UDP_KINDS},
             "tunnels": tunnels,
             "users": self._users(user_live, rates, fresh, now) if self.role == "server" else [],
             "alerts": list(self.alerts),

@@ -42,7 +42,7 @@ from afb.errors import (
     ProtocolError,
     VersionMismatch,
 )
-from afb.monitor.counters import Tally, count
+from afb.monitor.counters import Tally, count, count_udp
 from afb.mux.budget import ByteBudget
 from afb.transport.frame_reader import FrameReader
 from afb.transport.frame_writer import BATCH_LIMIT, FrameWriter
@@ -135,6 +135,7 @@ class Session:
         self.expire_at = self.tokens.expire_at
         self._next_id = 1
         self._greenlets = []
+        self.reader.handlers[frames.DATAGRAM] = self._datagram    # UDP associations
 
     def __repr__(self):
         return "<Session %s %d streams>" % (self.label, len(self.streams))
@@ -231,6 +232,15 @@ class Session:
             self.queue(stream.id, frames.OPEN_FAIL, frames.open_fail_payload(error.reply,
                                                                             str(error)))
             stream.on_reset(error.reply, str(error), by_peer=False)
+
+    def _datagram(self, _flags, stream_id, payload):
+        """DATAGRAM: to the UDP association of its stream (afb/transport/udp_*.py)."""
+        stream = self.streams.get(stream_id)
+        on_datagram = getattr(stream and stream.sink, "on_datagram", None)
+        if on_datagram is None:
+            count_udp("dropped_no_association")
+        else:
+            on_datagram(payload)
 
     # --- what streams call (StreamOwner) -------------------------------------
 
