@@ -138,3 +138,17 @@ def test_health_says_ok_while_accepting_and_503_while_draining():
         assert info.value.code == 503 and info.value.read() == b"draining\n"
     finally:
         server.stop()
+
+
+def test_udp_counters_are_exported():
+    monitor = FakeMonitor()
+    monitor.snap["udp"] = {"datagrams_up": 12, "datagrams_down": 10, "dropped_fragment": 2,
+                           "dropped_acl": 1, "send_errors": 3, "associations": 4}
+    got = scrape(monitor)
+    assert got[("afb_udp_datagrams_total", (("direction", "up"),))] == 12
+    assert got[("afb_udp_datagrams_total", (("direction", "down"),))] == 10
+    assert got[("afb_udp_dropped_total", (("reason", "fragment"),))] == 2
+    assert got[("afb_udp_dropped_total", (("reason", "acl"),))] == 1
+    assert got[("afb_udp_dropped_total", (("reason", "queue_full"),))] == 0
+    assert got[("afb_udp_send_errors_total", ())] == 3
+    assert got[("afb_udp_associations_total", ())] == 4

@@ -53,7 +53,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from afb.monitor.alerts import RULE_NAMES
-from afb.monitor.counters import ERROR_KINDS
+from afb.monitor.counters import ERROR_KINDS, UDP_KINDS
 
 log = logging.getLogger(__name__)
 #: Users with series of their own; the others are summed as user="_other".
@@ -112,6 +112,7 @@ class SnapshotCollector:
         for kind in sorted(set(ERROR_KINDS) | set(found)):
             errors.add_metric([kind], found.get(kind, 0))
         out.append(errors)
+        out.extend(_udp(snapshot.get("udp") or {}))
         alerts = GaugeMetricFamily("afb_alerts_active", "Alerts active now ([alerts] rules)",
                                    labels=["name"])
         active = {}
@@ -217,6 +218,25 @@ def _total(row, field):
     """A counter's value: the row's ``FIELD_total`` (since the start), else ``FIELD``."""
     value = row.get(field + "_total")
     return row.get(field, 0) if value is None else value
+
+
+def _udp(udp):
+    """SOCKS5 UDP associations: datagrams carried each way, dropped by reason, opened."""
+    datagrams = CounterMetricFamily("afb_udp_datagrams_total", "UDP datagrams carried since "
+                                    "the start; up: from the apps", labels=["direction"])
+    dropped = CounterMetricFamily("afb_udp_dropped_total", "UDP datagrams dropped since the "
+                                  "start, by reason (UDP may drop: not errors)",
+                                  labels=["reason"])
+    for direction in ("up", "down"):
+        datagrams.add_metric([direction], udp.get("datagrams_" + direction, 0))
+    for kind in UDP_KINDS:
+        if kind.startswith("dropped_"):
+            dropped.add_metric([kind[len("dropped_"):]], udp.get(kind, 0))
+    return [datagrams, dropped,
+            _counter("afb_udp_send_errors_total", "UDP sends the kernel refused",
+                     udp.get("send_errors", 0)),
+            _counter("afb_udp_associations_total", "SOCKS5 UDP associations opened",
+                     udp.get("associations", 0))]
 
 
 def _gauge(name, doc, value):
