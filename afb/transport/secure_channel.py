@@ -99,6 +99,10 @@ class SecureChannel:
             else:
                 self.ws.send_message([self.sealer.seal_view(parts)])
 
+    def wait_writable(self):
+        """See :meth:`WsConnection.wait_writable`."""
+        self.ws.wait_writable()
+
     def send_ping(self, payload=b""):
         """A WebSocket ping (outside the records: it carries nothing of the tunnel's)."""
         self.ws.send_ping(payload)
