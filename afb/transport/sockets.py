@@ -22,7 +22,8 @@ _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 _SIOCOUTQNSD = 0x894B
 _INT = bytes(4)
 
-#: TCP_NOTSENT_LOWAT of a tunnel's socket, both ends.  The kernel keeps at
+#: TCP_NOTSENT_LOWAT of a tunnel's socket while its writer paces (a slow link,
+#: :mod:`afb.transport.frame_writer`), both ends.  The kernel keeps at
 #: most about this much unsent data below the writer's scheduler (without it
 #: the send buffer autotunes to megabytes, and an echo queued behind a bulk
 #: download waited for all of it: +100 ms on a 20 Mbit/s link); what is
@@ -43,7 +44,8 @@ def set_nodelay(sock):
 
 
 def set_notsent_lowat(sock, size=TUNNEL_NOTSENT_LOWAT):
-    """TCP_NOTSENT_LOWAT on ``sock`` (a TLS socket too); not TCP, old kernel: nothing to do."""
+    """TCP_NOTSENT_LOWAT on ``sock`` (a TLS socket too), 0: the system's default (no
+    mark, as net.ipv4.tcp_notsent_lowat ships); not TCP, old kernel: nothing to do."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, size)
     except (OSError, AttributeError):

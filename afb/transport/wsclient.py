@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from afb.codec.ws_upgrade import UpgradeResponse, check_accept, upgrade_request
 from afb.errors import ProtocolError, TlsError, UpgradeRefused
 from afb.transport import tls
-from afb.transport.sockets import set_nodelay, set_notsent_lowat
+from afb.transport.sockets import set_nodelay
 from afb.transport.wsconn import WsConnection
 
 _PROXY_SCHEMES = {
@@ -102,7 +102,6 @@ def connect(url, *, headers=None, ssl_context=None, pin=None, proxy=None, timeou
     try:
         sock.settimeout(timeout)
         set_nodelay(sock)
-        set_notsent_lowat(sock)
         if secure:
             ctx = ssl_context or tls.client_context(pin=pin)
             try:

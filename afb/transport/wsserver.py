@@ -41,7 +41,6 @@ from afb.transport.admission import Admission
 from afb.transport.decoy import SERVER_HEADER, Decoy, http_date
 from afb.transport.decoy_upstream import Upstream
 from afb.transport.front_door import FrontDoor
-from afb.transport.sockets import set_notsent_lowat
 from afb.transport.wsconn import WsConnection
 
 log = logging.getLogger(__name__)
@@ -139,7 +138,6 @@ class TunnelUpgrade:
             log.debug("upgrade answer to %s failed: %s", peer, exc)
             return
         sock.settimeout(None)
-        set_notsent_lowat(sock)
         ws = WsConnection(sock, client=False, max_message=self.max_message, initial=initial,
                           peer=address)
         try:
