@@ -77,10 +77,11 @@ mode, args = sys.argv[1], json.loads(sys.argv[2])
 def socks(port):
     sock = socket.create_connection(("127.0.0.1", args["socks"]), timeout=20)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton(args["target"])
-                 + struct.pack("!H", port))
-    reply = recv_exact(sock, 12)
-    if reply[3] != 0:
+    sock.sendall(b"\x05\x01\x00")        # one step at a time: trojan's client wants that
+    recv_exact(sock, 2)
+    sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(args["target"]) + struct.pack("!H", port))
+    reply = recv_exact(sock, 10)
+    if reply[1] != 0:
         raise SystemExit("SOCKS5 CONNECT failed: %r" % reply)
     return sock
 
@@ -179,11 +180,15 @@ class Rig:
     delay DELAY rate RATE`` on both ends of the veth (e.g. ``("20mbit",
     "20ms")``: 40 ms RTT).  ``checkout``: a directory holding another
     revision's ``afb`` package to run instead of this one (a benchmark's
-    base).  A context manager; everything it started is stopped on exit.
+    base).  ``rival``: another tunnel instead of afb (bench/peers.py's
+    ``V2ray`` or ``Trojan``): an object whose ``configs(directory, (server
+    host, port), (socks host, port), fallback_port)`` writes its files and
+    returns ``(server argv, client argv, env)``.  A context manager;
+    everything it started is stopped on exit.
     """
 
     def __init__(self, directory, netem=None, checkout=None, tls=True, e2e=True,
-                 server_extra="", client_extra=""):
+                 server_extra="", client_extra="", rival=None):
         self.dir = str(directory)
         self.netem = netem
         self.checkout = checkout
@@ -191,6 +196,8 @@ class Rig:
         self.e2e = e2e
         self.server_extra = server_extra
         self.client_extra = client_extra
+        self.rival = rival
+        self.proxy_port = None
         self.spaces = []
         self.procs = []
         self.logs = []
@@ -215,6 +222,9 @@ class Rig:
             server_host = self._link()
         else:
             server_host = "127.0.0.1"
+        if self.rival is not None:
+            self._start_rival(server_host)
+            return
         self.setup = _ClientSetup(self.dir, server_host, tls=self.tls, e2e=self.e2e,
                                   server_extra=self.server_extra,
                                   client_extra=self.client_extra)
@@ -223,16 +233,30 @@ class Rig:
                 text = handle.read().replace("log_level = debug", "log_level = info")
             with open(conf, "w") as handle:
                 handle.write(text)
-        self.echo_port = free_port()
-        self.source_port = free_port()
-        self._spawn(self.server_ns, "targets", [sys.executable, "-c", TARGETS, "127.0.0.1",
-                                                 str(self.echo_port), str(self.source_port)])
+        self._start_targets()
         afb = [sys.executable, "-m", "afb"]
         self._spawn(self.server_ns, "server", afb + ["server", "-c", self.setup.server_conf])
         self._wait(self.server_ns, server_host, self.setup.server_port)
         self._wait(self.server_ns, "127.0.0.1", self.echo_port)
         self._spawn(self.client_ns, "client", afb + ["client", "-c", self.setup.client_conf])
         self._wait(self.client_ns, "127.0.0.1", self.setup.proxy_port)
+        self.proxy_port = self.setup.proxy_port
+
+    def _start_rival(self, server_host):
+        self._start_targets()
+        server_port, self.proxy_port = free_port(), free_port()
+        server, client, env = self.rival.configs(self.dir, (server_host, server_port),
+                                                 ("127.0.0.1", self.proxy_port), self.echo_port)
+        self._spawn(self.server_ns, "server", server, env)
+        self._wait(self.server_ns, server_host, server_port)
+        self._spawn(self.client_ns, "client", client, env)
+        self._wait(self.client_ns, "127.0.0.1", self.proxy_port)
+
+    def _start_targets(self):
+        self.echo_port = free_port()
+        self.source_port = free_port()
+        self._spawn(self.server_ns, "targets", [sys.executable, "-c", TARGETS, "127.0.0.1",
+                                                 str(self.echo_port), str(self.source_port)])
 
     def _link(self):
         """Two namespaces joined by a veth pair shaped with netem; the server's address."""
@@ -268,22 +292,22 @@ class Rig:
                    "rate", rate, "ceil", rate], check=True)
         self.shaper = "htb rate %s (no netem in this kernel: no delay)" % rate
 
-    def _env(self):
-        env = dict(os.environ)
+    def _env(self, base=None):
+        env = dict(base or os.environ)
         for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
                      "ALL_PROXY"):
             env.pop(name, None)
         env["PYTHONPATH"] = self.checkout or ROOT
         return env
 
-    def _spawn(self, space, name, argv):
+    def _spawn(self, space, name, argv, env=None):
         log_path = os.path.join(self.dir, name + ".log")
         log = open(log_path, "ab")
         self.logs.append(log)
         if space is not None:
             argv = space.argv(argv)
         self.procs.append(subprocess.Popen(argv, cwd=self.dir, stdout=log,
-                                           stderr=subprocess.STDOUT, env=self._env()))
+                                           stderr=subprocess.STDOUT, env=self._env(env)))
 
     def _wait(self, space, host, port, timeout=20.0):
         if space is None:
@@ -327,7 +351,7 @@ class Rig:
 
     def measure(self, samples=300, interval=0.01, warmup=1.5, timeout=60.0):
         """``{"idle": [ms], "loaded": [ms], "download": {"bytes", "seconds"}}``."""
-        args = dict(socks=self.setup.proxy_port, target="127.0.0.1", echo=self.echo_port,
+        args = dict(socks=self.proxy_port, target="127.0.0.1", echo=self.echo_port,
                     source=self.source_port, samples=samples, interval=interval,
                     warmup=warmup, script=PROBE)
         argv = [sys.executable, "-c", PROBE, "probe", json.dumps(args)]
