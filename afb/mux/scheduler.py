@@ -18,11 +18,13 @@ flow queueing (RFC 8290, section 4), deficit round robin with two lists:
 
 A stream alone on the lists may fill the whole batch.  Every stream on the
 old list is visited once per round, so a bulk stream always progresses (at
-least a quantum per round of the others).  A batch becomes one WebSocket
-message; how soon an interactive frame leaves therefore depends on the size
-of the batch being written and on what the kernel still holds unsent below
-it (the writer keeps both small on slow links: see
-:mod:`afb.transport.frame_writer`).
+least a quantum per round of the others).  The two lists cost little:
+in-process, 16 KiB frames, 15-25 us more per MiB than the single round
+robin before them (under 1 % of the two daemons' ~2.9 s of CPU per GiB
+downloaded).  A batch becomes one WebSocket message; how soon an
+interactive frame leaves therefore depends on the size of the batch being
+written and on what the kernel still holds unsent below it (the writer
+keeps both small on slow links: see :mod:`afb.transport.frame_writer`).
 
 What waits here is memory the peer makes us hold: every frame is charged to
 an optional :class:`~afb.mux.budget.ByteBudget` (payload plus
