@@ -412,35 +412,42 @@ class V2ray(Peer):
                 stream["tlsSettings"] = {"serverName": "localhost", "allowInsecure": True}
         return stream
 
-    def _start(self, targets):
-        cert, key = gen_cert(os.path.join(self.dir, "tls")) if self.tls else (None, None)
+    def configs(self, directory, server, client, fallback_port=None):
+        """Write server.json and client.json in ``directory``: the server listens on
+        ``server`` (host, port), the client's SOCKS5 port is ``client`` (host, port)
+        and it dials ``server``; returns (server argv, client argv, env).  Also
+        used by bench/latency_under_load with the two in network namespaces."""
+        cert, key = gen_cert(os.path.join(directory, "tls")) if self.tls else (None, None)
         uid = str(uuid.uuid4())
-        sport, cport = free_port(), free_port()
-        server = {
+        server_conf = {
             "log": {"loglevel": "warning", "access": "none"},
-            "inbounds": [{"listen": LOOPBACK, "port": sport, "protocol": "vless",
+            "inbounds": [{"listen": server[0], "port": server[1], "protocol": "vless",
                           "settings": {"clients": [{"id": uid}], "decryption": "none"},
                           "streamSettings": self._stream(True, cert, key)}],
             "outbounds": [{"protocol": "freedom", "settings": {}}],
         }
-        client = {
+        client_conf = {
             "log": {"loglevel": "warning", "access": "none"},
-            "inbounds": [{"listen": LOOPBACK, "port": cport, "protocol": "socks",
+            "inbounds": [{"listen": client[0], "port": client[1], "protocol": "socks",
                           "settings": {"auth": "noauth", "udp": False}}],
             "outbounds": [{"protocol": "vless",
-                           "settings": {"vnext": [{"address": LOOPBACK, "port": sport,
+                           "settings": {"vnext": [{"address": server[0], "port": server[1],
                                                    "users": [{"id": uid, "encryption": "none"}]}]},
                            "streamSettings": self._stream(False)}],
         }
-        for name, conf in (("server.json", server), ("client.json", client)):
-            with open(os.path.join(self.dir, name), "w") as handle:
+        for name, conf in (("server.json", server_conf), ("client.json", client_conf)):
+            with open(os.path.join(directory, name), "w") as handle:
                 json.dump(conf, handle, indent=1)
-        env = common.clean_env(V2RAY_LOCATION_ASSET=self.dir)
-        proc = self._spawn(["v2ray", "-config", os.path.join(self.dir, "server.json")],
-                           "server.log", env=env)
+        env = common.clean_env(V2RAY_LOCATION_ASSET=directory)
+        return (["v2ray", "-config", os.path.join(directory, "server.json")],
+                ["v2ray", "-config", os.path.join(directory, "client.json")], env)
+
+    def _start(self, targets):
+        sport, cport = free_port(), free_port()
+        server, client, env = self.configs(self.dir, (LOOPBACK, sport), (LOOPBACK, cport))
+        proc = self._spawn(server, "server.log", env=env)
         self._wait(sport, proc, "v2ray server")
-        proc = self._spawn(["v2ray", "-config", os.path.join(self.dir, "client.json")],
-                           "client.log", env=env)
+        proc = self._spawn(client, "client.log", env=env)
         self._wait(cport, proc, "v2ray client")
         return (LOOPBACK, cport)
 
@@ -488,15 +495,17 @@ class Trojan(Peer):
     name = "trojan"
     note = "trojan (TLS per connection, no mux); fallback = loopback blob server"
 
-    def _start(self, targets):
-        cert, key = gen_cert(os.path.join(self.dir, "tls"))
-        sport, cport = free_port(), free_port()
+    def configs(self, directory, server, client, fallback_port):
+        """Write server.json and client.json in ``directory`` (see :meth:`V2ray.configs`);
+        the server's fallback (what a non-trojan client reaches) is
+        ``fallback_port`` on its own 127.0.0.1."""
+        cert, key = gen_cert(os.path.join(directory, "tls"))
         password = uuid.uuid4().hex
         tcp = {"no_delay": True, "keep_alive": True, "reuse_port": False,
                "fast_open": False, "fast_open_qlen": 20}
-        server = {
-            "run_type": "server", "local_addr": LOOPBACK, "local_port": sport,
-            "remote_addr": LOOPBACK, "remote_port": targets["blob"],
+        server_conf = {
+            "run_type": "server", "local_addr": server[0], "local_port": server[1],
+            "remote_addr": LOOPBACK, "remote_port": fallback_port,
             "password": [password], "log_level": 2,
             "ssl": {"cert": cert, "key": key, "key_password": "",
                     "cipher_tls13": ("TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:"
@@ -507,21 +516,28 @@ class Trojan(Peer):
             "tcp": dict(tcp, prefer_ipv4=True),
             "mysql": {"enabled": False},
         }
-        client = {
-            "run_type": "client", "local_addr": LOOPBACK, "local_port": cport,
-            "remote_addr": LOOPBACK, "remote_port": sport,
+        client_conf = {
+            "run_type": "client", "local_addr": client[0], "local_port": client[1],
+            "remote_addr": server[0], "remote_port": server[1],
             "password": [password], "log_level": 2,
             "ssl": {"verify": True, "verify_hostname": True, "cert": cert, "sni": "localhost",
                     "alpn": ["http/1.1"], "reuse_session": True, "session_ticket": False,
                     "curves": ""},
             "tcp": tcp,
         }
-        for name, conf in (("server.json", server), ("client.json", client)):
-            with open(os.path.join(self.dir, name), "w") as handle:
+        for name, conf in (("server.json", server_conf), ("client.json", client_conf)):
+            with open(os.path.join(directory, name), "w") as handle:
                 json.dump(conf, handle, indent=1)
-        proc = self._spawn(["trojan", "-c", os.path.join(self.dir, "server.json")], "server.log")
+        return (["trojan", "-c", os.path.join(directory, "server.json")],
+                ["trojan", "-c", os.path.join(directory, "client.json")], common.clean_env())
+
+    def _start(self, targets):
+        sport, cport = free_port(), free_port()
+        server, client, _env = self.configs(self.dir, (LOOPBACK, sport), (LOOPBACK, cport),
+                                            targets["blob"])
+        proc = self._spawn(server, "server.log")
         self._wait(sport, proc, "trojan server")
-        proc = self._spawn(["trojan", "-c", os.path.join(self.dir, "client.json")], "client.log")
+        proc = self._spawn(client, "client.log")
         self._wait(cport, proc, "trojan client")
         return (LOOPBACK, cport)
 

@@ -16,6 +16,45 @@ per message.  While it has nothing to send the writer is *parked* on a
 * :meth:`FrameWriter.send_now` (``open_stream``): the calling greenlet sends
   the batch itself, so an OPEN leaves before ``open_stream`` returns.
 
+**Two modes: fast, and paced on a slow link.**  What the scheduler has
+handed over is out of its hands: an echo queued behind a 256 KiB batch on
+a 20 Mbit/s link waits 100 ms for it, and behind what the kernel holds
+unsent, longer still.  Keeping that small costs on a fast link, though:
+with ``TCP_NOTSENT_LOWAT`` (16 KiB) on the socket a 256 KiB batch leaves
+in many short writes, each after an event-loop wait for writability, and
+small batches mean more of everything per byte (the first version kept
+the mark on every tunnel: loopback, bench/qos, download 0.92x and CPU per
+GiB 1.07x of the code before it; the mark alone took a TLS sender of 256 KiB
+messages on loopback from 0.96 to 1.13 s of CPU per GiB).  So the writer
+measures the bytes it sends over spans of at least :data:`RATE_SPAN` (wall
+clock), and:
+
+* **fast** (the start, and after a span over :data:`FAST_RATE`): full
+  batches (``batch_limit``), no low-water mark, no waiting: the code path
+  of a writer without pacing;
+* **paced** (after a span under :data:`SLOW_RATE` that was the link's
+  doing: the writer spent most of it sending, or the kernel still held
+  :data:`BACKLOG_SLOW` unsent at its end): the socket gets
+  ``TCP_NOTSENT_LOWAT`` (:mod:`afb.transport.sockets`), a batch is what
+  drains in about :data:`BATCH_TIME` at the rate the socket took bytes
+  while the writer was sending (at least :data:`MIN_BATCH`), and the
+  writer waits until the kernel is low on unsent bytes *before* it takes
+  a batch: the kernel appends a write to its last unsent packet (up to
+  64 KiB) without looking at the low-water mark, so writing whenever a
+  send returns kept 64 KiB unsent (measured on a 20 Mbit/s veth: echo p50
+  +44 ms beside a download; waiting: +21 ms).  The scheduler decides late,
+  and its order is what goes on the wire.
+
+Both tests of "the link's doing" are needed: on that veth a lone download
+never made a send block (its stream window, not the socket, stopped the
+writer: 256 KiB sent every ~105 ms), yet 240 KiB sat unsent in the kernel,
+~100 ms ahead of any echo.  A slow span with neither (an idle tunnel, a
+slow sender) changes nothing: a paced writer stays paced until it sees the
+link fast.  On loopback afb never paces (no mode change in a full-speed
+download); on the 20 Mbit/s veth it paces within ~100 ms of a download's
+start, and an echo beside the download gets p99 +13 ms over idle at 95 %
+of the link rate (+117 ms without pacing; bench/latency_under_load).
+
 The reader never sends itself: two full send buffers would stop both ends.
 Everything queued is charged to the session's ``down`` budget (the relays
 stop reading while it is exhausted); what the reader itself queues (PONG,
@@ -38,6 +77,24 @@ log = logging.getLogger(__name__)
 
 #: Largest batch the writer puts in one WebSocket message (see ``batch_limit``).
 BATCH_LIMIT = 256 * 1024
+#: Smallest batch while paced (half the tunnel socket's TCP_NOTSENT_LOWAT).
+MIN_BATCH = 8 * 1024
+#: How long a paced batch may take to drain at the measured send rate (seconds).
+BATCH_TIME = 0.002
+#: The writer paces below this send rate (bytes/s; 256 Mbit/s: a full default
+#: send buffer, 4 MiB, is then 130 ms of queue ahead of an interactive frame)...
+SLOW_RATE = 32e6
+#: ... and stops pacing above this one (twice, so that it does not flap).
+FAST_RATE = 64e6
+#: The send rate is judged over spans of this many seconds (wall clock) ...
+RATE_SPAN = 0.05
+#: A span slower than SLOW_RATE is the link's doing (not the sender's) when the
+#: writer spent at least this share of it sending ...
+BUSY_SHARE = 0.5
+#: ... or when the kernel still holds this many unsent bytes at its end (a
+#: stream's window can be what stops the writer: the socket then never blocks,
+#: but a window's worth waits unsent in the kernel).
+BACKLOG_SLOW = 32 * 1024
 
 
 class FrameWriter:
@@ -53,6 +110,12 @@ class FrameWriter:
         self.on_overflow = on_overflow
         self.on_failure = on_failure
         self.batch_limit = BATCH_LIMIT    # set from the peer's HELLO
+        self.paced = False                # slow link: see the module doc
+        self.batch_now = BATCH_LIMIT      # a paced batch's size: follows the link
+        self.mode_changes = 0
+        self._span_start = 0.0            # the current rate span: start, bytes, busy seconds
+        self._span_bytes = 0
+        self._span_busy = 0.0
         self.closed = False
         self._hub = get_hub()
         self._parked = None               # the writer's Waiter while it waits for frames
@@ -140,6 +203,10 @@ class FrameWriter:
         """The writer greenlet: drain the scheduler until closed and empty."""
         sched = self.sched
         send = self.ws.send_message
+        clock = time.perf_counter
+        wait_writable = getattr(self.ws, "wait_writable", None)
+        can_pace = wait_writable is not None and hasattr(self.ws, "unsent")  # else always fast
+        self._span_start = clock()
         try:
             while True:
                 if not sched:
@@ -148,12 +215,45 @@ class FrameWriter:
                     waiter = self._parked = Waiter()
                     waiter.get()
                     continue
-                parts, _size = sched.next_batch(self.batch_limit)
+                started = clock()
+                if self.paced:
+                    wait_writable()          # choose the batch at the last moment
+                    if not sched:
+                        continue
+                    parts, size = sched.next_batch(min(self.batch_now, self.batch_limit))
+                else:
+                    parts, size = sched.next_batch(self.batch_limit)
                 send(parts)
+                now = clock()
+                self._span_bytes += size
+                self._span_busy += now - started
+                if can_pace and now - self._span_start >= RATE_SPAN:
+                    self._judge(now)
         except (OSError, AfbError) as exc:
             self._failed(exc)
         finally:
             self._parked = None
+
+    def _judge(self, now):
+        """End of a rate span: pace or not, and the paced batch size (see the module doc)."""
+        span = now - self._span_start
+        busy, sent = self._span_busy, self._span_bytes
+        self._span_start, self._span_bytes, self._span_busy = now, 0, 0.0
+        rate = sent / span
+        if self.paced:
+            change = rate > FAST_RATE
+        else:
+            change = rate < SLOW_RATE and (busy >= BUSY_SHARE * span
+                                           or self.ws.unsent() >= BACKLOG_SLOW)
+        if change:
+            self.paced = not self.paced
+            self.mode_changes += 1
+            self.ws.set_paced(self.paced)
+            log.debug("%s: %.1f MB/s sent in %.0f ms, %s", self.ws, rate / 1e6, span * 1000,
+                      "paced" if self.paced else "fast")
+        if self.paced and busy > 0.0:
+            batch = int(sent / busy * BATCH_TIME)
+            self.batch_now = MIN_BATCH if batch < MIN_BATCH else min(batch, BATCH_LIMIT)
 
     def close(self):
         """No more sending: the writer ends once woken."""
@@ -171,3 +271,4 @@ class FrameWriter:
     def _failed(self, exc):
         if not self.closed:
             self.on_failure(exc)
+

@@ -99,6 +99,18 @@ class SecureChannel:
             else:
                 self.ws.send_message([self.sealer.seal_view(parts)])
 
+    def set_paced(self, paced):
+        """See :meth:`WsConnection.set_paced`."""
+        self.ws.set_paced(paced)
+
+    def unsent(self):
+        """See :meth:`WsConnection.unsent`."""
+        return self.ws.unsent()
+
+    def wait_writable(self):
+        """See :meth:`WsConnection.wait_writable`."""
+        self.ws.wait_writable()
+
     def send_ping(self, payload=b""):
         """A WebSocket ping (outside the records: it carries nothing of the tunnel's)."""
         self.ws.send_ping(payload)

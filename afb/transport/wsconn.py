@@ -27,6 +27,7 @@ and throttles a flood (the tunnel session installs its own pacer).
 import socket
 
 from gevent.lock import RLock
+from gevent.socket import wait_write
 
 from afb.buffers import POOL_BUFFER, byte_view
 from afb.codec import websocket as wsc
@@ -39,7 +40,12 @@ from afb.errors import (
 )
 from afb.transport.pacer import MESSAGE_UNITS, Allowance, Pacer
 from afb.transport.socket_writes import JOIN_LIMIT, send_whole, sendall_coalesced, sendmsg_all
-from afb.transport.sockets import close_socket
+from afb.transport.sockets import (
+    TUNNEL_NOTSENT_LOWAT,
+    close_socket,
+    set_notsent_lowat,
+    unsent_bytes,
+)
 from afb.transport.ws_input import RECV_BUFFER, SMALL_PAYLOAD, FrameInput
 
 #: How long close() waits for a sender holding the write lock.
@@ -275,6 +281,22 @@ class WsConnection:
             if key is not None:
                 wsc.mask_inplace(view[start:], key)
             self._write([view[first:]], len(view) - first)
+
+    def set_paced(self, paced):
+        """Keep little unsent data in the kernel (``TCP_NOTSENT_LOWAT``) or as much as
+        it likes (the default): the frame writer's slow and fast modes."""
+        if not self._closed:
+            set_notsent_lowat(self._sock, TUNNEL_NOTSENT_LOWAT if paced else 0)
+
+    def unsent(self):
+        """Bytes the kernel holds for this connection and has not sent yet."""
+        return unsent_bytes(self._sock)
+
+    def wait_writable(self):
+        """Wait (gevent) until the kernel holds less than half of the tunnel socket's
+        TCP_NOTSENT_LOWAT unsent: when it would take a batch without filling up."""
+        if unsent_bytes(self._sock) >= TUNNEL_NOTSENT_LOWAT // 2 and not self._closed:
+            wait_write(self._sock.fileno())
 
     def send_ping(self, payload=b""):
         """Send a ping; the peer's pong goes to :attr:`on_pong`."""
