@@ -172,6 +172,7 @@ _ops = st.lists(st.one_of(
     st.tuples(st.just("control"), st.integers(0, 40)),
     st.tuples(st.just("batch"), st.integers(1, 5000)),
     st.tuples(st.just("drop"), st.integers(0, 6)),
+    st.tuples(st.just("prioritize"), st.integers(0, 6)),
 ), max_size=80)
 
 
@@ -206,6 +207,8 @@ def test_invariants_order_every_byte_leaves_budget_released(ops, quantum):
         elif op[0] == "batch":
             if sched:
                 take(op[1])
+        elif op[0] == "prioritize":
+            sched.prioritize(1 + 2 * op[1])
         else:
             stream_id = 1 + 2 * op[1]
             sched.drop(stream_id)             # what it still had is gone: check what follows
@@ -231,3 +234,41 @@ def test_invariants_order_every_byte_leaves_budget_released(ops, quantum):
                     last_fin_at = seen
                 seen += len(p)
             assert last_fin_at == before
+
+
+def test_a_priority_stream_goes_first_even_when_it_sends_in_bulk():
+    sched = FairScheduler(quantum=1000)
+    sched.push(1, frames.DATA, b"B" * 100_000)
+    sched.push(3, frames.DATA, b"P" * 100_000)
+    sched.prioritize(3)                            # already queued: moved to the front
+    first = _bytes_per_stream(_decode(sched.next_batch(16_000)[0]))
+    assert first.get(3, 0) >= 15_000 and not first.get(1)
+    sched.push(5, frames.DATA, b"n" * 10)          # a new stream waits for the priority one
+    assert 5 not in _bytes_per_stream(_decode(sched.next_batch(16_000)[0]))
+
+
+def test_a_new_priority_stream_leaves_ahead_of_new_ones_and_the_mark_ends_with_fin():
+    sched = FairScheduler(quantum=1000)
+    sched.prioritize(7)
+    sched.push(5, frames.DATA, b"n")
+    sched.push(7, frames.DATA, b"p")
+    decoded = _decode(sched.next_batch(16_000)[0])
+    assert [s for _t, s, _p in decoded] == [7, 5]
+    sched.push(7, frames.FIN)
+    sched.next_batch(16_000)
+    assert not sched._priority                     # no leak once the stream is done
+    sched.prioritize(9)
+    sched.push(9, frames.DATA, b"x" * 50)
+    assert sched.drop(9) == 50 and not sched._priority and not sched
+
+
+def test_priority_streams_share_their_list_fairly():
+    sched = FairScheduler(quantum=1000)
+    for stream_id in (3, 5):
+        sched.prioritize(stream_id)
+        sched.push(stream_id, frames.DATA, bytes(50_000))
+    sched.push(1, frames.DATA, bytes(50_000))
+    sent = _bytes_per_stream(_decode(sched.next_batch(20_000)[0]))
+    assert 1 not in sent and abs(sent[3] - sent[5]) <= 1000 + frames.HEADER_SIZE
+    batches = _drain(sched, 20_000)
+    assert sum(_bytes_per_stream(b).get(1, 0) for b in batches) == 50_000

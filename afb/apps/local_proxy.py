@@ -58,12 +58,9 @@ _refused_log = LogLimiter(log, interval=60.0, burst=5)
 
 
 def _mark_priority(session, stream):
-    """Ask the tunnel's scheduler to send ``stream``'s frames ahead of bulk streams.
-
-    The hook is ``FairScheduler.prioritize(stream_id)`` (afb/mux/scheduler.py
-    has none yet: until it does, a priority stream is served first by its
-    device's limit only).
-    """
+    """Ask the tunnel's scheduler to send ``stream``'s frames ahead of bulk streams
+    (:meth:`afb.mux.scheduler.FairScheduler.prioritize`; the upload direction: the
+    server orders the download by its own new-flow list)."""
     prioritize = getattr(getattr(getattr(session, "writer", None), "sched", None),
                          "prioritize", None)
     if prioritize is not None:
