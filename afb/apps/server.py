@@ -1,5 +1,6 @@
 """``afb server``: the WebSocket tunnel endpoint that forwards streams to destinations."""
 
+import hashlib
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ from afb.transport import tls
 from afb.transport.dialer import Dialer
 from afb.transport.relay import SocketRelay
 from afb.transport.resolver import Resolver
+from afb.transport.resume_table import ResumeTable
 from afb.transport.session import Session
 from afb.transport.shaper import Qos, qos_settings
 from afb.transport.shared_state import SharedNode, SharedThrottle
@@ -102,6 +104,7 @@ class TunnelServer(ServerReload):
             frame_rate=tunnel["max_frame_rate_per_user"], qos=self.qos)
         self.users.shared = self.shared
         self.sessions = set()
+        self.resumes = ResumeTable()        # resumable tunnels by session id
         #: This node's name in logs, /metrics and the control socket (several nodes
         #: behind HAProxy): ``node_id``, by default the host name.
         self.node = logsetup.node_name(server["node_id"])
@@ -193,6 +196,21 @@ class TunnelServer(ServerReload):
         if self.stopping:       # accepted just before the listener closed
             ws.close(CLOSE_GOING_AWAY, "server is restarting")
             return
+        ws = self._secure(ws, environ, label)
+        if ws is None:
+            return
+        binding = self._binding(ws, environ)
+        first, refused = None, ""
+        if self.cfg["tunnel"]["resume_grace"] > 0:
+            # A client whose WebSocket died asks, in its HELLO, to resume its tunnel.
+            first = self._first_message(ws, label)
+            if first is None:
+                return
+            request = self.resumes.request_in(first)
+            if request is not None:
+                refused = self.resumes.resume(ws, request, claims, binding, label)
+                if not refused:
+                    return          # resumed; its link has ended
         try:
             user = self.users.enter(claims["sub"])
         except AfbError as exc:
@@ -204,18 +222,43 @@ class TunnelServer(ServerReload):
             return
         session = None
         try:
-            session = self._start_session(ws, claims, environ, label, user)
+            session = self._start_session(ws, claims, environ, label, user,
+                                          (first, binding, refused))
             if session is not None:
                 self._run_session(session, label)
         finally:
             self.users.leave(user, session)
 
-    def _start_session(self, ws, claims, environ, label, user):
-        """E2E, HELLO and the session's greenlets; None (one log line) if that failed."""
-        tunnel = self.cfg["tunnel"]
-        ws = self._secure(ws, environ, label)
-        if ws is None:
+    def _first_message(self, ws, label):
+        """The client's first message (its HELLO), or None (one log line, closed)."""
+        timeout = self.cfg["server"]["handshake_timeout"]
+        try:
+            with gevent.Timeout(timeout, AfbError("no HELLO within %.0f s" % timeout)):
+                message = ws.recv_message()
+        except (AfbError, OSError) as exc:
+            log.warning("%s: handshake failed: %s", label, exc)
+            ws.close(getattr(exc, "close_code", CLOSE_GOING_AWAY), str(exc))
             return None
+        if message is None:
+            log.info("%s: closed by the client before its HELLO", label)
+        return message
+
+    def _binding(self, ws, environ):
+        """The channel binding of a tunnel's WebSocket, which resume proofs are bound to:
+        the E2E transcript hash, else SHA-256 of the upgrade's token."""
+        bound = getattr(ws, "transcript_hash", None)
+        if bound:
+            return bound
+        auth = self.cfg["auth"]
+        token = token_from_headers(environ, auth["token_place"], auth["token_cookie"]) or ""
+        return hashlib.sha256(token.encode()).digest()
+
+    def _start_session(self, ws, claims, environ, label, user, hello):
+        """HELLO and the session's greenlets; None (one log line) if that failed.
+        ``hello``: the client's first message if read already, the binding, and why
+        the resume it asked for was refused."""
+        tunnel = self.cfg["tunnel"]
+        first, binding, refused = hello
         session = Session(ws, client=False, window=tunnel["stream_window"],
                           max_message=tunnel["max_message"], max_streams=tunnel["max_streams"],
                           ping_interval=tunnel["ping_interval"], on_open=self._open_stream,
@@ -223,12 +266,13 @@ class TunnelServer(ServerReload):
                           idle_timeout=tunnel["idle_timeout"], label=label,
                           buffer_limit=tunnel["max_buffer"], frame_rate=tunnel["max_frame_rate"],
                           user=user, tally=self.monitor.user_tally(claims["sub"]),
-                          peer=_peer(environ))
+                          peer=_peer(environ), resume_grace=tunnel["resume_grace"])
         session.claims = claims
         if "exp" in claims:
             session.expire_at(claims["exp"], grace=self.cfg["auth"]["leeway"])
         try:
-            session.handshake(timeout=self.cfg["server"]["handshake_timeout"])
+            session.handshake(timeout=self.cfg["server"]["handshake_timeout"], first=first,
+                              binding=binding, refused=refused)
         except AfbError as exc:
             log.warning("%s: handshake failed: %s", label, exc,
                         extra={"event": "handshake_failed", "user": claims.get("sub")})
@@ -236,6 +280,7 @@ class TunnelServer(ServerReload):
             return None
         session.start()
         user.sessions.add(session)
+        self.resumes.add(session)
         return session
 
     def _run_session(self, session, label):
@@ -249,6 +294,7 @@ class TunnelServer(ServerReload):
             session.run()
         finally:
             self.sessions.discard(session)
+            self.resumes.remove(session)
             session.tasks.kill(block=False)
             tally = session.tally      # its streams are over: their bytes are in it
             log.info("%s: tunnel closed after %.0f s: %s", label, time.monotonic() - started,
@@ -369,6 +415,9 @@ class TunnelServer(ServerReload):
         self.own_watch.stop()
         timeout = self.cfg["server"]["drain_timeout"] if timeout is None else timeout
         for session in list(self.sessions):
+            if session.detached:    # no WebSocket to drain through
+                session.close_reason = "server stopping"
+                session.close()
             session.goaway("server is restarting")
         deadline = time.monotonic() + timeout
         for session in list(self.sessions):

@@ -76,6 +76,14 @@ class FairScheduler:
             pass
         return dropped
 
+    def clear(self):
+        """Forget everything queued (a resumed tunnel's dead WebSocket): budget released."""
+        for stream_id in list(self._queues):
+            self.drop(stream_id)
+        self.budget.release(self.control_bytes + FRAME_COST * len(self._control))
+        self._control.clear()
+        self.control_bytes = 0
+
     def next_batch(self, limit):
         """Take frames for one message of about ``limit`` bytes: ``(parts, size)``.
 

@@ -1,0 +1,146 @@
+"""Helpers of tests/test_resume*.py: a relay the tests cut, and apps that check every byte."""
+
+import hashlib
+import socket
+import struct
+import time
+
+import gevent
+from gevent.server import StreamServer
+
+from tests.support import recv_exact, socks_connect
+
+
+class CuttableRelay:
+    """A TCP relay on 127.0.0.1 to ``port`` (between client and server) that a test cuts:
+    :meth:`cut` resets every connection (RST) and stops listening (redials are refused
+    meanwhile), :meth:`restore` listens again on the same port."""
+
+    def __init__(self, port, listen_port):
+        self.target = port
+        self.port = listen_port
+        self.socks = []
+        self.server = None
+        self.connections = 0
+        self.restore()
+
+    def restore(self):
+        self.server = StreamServer(("127.0.0.1", self.port), self._handle)
+        self.server.start()
+
+    def _handle(self, down, _address):
+        try:
+            up = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+        except OSError:
+            down.close()
+            return
+        self.connections += 1
+        self.socks += [down, up]
+        gevent.joinall([gevent.spawn(_pump, down, up), gevent.spawn(_pump, up, down)])
+
+    def cut(self):
+        """Every connection reset at once, and no new one until :meth:`restore`."""
+        self.server.close()
+        socks, self.socks = self.socks, []
+        for sock in socks:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.cut()
+
+
+def _pump(source, sink):
+    try:
+        while True:
+            data = source.recv(65536)
+            if not data:
+                break
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class SlowDownload:
+    """Through the SOCKS proxy to a HashTarget: uploads ``up`` bytes and downloads ``down``
+    bytes, reading at most ``rate`` bytes/s, so that the transfer spans the cuts."""
+
+    def __init__(self, proxy, target, up, down, rate):
+        self.proxy, self.target = proxy, target
+        self.up, self.down, self.rate = up, down, rate
+        self.ident = hashlib.sha256(str(time.monotonic()).encode()).digest()[:16]
+        self.error = None
+        self.digests = None
+        self.greenlet = gevent.spawn(self._run)
+
+    def _run(self):
+        from tests.support import send_pattern
+
+        try:
+            sock = socks_connect(self.proxy, "127.0.0.1", self.target.port, timeout=60)
+            sock.sendall(self.target.HEAD.pack(self.ident, self.up, self.down))
+            sender = gevent.spawn(send_pattern, sock, self.target.pattern, self.up, b"up")
+            digest = hashlib.sha256()
+            got = 0
+            started = time.monotonic()
+            while got < self.down:
+                data = sock.recv(min(65536, self.down - got))
+                if not data:
+                    raise EOFError("download ended after %d of %d bytes" % (got, self.down))
+                digest.update(data)
+                got += len(data)
+                ahead = got / self.rate - (time.monotonic() - started)
+                if ahead > 0:
+                    gevent.sleep(ahead)
+            self.digests = (sender.get(), digest.hexdigest())
+            sock.close()
+        except (OSError, EOFError) as exc:      # the test reports it
+            self.error = exc
+
+
+class Chatter:
+    """An interactive app: a numbered line every ``interval`` s to an echo target, each
+    answer checked; ``stalls`` are the round trips slower than usual (the cuts)."""
+
+    def __init__(self, proxy, port, interval=0.02):
+        self.proxy, self.port, self.interval = proxy, port, interval
+        self.sent = 0
+        self.error = None
+        self.round_trips = []           # (when sent, seconds)
+        self._stop = False
+        self.greenlet = gevent.spawn(self._run)
+
+    def _run(self):
+        try:
+            sock = socks_connect(self.proxy, "127.0.0.1", self.port, timeout=60)
+            while not self._stop:
+                line = b"line %08d\n" % self.sent
+                started = time.monotonic()
+                sock.sendall(line)
+                if recv_exact(sock, len(line)) != line:
+                    raise AssertionError("echo of line %d differs" % self.sent)
+                self.round_trips.append((started, time.monotonic() - started))
+                self.sent += 1
+                gevent.sleep(self.interval)
+            sock.close()
+        except (OSError, EOFError, AssertionError) as exc:
+            self.error = exc
+
+    def stop(self):
+        self._stop = True
+        self.greenlet.join(30)
+
+    def slowest_after(self, moment):
+        """The longest round trip that began at or after ``moment`` s (monotonic)... and
+        ended the stall a cut made: the time to recover."""
+        return max((rtt for started, rtt in self.round_trips if started >= moment - 1.0),
+                   default=0.0)
