@@ -123,3 +123,33 @@ def test_streams_go_on_byte_exact_across_cuts_of_the_websocket(setup, tmp_path, 
     for gap, stall, after_restore in recoveries:
         log.warning("cut with a %.1f s gap: 0 bytes lost, echo stalled %.2f s beyond the gap, "
                     "flowing again %.2f s after the relay came back", gap, stall, after_restore)
+
+
+def test_a_gap_longer_than_the_grace_resets_the_streams_cleanly(setup, tmp_path, daemons,
+                                                                hash_target, echo):
+    relay_port = _through_relay(setup, 1)
+    server, relay, client = _start(setup, tmp_path, daemons, relay_port)
+    proxy = ("127.0.0.1", setup.proxy_port)
+    download = SlowDownload(proxy, hash_target, up=1 << 20, down=64 << 20, rate=4 << 20)
+    chatter = Chatter(proxy, echo.port)
+    try:
+        gevent.sleep(0.5)
+        cut_at = time.monotonic()
+        relay.cut()
+        # The apps see an error (a reset), not a hang, once the grace has passed.
+        assert wait_until(lambda: chatter.error is not None and download.error is not None, 10)
+        ended_after = time.monotonic() - cut_at
+        relay.restore()
+        assert wait_until(lambda: client.output().count("tunnel up to") == 2, 10)
+        again = Chatter(proxy, echo.port)            # a new stream works on the new tunnel
+        assert wait_until(lambda: again.sent >= 3, 10)
+        again.stop()
+        assert again.error is None
+    finally:
+        chatter.stop()
+        relay.close()
+    assert 0.9 <= ended_after < 4.0, ended_after
+    assert isinstance(chatter.error, (OSError, EOFError)), chatter.error
+    assert "not resumed within 1 s" in client.output()
+    assert wait_until(lambda: "not resumed within 1 s" in server.output(), 5)
+    log.warning("gap beyond a 1 s grace: the apps saw a reset %.2f s after the cut", ended_after)
