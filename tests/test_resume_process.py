@@ -13,6 +13,7 @@ import gevent
 import pytest
 from gevent.pywsgi import WSGIServer
 
+from tests.multi_server import Servers
 from tests.resume_support import Chatter, CuttableRelay, SlowDownload
 from tests.support import Daemon, HashTarget, free_port, wait_log, wait_port, wait_until
 
@@ -153,3 +154,35 @@ def test_a_gap_longer_than_the_grace_resets_the_streams_cleanly(setup, tmp_path,
     assert "not resumed within 1 s" in client.output()
     assert wait_until(lambda: "not resumed within 1 s" in server.output(), 5)
     log.warning("gap beyond a 1 s grace: the apps saw a reset %.2f s after the cut", ended_after)
+
+
+def test_a_resume_that_lands_on_another_server_is_refused_and_a_new_tunnel_starts(
+        setup, tmp_path, daemons, echo):
+    """Behind a load balancer the new WebSocket may reach another node, which cannot
+    have the tunnel's destination sockets: it refuses in the HELLO of a new tunnel."""
+    relay_port = _through_relay(setup, 30)
+    servers = Servers(setup, names=("a", "b"))
+    _server, relay, client = _start(setup, tmp_path, daemons, relay_port)
+    other = servers.start("b", str(tmp_path))
+    daemons.append(other)
+    chatter = Chatter(("127.0.0.1", setup.proxy_port), echo.port)
+    try:
+        assert wait_until(lambda: chatter.sent >= 3, 10)
+        relay.cut()
+        relay.target = servers.ports["b"]
+        cut_at = time.monotonic()
+        relay.restore()
+        assert wait_until(lambda: chatter.error is not None, 10), "the held stream hangs"
+        ended_after = time.monotonic() - cut_at
+        again = Chatter(("127.0.0.1", setup.proxy_port), echo.port)
+        assert wait_until(lambda: again.sent >= 3, 10)
+        again.stop()
+        assert again.error is None
+    finally:
+        chatter.stop()
+        relay.close()
+    out = client.output()
+    assert "cannot resume: no such tunnel on this server" in out, out[-2000:]
+    assert "resume refused: no such tunnel" in other.output()
+    log.warning("resume on another server: refused, the app saw a reset %.2f s after the cut",
+                ended_after)

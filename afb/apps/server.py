@@ -1,6 +1,5 @@
 """``afb server``: the WebSocket tunnel endpoint that forwards streams to destinations."""
 
-import hashlib
 import logging
 import os
 import signal
@@ -33,7 +32,7 @@ from afb.transport import tls
 from afb.transport.dialer import Dialer
 from afb.transport.relay import SocketRelay
 from afb.transport.resolver import Resolver
-from afb.transport.resume_table import ResumeTable
+from afb.transport.resume_table import ResumeTable, first_message, link_binding
 from afb.transport.session import Session
 from afb.transport.shaper import Qos, qos_settings
 from afb.transport.shared_state import SharedNode, SharedThrottle
@@ -199,11 +198,13 @@ class TunnelServer(ServerReload):
         ws = self._secure(ws, environ, label)
         if ws is None:
             return
-        binding = self._binding(ws, environ)
+        auth = self.cfg["auth"]
+        binding = link_binding(ws, token_from_headers(environ, auth["token_place"],
+                                                      auth["token_cookie"]))
         first, refused = None, ""
         if self.cfg["tunnel"]["resume_grace"] > 0:
             # A client whose WebSocket died asks, in its HELLO, to resume its tunnel.
-            first = self._first_message(ws, label)
+            first = first_message(ws, self.cfg["server"]["handshake_timeout"], label)
             if first is None:
                 return
             request = self.resumes.request_in(first)
@@ -228,30 +229,6 @@ class TunnelServer(ServerReload):
                 self._run_session(session, label)
         finally:
             self.users.leave(user, session)
-
-    def _first_message(self, ws, label):
-        """The client's first message (its HELLO), or None (one log line, closed)."""
-        timeout = self.cfg["server"]["handshake_timeout"]
-        try:
-            with gevent.Timeout(timeout, AfbError("no HELLO within %.0f s" % timeout)):
-                message = ws.recv_message()
-        except (AfbError, OSError) as exc:
-            log.warning("%s: handshake failed: %s", label, exc)
-            ws.close(getattr(exc, "close_code", CLOSE_GOING_AWAY), str(exc))
-            return None
-        if message is None:
-            log.info("%s: closed by the client before its HELLO", label)
-        return message
-
-    def _binding(self, ws, environ):
-        """The channel binding of a tunnel's WebSocket, which resume proofs are bound to:
-        the E2E transcript hash, else SHA-256 of the upgrade's token."""
-        bound = getattr(ws, "transcript_hash", None)
-        if bound:
-            return bound
-        auth = self.cfg["auth"]
-        token = token_from_headers(environ, auth["token_place"], auth["token_cookie"]) or ""
-        return hashlib.sha256(token.encode()).digest()
 
     def _start_session(self, ws, claims, environ, label, user, hello):
         """HELLO and the session's greenlets; None (one log line) if that failed.

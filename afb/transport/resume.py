@@ -42,12 +42,13 @@ import logging
 import os
 import time
 
+import gevent
 from gevent.event import Event
 
 from afb import PROTOCOL_VERSION
 from afb.codec import frames
 from afb.codec import resume as wire
-from afb.errors import REP_GENERAL_FAILURE, AfbError, ProtocolError
+from afb.errors import CLOSE_NORMAL, REP_GENERAL_FAILURE, AfbError, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,36 @@ class Resumption:
             self.lingering.pop(stream.id, None)
         if session.client and flags & wire.STATE_ACCEPTED:
             stream.on_open_result(None)
+
+
+def ask_to_resume(ws, held, binding, timeout):
+    """Client: ask the server to resume ``held`` on the new ``ws``.  None once it did;
+    else the server's answer (the HELLO of a new tunnel), ``held`` ended with its reason."""
+    try:
+        with gevent.Timeout(timeout, ProtocolError(
+                "no answer to the resume request within %.0f s" % timeout)):
+            ws.send_message([held.resume.request_hello(binding)])
+            first = ws.recv_message()
+        if first is None:
+            raise ProtocolError("server closed during the handshake (%s)" % (
+                getattr(ws, "peer_close_reason", "") or "no reason"))
+    except BaseException:
+        ws.close()
+        raise
+    try:
+        ext = wire.parse_ext(frames.hello_trailer(frames.first_hello(first)))
+    except AfbError:
+        ext = None          # not a HELLO: the handshake of a new session says so
+    if ext is not None and ext.kind == wire.RESUMED:
+        if held.closed or held.resume.attach(ws) is None:
+            ws.close(CLOSE_NORMAL, "tunnel ended meanwhile")
+            raise ProtocolError("the held tunnel ended while it was being resumed")
+        return None
+    reason = ext.reason if ext is not None and ext.reason else \
+        "the server does not resume tunnels (resume_grace = 0, or an older version)"
+    log.warning("%s: cannot resume: %s; its streams are reset", held.label, reason)
+    held.resume.give_up(reason)
+    return first
 
 
 def abort(ws):

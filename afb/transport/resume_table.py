@@ -20,12 +20,15 @@ address) in HAProxy keeps a client on its node, which makes resumption work
 behind it as long as the address stays; nothing needs the shared store.
 """
 
+import hashlib
 import logging
+
+import gevent
 
 from afb import PROTOCOL_VERSION
 from afb.codec import frames
 from afb.codec import resume as wire
-from afb.errors import AfbError
+from afb.errors import CLOSE_GOING_AWAY, AfbError
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +109,24 @@ class ResumeTable:
         if not wire.check_proof(session.resume.key, sid, ext, binding):
             return "wrong resume proof"
         return ""
+
+
+def link_binding(ws, token):
+    """The channel binding of a tunnel's WebSocket, which resume proofs are bound to:
+    the E2E transcript hash, else SHA-256 of the upgrade's token."""
+    return getattr(ws, "transcript_hash", None) or hashlib.sha256((token or "").encode()).digest()
+
+
+def first_message(ws, timeout, label):
+    """The client's first message (its HELLO, maybe a resume request), or None (one log
+    line; the WebSocket is closed)."""
+    try:
+        with gevent.Timeout(timeout, AfbError("no HELLO within %.0f s" % timeout)):
+            message = ws.recv_message()
+    except (AfbError, OSError) as exc:
+        log.warning("%s: handshake failed: %s", label, exc)
+        ws.close(getattr(exc, "close_code", CLOSE_GOING_AWAY), str(exc))
+        return None
+    if message is None:
+        log.info("%s: closed by the client before its HELLO", label)
+    return message

@@ -51,20 +51,19 @@ import time
 import gevent
 from gevent.event import Event
 
-from afb.codec import frames
-from afb.codec import resume as resume_wire
 from afb.codec.aead import HandshakeError
 from afb.errors import (
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
     AfbError,
-    ProtocolError,
     TlsError,
     TunnelUnavailable,
     UpgradeRefused,
 )
 from afb.policy import token_check
 from afb.transport import tls, wsclient
+from afb.transport.resume import ask_to_resume
+from afb.transport.resume_table import link_binding
 from afb.transport.secure_channel import client_secure
 from afb.transport.session import DEFAULT_BUFFER, Session
 
@@ -78,6 +77,10 @@ HEALTHY_AFTER = 3.0
 TOKEN_POLL = 1.0
 #: The same failure message is logged at its level at most this often.
 REPEAT_LOG_INTERVAL = 300.0
+#: Longest pause between dials while a session waits to be resumed: the backoff
+#: (up to reconnect_max, 30 s) would let most of a 30 s resume_grace pass after
+#: the network came back; a dial a second for a while costs little.
+HELD_RETRY = 1.0
 
 
 class TunnelClient:
@@ -319,6 +322,8 @@ class TunnelClient:
             message = str(exc) or type(exc).__name__
         if needs_fix:
             pause = max(pause, self.reconnect_max)
+        elif self._held() is not None:
+            pause = min(pause, HELD_RETRY)
         self._failed(message, level, pause)
 
     def _failed(self, message, level, pause, key=None):
@@ -370,11 +375,11 @@ class TunnelClient:
             # Bound to the token of this upgrade; closes ws and raises on failure.
             ws = client_secure(ws, self.e2e_key, hashlib.sha256(token.encode()).digest(),
                                self.e2e_cipher, self.connect_timeout)
-        binding = getattr(ws, "transcript_hash", None) or hashlib.sha256(token.encode()).digest()
+        binding = link_binding(ws, token)
         first = None
         held = self._held()
         if held is not None:
-            first = self._resume_request(ws, held, binding)
+            first = ask_to_resume(ws, held, binding, self.connect_timeout)
             if first is None:
                 return held
         session = Session(ws, client=True, window=self.window, max_message=self.max_message,
@@ -395,32 +400,6 @@ class TunnelClient:
             if session.detached and not session.closed:
                 return session
         return None
-
-    def _resume_request(self, ws, held, binding):
-        """Ask the server to resume ``held`` on ``ws``: None once it did; else the
-        server's answer (the HELLO of a new tunnel), ``held`` ended with its reason."""
-        try:
-            with gevent.Timeout(self.connect_timeout, ProtocolError(
-                    "no answer to the resume request within %.0f s" % self.connect_timeout)):
-                ws.send_message([held.resume.request_hello(binding)])
-                first = ws.recv_message()
-            if first is None:
-                raise ProtocolError("server closed during the handshake (%s)" % (
-                    getattr(ws, "peer_close_reason", "") or "no reason"))
-        except BaseException:
-            ws.close()
-            raise
-        ext = _resume_answer(first)
-        if ext is not None and ext.kind == resume_wire.RESUMED:
-            if held.closed or held.resume.attach(ws) is None:
-                ws.close(CLOSE_NORMAL, "tunnel ended meanwhile")
-                raise ProtocolError("the held tunnel ended while it was being resumed")
-            return None
-        reason = ext.reason if ext is not None and ext.reason else \
-            "the server does not resume tunnels (resume_grace = 0, or an older version)"
-        log.warning("%s: cannot resume: %s; its streams are reset", held.label, reason)
-        held.resume.give_up(reason)
-        return first
 
     # --- sessions ---------------------------------------------------------------------
 
@@ -469,14 +448,6 @@ class TunnelClient:
         for greenlet in (self._greenlet, self._refresher):
             if greenlet is not None:
                 greenlet.kill(block=False)
-
-
-def _resume_answer(message):
-    """The resume extension of the server's HELLO (None: none, or not a HELLO)."""
-    try:
-        return resume_wire.parse_ext(frames.hello_trailer(frames.first_hello(message)))
-    except AfbError:
-        return None
 
 
 def _token_refused(session):
