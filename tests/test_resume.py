@@ -183,5 +183,51 @@ def test_unacknowledged_data_stays_within_the_window(resumable):
         fast.close()
         window_max = resumable.client.tunnel.session.window_max
         assert stream.sent.peak <= window_max, (stream.sent.peak, window_max)
+        # What was kept is charged to the tunnel's budget, and all of it released.
+        assert wait_until(lambda: not session.streams and not session.resume.lingering, 10)
+        assert wait_until(lambda: session.down.used == 0, 5), session.down.used
     finally:
+        target.close()
+
+
+def test_a_peer_that_grants_credit_but_never_acknowledges_meets_the_tunnel_budget(resumable):
+    """Kept data is charged to the tunnel's ``max_buffer`` (8 MiB): a hand-made client
+    that reads and hands credit back (WINDOW) but never sends ACK stalls there."""
+    target = HashTarget(os.urandom(1 << 20))
+    setup = resumable.setup
+    token = setup.token
+    ws = wsclient.connect(setup.url, headers={"Authorization": "Bearer " + token},
+                          ssl_context=tls.client_context(pin=setup.pin), pin=setup.pin)
+    ws = client_secure(ws, setup.e2e_public_key, hashlib.sha256(token.encode()).digest(), None, 5)
+    try:
+        ws.send_message([frames.frame(frames.HELLO, 0, frames.hello_payload(
+            PROTOCOL_VERSION, 1 << 20, 1 << 20) + wire.offer())])
+        reply = ws.recv_message()
+        assert wire.parse_ext(frames.hello_trailer(frames.first_hello(reply))).kind == wire.GRANT
+        head = target.HEAD.pack(os.urandom(16), 0, 256 << 20)
+        ws.send_message([frames.frame(frames.OPEN, 1, frames.open_payload(
+            frames.CMD_CONNECT, "127.0.0.1", target.port, head))])
+        received = 0
+        while True:
+            with gevent.Timeout(1.0, False):
+                message = ws.recv_message()
+                credit = 0
+                for ftype, _flags, _sid, payload in frames.iter_frames(message):
+                    if ftype == frames.DATA:
+                        credit += len(payload)
+                if credit:
+                    received += credit
+                    ws.send_message([frames.frame(frames.WINDOW, 1,
+                                                  frames.window_payload(credit))])
+                assert received < 64 << 20, "the server kept sending: its memory grows"
+                continue
+            break               # a second without data: the server stopped reading
+        session = next(s for s in resumable.server.sessions if 1 in s.streams and
+                       s.streams[1].port == target.port)
+        limit = session.down.limit
+        assert limit // 2 <= received <= limit + (1 << 20), received
+        assert session.streams[1].sent.held <= limit + (1 << 20)
+        assert session.down.used <= limit + (1 << 20)
+    finally:
+        ws.close()
         target.close()

@@ -14,6 +14,14 @@ credit.  So what waits here is at most the stream's receive window at the
 peer (``stream_window``, growing to ``window_max`` for a busy stream) plus
 the bytes sent since the last ACK, both within the credit: never more than
 one window per stream (tests/test_resume.py measures the peak).
+
+**Charged to the tunnel's budget.**  That bound holds for a peer that
+acknowledges; one that grants credit (WINDOW) but never sends ACK would make
+us keep everything.  So the bytes kept are charged to a
+:class:`~afb.mux.budget.ByteBudget` (the session's ``down``, the one queued
+frames are charged to, chained to the user's): relays stop reading while it
+is exhausted, and ``max_buffer`` bounds a tunnel whatever its peer does.
+While a chunk is also still queued it counts twice: conservative, and short.
 """
 
 from collections import deque
@@ -24,9 +32,10 @@ from afb.errors import ProtocolError
 class Unacked:
     """A stream's sent bytes from ``start`` (the peer's last ACK) to ``end``."""
 
-    __slots__ = ("chunks", "start", "end", "fin_acked", "peak")
+    __slots__ = ("chunks", "start", "end", "fin_acked", "peak", "budget")
 
-    def __init__(self):
+    def __init__(self, budget=None):
+        self.budget = budget    # charged for what is kept (None: only counted)
         self.chunks = deque()
         self.start = 0          # offset of the first byte kept
         self.end = 0            # offset after the last byte sent
@@ -43,6 +52,8 @@ class Unacked:
     def append(self, data):
         self.chunks.append(data)
         self.end += len(data)
+        if self.budget is not None:
+            self.budget.charge(len(data))
         held = self.end - self.start
         if held > self.peak:
             self.peak = held
@@ -51,6 +62,7 @@ class Unacked:
         """The peer holds every byte below ``offset``: free them (an old offset is a no-op)."""
         if offset > self.end:
             raise ProtocolError("ACK of offset %d, only %d bytes were sent" % (offset, self.end))
+        before = self.start
         chunks = self.chunks
         while chunks and offset > self.start:
             first = chunks[0]
@@ -64,6 +76,8 @@ class Unacked:
                 self.start = offset
         if offset > self.start:     # nothing was kept (an empty stream)
             self.start = offset
+        if self.budget is not None and self.start > before:
+            self.budget.release(self.start - before)
 
     def since(self, offset):
         """The chunks to send again for a peer that holds the bytes below ``offset``."""
@@ -79,5 +93,5 @@ class Unacked:
         return self.fin_acked and self.start == self.end
 
     def clear(self):
-        self.chunks.clear()
-        self.start = self.end
+        """The stream is gone for good: forget (and release) what was kept."""
+        self.ack(self.end)

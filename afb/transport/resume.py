@@ -79,13 +79,26 @@ class Resumption:
     # --- while linked -------------------------------------------------------------
 
     def linger(self, stream):
-        """``stream`` ended both ways: keep it until the peer acknowledged all of it."""
-        if stream.sent is None or stream.sent.done:
+        """``stream`` left the session's table: if it ended both ways, keep it until the
+        peer acknowledged all of it; if it was reset, forget what it kept."""
+        if stream.reset_error is not None or stream.sent.done:
+            stream.sent.clear()
             return
         lingering = self.lingering
         if len(lingering) >= MAX_LINGERING:
-            del lingering[next(iter(lingering))]
+            self._unlinger(next(iter(lingering)))
         lingering[stream.id] = stream
+
+    def _unlinger(self, stream_id):
+        stream = self.lingering.pop(stream_id, None)
+        if stream is not None:
+            stream.sent.clear()
+
+    def end(self):
+        """The session ended: what lingering streams kept is released."""
+        for stream_id in list(self.lingering):
+            self._unlinger(stream_id)
+        self.link_ended.set()
 
     def on_ack(self, flags, stream_id, payload):
         """ACK from the peer: free what it holds."""
@@ -97,7 +110,7 @@ class Resumption:
         if flags & wire.FLAG_FIN and stream.local_fin and offset == stream.sent.end:
             stream.sent.fin_acked = True
         if stream.sent.done:
-            self.lingering.pop(stream_id, None)
+            self._unlinger(stream_id)
 
     # --- the WebSocket died -------------------------------------------------------------
 
@@ -226,13 +239,13 @@ class Resumption:
                         frames.CMD_CONNECT, stream.host, stream.port), wake=False)
                     self._resend(stream, 0, session.peer_window, 0)
                 elif stream_id in lingering:
-                    del lingering[stream_id]        # the peer has it all: it forgot it
+                    self._unlinger(stream_id)       # the peer has it all: it forgot it
                 else:       # the peer reset it and its RST was lost with the old link
                     stream.on_reset(REP_GENERAL_FAILURE, "stream lost with the tunnel's "
                                     "WebSocket (reset by the peer meanwhile)")
             except ProtocolError as exc:
                 log.warning("%s: stream %d cannot resume: %s", session.label, stream_id, exc)
-                lingering.pop(stream_id, None)
+                self._unlinger(stream_id)
                 if stream.reset_error is None and stream_id in streams:
                     stream.reset(REP_GENERAL_FAILURE, str(exc))
         session.holding = False
@@ -255,7 +268,7 @@ class Resumption:
             else:
                 session.queue(stream.id, frames.FIN, wake=False)
         if sent.done:
-            self.lingering.pop(stream.id, None)
+            self._unlinger(stream.id)
         if session.client and flags & wire.STATE_ACCEPTED:
             stream.on_open_result(None)
 

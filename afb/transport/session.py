@@ -281,7 +281,7 @@ class Session:
         """A new stream in the table (counted for the user), not yet announced."""
         stream = Stream(self, stream_id, host, port, self.peer_window, self.window, self.window_max)
         if self.resume is not None:
-            stream.sent = Unacked()
+            stream.sent = Unacked(self.down)
         self.streams[stream_id] = stream
         if self.user is not None:
             self.user.streams += 1
@@ -321,7 +321,7 @@ class Session:
         """The stream is gone (ended or reset): out of the table."""
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
-            if stream.sent is not None and stream.reset_error is None:
+            if stream.sent is not None:
                 self.resume.linger(stream)
             self.tally.stream_ended(stream)
             if self.user is not None:
@@ -401,8 +401,7 @@ class Session:
             stream.on_reset(REP_GENERAL_FAILURE, reason)
         self.streams.clear()
         if self.resume is not None:
-            self.resume.lingering.clear()
-            self.resume.link_ended.set()
+            self.resume.end()
         self.drained.set()
         self.writer.wake()
         self.state_changed.set()
