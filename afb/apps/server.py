@@ -195,9 +195,31 @@ class TunnelServer(ServerReload):
         if self.stopping:       # accepted just before the listener closed
             ws.close(CLOSE_GOING_AWAY, "server is restarting")
             return
+        try:
+            user = self.users.enter(claims["sub"])
+        except AfbError as exc:
+            if not self.resumes.holds(claims["sub"]):
+                count("limit_hits")
+                _refusals.warning(claims["sub"], "tunnel refused", "%s: refused: %s", label,
+                                  exc, extra={"event": "tunnel_refused", "user": claims["sub"],
+                                              "peer": peer})
+                ws.close(exc.close_code, str(exc))
+                return
+            user = exc          # at its limit, with a held tunnel: it may resume that one
+        counted = [user]        # a resume takes the held tunnel's place: uncounted then
+        session = None
+        try:
+            session = self._tunnel(ws, claims, environ, label, counted)
+        finally:
+            if not isinstance(counted[0], (AfbError, type(None))):
+                self.users.leave(counted[0], session)
+
+    def _tunnel(self, ws, claims, environ, label, counted):
+        """E2E, then a resume of a held tunnel or a new session (-> it, once ended)."""
+        user = counted[0]
         ws = self._secure(ws, environ, label)
         if ws is None:
-            return
+            return None
         auth = self.cfg["auth"]
         binding = link_binding(ws, token_from_headers(environ, auth["token_place"],
                                                       auth["token_cookie"]))
@@ -206,29 +228,26 @@ class TunnelServer(ServerReload):
             # A client whose WebSocket died asks, in its HELLO, to resume its tunnel.
             first = first_message(ws, self.cfg["server"]["handshake_timeout"], label)
             if first is None:
-                return
+                return None
             request = self.resumes.request_in(first)
             if request is not None:
-                refused = self.resumes.resume(ws, request, claims, binding, label)
+                refused = self.resumes.resume(ws, request, claims, binding, label,
+                                              on_accept=lambda: self._uncount(counted))
                 if not refused:
-                    return          # resumed; its link has ended
-        try:
-            user = self.users.enter(claims["sub"])
-        except AfbError as exc:
-            count("limit_hits")
-            _refusals.warning(claims["sub"], "tunnel refused", "%s: refused: %s", label, exc,
-                              extra={"event": "tunnel_refused", "user": claims["sub"],
-                                     "peer": peer})
-            ws.close(exc.close_code, str(exc))
-            return
-        session = None
-        try:
-            session = self._start_session(ws, claims, environ, label, user,
-                                          (first, binding, refused))
-            if session is not None:
-                self._run_session(session, label)
-        finally:
-            self.users.leave(user, session)
+                    return None         # resumed; its link has ended
+        if isinstance(user, AfbError):  # over the limit, and not a resume of its own
+            ws.close(user.close_code, str(user))
+            return None
+        session = self._start_session(ws, claims, environ, label, user,
+                                      (first, binding, refused))
+        if session is not None:
+            self._run_session(session, label)
+        return session
+
+    def _uncount(self, counted):
+        user, counted[0] = counted[0], None
+        if not isinstance(user, AfbError):
+            self.users.leave(user)
 
     def _start_session(self, ws, claims, environ, label, user, hello):
         """HELLO and the session's greenlets; None (one log line) if that failed.

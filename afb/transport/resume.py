@@ -7,8 +7,12 @@ resume_grace`` > 0 on both), a :class:`Resumption` belongs to the session
 (``session.resume``) and:
 
 * **while linked**, every stream keeps the DATA its peer has not acknowledged
-  (:class:`~afb.mux.resend.Unacked`: at most one window per stream), and
-  acknowledges what it received (ACK with each WINDOW, and at FIN).  A
+  (:class:`~afb.mux.resend.Unacked`: at most one window per stream, charged
+  to the tunnel's ``max_buffer``), and acknowledges what it received: at FIN
+  at once, else within :data:`ACK_DELAY`, one ACK per stream that received
+  data meanwhile.  Not with WINDOW alone: credit goes back after half a
+  window, and the sender, whose kept bytes count on its budget, could wait
+  for an ACK that never comes (200 streams of 4 MiB each way stalled so).  A
   stream that ended both ways *lingers* here until its last bytes and FIN are
   acknowledged (at most :data:`MAX_LINGERING` per tunnel), so that a cut
   right after the end loses nothing either.
@@ -52,6 +56,13 @@ from afb.errors import CLOSE_NORMAL, REP_GENERAL_FAILURE, AfbError, ProtocolErro
 
 log = logging.getLogger(__name__)
 
+#: Seconds a receiver waits before acknowledging: the ACKs of all streams that got
+#: data meanwhile leave together (18 bytes each).  What a sender keeps in flight
+#: per tunnel is bounded by max_buffer, so it can move at most max_buffer per
+#: (ACK_DELAY + round trip): 8 MiB per 20 ms on loopback, 35 MiB/s at 200 ms.
+ACK_DELAY = 0.02
+#: ACK frames per control blob (a blob must fit in the smallest message).
+ACKS_PER_BLOB = 256
 #: Streams ended both ways whose last bytes await an ACK, per tunnel.  Each
 #: holds at most one window; a peer that never acknowledges makes the oldest go.
 MAX_LINGERING = 1024
@@ -75,6 +86,8 @@ class Resumption:
         self.resumes = 0           # links attached after the first
         self.last_gap = 0.0        # seconds without a WebSocket, last time
         self._peer_entries = []    # RESUME entries of the peer gathered so far
+        self._to_ack = {}          # stream id -> Stream that received data since the last ACK
+        self._ack_timer = None
 
     # --- while linked -------------------------------------------------------------
 
@@ -98,7 +111,31 @@ class Resumption:
         """The session ended: what lingering streams kept is released."""
         for stream_id in list(self.lingering):
             self._unlinger(stream_id)
+        if self._ack_timer is not None:
+            self._ack_timer.close()
+        self._to_ack = {}
         self.link_ended.set()
+
+    def ack_soon(self, stream):
+        """``stream`` received data: acknowledge it with the others in ACK_DELAY."""
+        to_ack = self._to_ack
+        if stream.id not in to_ack:
+            to_ack[stream.id] = stream
+            timer = self._ack_timer
+            if timer is None:
+                timer = self._ack_timer = gevent.get_hub().loop.timer(ACK_DELAY)
+            if not timer.active:
+                timer.start(self._send_acks)
+
+    def _send_acks(self):
+        to_ack, self._to_ack = self._to_ack, {}
+        session = self.session
+        if session.closed:
+            return
+        acks = [frames.frame(frames.ACK, stream.id, wire.ack_payload(stream.window.received))
+                for stream in to_ack.values() if stream.reset_error is None]
+        for start in range(0, len(acks), ACKS_PER_BLOB):
+            session.queue_control(b"".join(acks[start:start + ACKS_PER_BLOB]))
 
     def on_ack(self, flags, stream_id, payload):
         """ACK from the peer: free what it holds."""

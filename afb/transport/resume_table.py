@@ -51,6 +51,11 @@ class ResumeTable:
         if session.resume is not None:
             self.sessions[session.session_id] = session
 
+    def holds(self, user):
+        """Whether a tunnel of ``user`` waits for a resume (its tunnel limit lets that in)."""
+        return any(session.detached and session.claims.get("sub") == user
+                   for session in self.sessions.values())
+
     def remove(self, session):
         if self.sessions.get(session.session_id) is session:
             del self.sessions[session.session_id]
@@ -68,9 +73,10 @@ class ResumeTable:
             return None
         return sid, ext
 
-    def resume(self, ws, request, claims, binding, label):
+    def resume(self, ws, request, claims, binding, label, on_accept=None):
         """Resume the session ``request`` names on ``ws``: "" once its link ended, or why
-        not (the caller then opens a new tunnel on ``ws`` and tells the client)."""
+        not (the caller then opens a new tunnel on ``ws`` and tells the client).
+        ``on_accept()``: called once the request is accepted."""
         sid, ext = request
         session = self.sessions.get(sid)
         reason = self._refusal(session, sid, ext, claims, binding)
@@ -84,6 +90,8 @@ class ResumeTable:
                      extra={"event": "resume_refused", "user": claims.get("sub")})
             return reason
         session.resume.generation = ext.generation
+        if on_accept is not None:
+            on_accept()
         hello = frames.frame(frames.HELLO, 0, frames.hello_payload(
             PROTOCOL_VERSION, session.window, session.max_message, session.session_id) +
             wire.resumed(session.resume.grace))

@@ -13,9 +13,9 @@ dialling: ``pending`` then cancels that dial if the stream is reset first
 (the client gave up, or the tunnel closed), so no descriptor outlives it.
 
 When the tunnel can be resumed (:mod:`afb.transport.resume`), ``sent`` keeps
-the DATA not yet acknowledged (:class:`~afb.mux.resend.Unacked`), every
-WINDOW the stream sends carries an ACK of what it received, and a FIN is
-acknowledged at once; while the tunnel has no WebSocket (``session.holding``)
+the DATA not yet acknowledged (:class:`~afb.mux.resend.Unacked`), what it
+receives is acknowledged within :data:`~afb.transport.resume.ACK_DELAY`, a FIN
+at once; while the tunnel has no WebSocket (``session.holding``)
 DATA is kept and not queued: it leaves once the peer said where to resume.
 
 No greenlet belongs to a stream: the session's reader feeds it (the
@@ -165,11 +165,8 @@ class Stream:
         """The local app took ``n`` bytes: hand credit back when half a window went."""
         increment = self.window.on_consumed(n, self.session.clock())
         if increment and self.reset_error is None:
-            window = frames.frame(frames.WINDOW, self.id, frames.window_payload(increment))
-            if self.sent is not None:
-                window += frames.frame(frames.ACK, self.id,
-                                       resume.ack_payload(self.window.received))
-            self.session.queue_control(window)
+            self.session.queue_control(
+                frames.frame(frames.WINDOW, self.id, frames.window_payload(increment)))
 
     def close_write(self):
         """Half-close: tell the peer we will send no more (FIN)."""
@@ -197,6 +194,8 @@ class Stream:
 
     def on_data(self, payload):
         self.window.on_data(len(payload))
+        if self.sent is not None:
+            self.session.resume.ack_soon(self)
         if self.remote_fin or self.reset_error is not None:
             return
         self.bytes_in += len(payload)
