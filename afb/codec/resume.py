@@ -35,7 +35,8 @@ accepted (a proof cannot be replayed).
 local socket took it, or it waits in the session's memory), so the sender
 may free them; flag :data:`FLAG_FIN`: the FIN arrived too.  WINDOW could not
 carry it: its increments mix consumed bytes with window growth, so the
-sender cannot turn credit into an offset.  ``RESUME`` (stream 0, each side
+sender cannot turn credit into an offset; and it leaves only after half a
+window, too late for a sender whose kept bytes count on its budget.  ``RESUME`` (stream 0, each side
 once per new link): ``last_id 32 | count 32 | count x (id 32 | received 64 |
 limit 64 | flags 8)``, split over several frames (:data:`FLAG_MORE`) when
 large; ``limit`` is the offset the sender may send up to (received + the

@@ -8,12 +8,12 @@ handed to the scheduler: keeping them costs a deque slot per chunk, not a
 copy.
 
 **Bounded by the window.**  A sender never has more in flight than the
-credit its peer granted, and a receiver acknowledges with every WINDOW it
-sends (and at FIN) what it holds, which is at least what it handed back as
-credit.  So what waits here is at most the stream's receive window at the
-peer (``stream_window``, growing to ``window_max`` for a busy stream) plus
-the bytes sent since the last ACK, both within the credit: never more than
-one window per stream (tests/test_resume.py measures the peak).
+credit its peer granted, and a receiver acknowledges what it holds (within
+:data:`~afb.transport.resume.ACK_DELAY` of receiving it, at FIN at once),
+which is at least what it handed back as credit.  So what waits here is at
+most the stream's receive window at the peer (``stream_window``, growing to
+``window_max`` for a busy stream): never more than one window per stream
+(tests/test_resume.py measures the peak).
 
 **Charged to the tunnel's budget.**  That bound holds for a peer that
 acknowledges; one that grants credit (WINDOW) but never sends ACK would make
