@@ -88,12 +88,12 @@ def test_streams_go_on_byte_exact_across_cuts_of_the_websocket(setup, tmp_path, 
     server, relay, client = _start(setup, tmp_path, daemons, relay_port)
     proxy = ("127.0.0.1", setup.proxy_port)
     # ~4 s each: a download with an upload (PySocks), curl, an interactive echo.
-    download = SlowDownload(proxy, hash_target, up=6 << 20, down=24 << 20, rate=6 << 20)
+    download = SlowDownload(proxy, hash_target, up=6 << 20, down=30 << 20, rate=6 << 20)
     curl = _curl(http_blob, setup.proxy_port, tmp_path / "blob", 1_500_000)
     chatter = Chatter(proxy, echo.port)
     recoveries = []
     try:
-        for gap in (0.3, 1.0):
+        for gap in (0.0, 0.3, 1.0):
             gevent.sleep(1.0)
             cut_at = time.monotonic()
             relay.cut()
@@ -118,9 +118,9 @@ def test_streams_go_on_byte_exact_across_cuts_of_the_websocket(setup, tmp_path, 
     with open(tmp_path / "blob", "rb") as handle:
         assert hashlib.sha256(handle.read()).digest() == hashlib.sha256(CURL_BLOB).digest()
     out = client.output()
-    assert out.count("resumed on a new WebSocket") == 2, out[-3000:]
+    assert out.count("resumed on a new WebSocket") == 3, out[-3000:]
     assert out.count("tunnel up to") == 1 and "reset" not in out
-    assert server.output().count("resumed on a new WebSocket") == 2
+    assert server.output().count("resumed on a new WebSocket") == 3
     for gap, stall, after_restore in recoveries:
         log.warning("cut with a %.1f s gap: 0 bytes lost, echo stalled %.2f s beyond the gap, "
                     "flowing again %.2f s after the relay came back", gap, stall, after_restore)
