@@ -8,66 +8,41 @@ import time
 import gevent
 from gevent.server import StreamServer
 
+from tests.multi_server import Relay
 from tests.support import recv_exact, socks_connect
 
 
-class CuttableRelay:
-    """A TCP relay on 127.0.0.1 to ``port`` (between client and server) that a test cuts:
-    :meth:`cut` resets every connection (RST) and stops listening (redials are refused
-    meanwhile), :meth:`restore` listens again on the same port."""
+class CuttableRelay(Relay):
+    """A relay (tests/multi_server.py) on a fixed port that a test cuts altogether:
+    :meth:`cut_all` resets every connection (RST) and stops listening (redials are
+    refused meanwhile), :meth:`restore` listens again on the same port; ``target``
+    may change in between (another server)."""
 
-    def __init__(self, port, listen_port):
+    def __init__(self, port, listen_port):     # not Relay.__init__: it binds port 0
         self.target = port
+        self.delay = 0.0
+        self.pairs = []
         self.port = listen_port
-        self.socks = []
         self.server = None
-        self.connections = 0
         self.restore()
 
     def restore(self):
         self.server = StreamServer(("127.0.0.1", self.port), self._handle)
         self.server.start()
 
-    def _handle(self, down, _address):
-        try:
-            up = socket.create_connection(("127.0.0.1", self.target), timeout=10)
-        except OSError:
-            down.close()
-            return
-        self.connections += 1
-        self.socks += [down, up]
-        gevent.joinall([gevent.spawn(_pump, down, up), gevent.spawn(_pump, up, down)])
-
-    def cut(self):
-        """Every connection reset at once, and no new one until :meth:`restore`."""
+    def cut_all(self):
         self.server.close()
-        socks, self.socks = self.socks, []
-        for sock in socks:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.close()
-            except OSError:
-                pass
+        pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            for sock in pair:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    sock.close()
+                except OSError:
+                    pass
 
     def close(self):
-        self.cut()
-
-
-def _pump(source, sink):
-    try:
-        while True:
-            data = source.recv(65536)
-            if not data:
-                break
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for sock in (source, sink):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self.cut_all()
 
 
 class SlowDownload:

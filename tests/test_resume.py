@@ -113,12 +113,18 @@ def _server_session(tunnel):
     return next(iter(tunnel.server.resumes.sessions.values()))
 
 
-def _ask_to_resume(setup, sid, generation, proof):
-    """A new WebSocket whose HELLO asks to resume ``sid``; -> the server's HelloExt."""
+def _raw_ws(setup):
+    """A WebSocket to the server, E2E up, for a hand-made tunnel peer."""
     token = setup.token
     ws = wsclient.connect(setup.url, headers={"Authorization": "Bearer " + token},
                           ssl_context=tls.client_context(pin=setup.pin), pin=setup.pin)
-    ws = client_secure(ws, setup.e2e_public_key, hashlib.sha256(token.encode()).digest(), None, 5)
+    return client_secure(ws, setup.e2e_public_key, hashlib.sha256(token.encode()).digest(),
+                         None, 5)
+
+
+def _ask_to_resume(setup, sid, generation, proof):
+    """A new WebSocket whose HELLO asks to resume ``sid``; -> the server's HelloExt."""
+    ws = _raw_ws(setup)
     try:
         ws.send_message([frames.frame(frames.HELLO, 0, frames.hello_payload(
             PROTOCOL_VERSION, 65536, 1 << 20, sid) + wire.request(generation, os.urandom(16),
@@ -194,11 +200,7 @@ def test_a_peer_that_grants_credit_but_never_acknowledges_meets_the_tunnel_budge
     """Kept data is charged to the tunnel's ``max_buffer`` (8 MiB): a hand-made client
     that reads and hands credit back (WINDOW) but never sends ACK stalls there."""
     target = HashTarget(os.urandom(1 << 20))
-    setup = resumable.setup
-    token = setup.token
-    ws = wsclient.connect(setup.url, headers={"Authorization": "Bearer " + token},
-                          ssl_context=tls.client_context(pin=setup.pin), pin=setup.pin)
-    ws = client_secure(ws, setup.e2e_public_key, hashlib.sha256(token.encode()).digest(), None, 5)
+    ws = _raw_ws(resumable.setup)
     try:
         ws.send_message([frames.frame(frames.HELLO, 0, frames.hello_payload(
             PROTOCOL_VERSION, 1 << 20, 1 << 20) + wire.offer())])

@@ -96,7 +96,7 @@ def test_streams_go_on_byte_exact_across_cuts_of_the_websocket(setup, tmp_path, 
         for gap in (0.0, 0.3, 1.0):
             gevent.sleep(1.0)
             cut_at = time.monotonic()
-            relay.cut()
+            relay.cut_all()
             gevent.sleep(gap)
             restored = time.monotonic()
             relay.restore()
@@ -136,7 +136,7 @@ def test_a_gap_longer_than_the_grace_resets_the_streams_cleanly(setup, tmp_path,
     try:
         gevent.sleep(0.5)
         cut_at = time.monotonic()
-        relay.cut()
+        relay.cut_all()
         # The apps see an error (a reset), not a hang, once the grace has passed.
         assert wait_until(lambda: chatter.error is not None and download.error is not None, 10)
         ended_after = time.monotonic() - cut_at
@@ -168,7 +168,7 @@ def test_a_resume_that_lands_on_another_server_is_refused_and_a_new_tunnel_start
     chatter = Chatter(("127.0.0.1", setup.proxy_port), echo.port)
     try:
         assert wait_until(lambda: chatter.sent >= 3, 10)
-        relay.cut()
+        relay.cut_all()
         relay.target = servers.ports["b"]
         cut_at = time.monotonic()
         relay.restore()

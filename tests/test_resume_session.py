@@ -10,6 +10,7 @@ import gevent
 import pytest
 
 from afb.codec import frames
+from afb.codec import resume as resume_wire
 from afb.transport.relay import SocketRelay
 from afb.transport.session import Session
 from afb.transport.wsconn import WsConnection
@@ -155,3 +156,11 @@ def test_the_grace_passing_resets_the_held_streams(pair):
     except ConnectionResetError:
         pass
     assert "not resumed within" in pair.client.close_reason
+
+
+def test_a_resume_frame_outside_the_start_of_a_new_link_closes_the_tunnel(pair):
+    """A peer cannot rewind a live tunnel's offsets or credit with a stray RESUME."""
+    pair.client.queue_control(frames.frame(frames.RESUME, 0,
+                                           resume_wire.state_payloads(0, [], 4096)[0]))
+    assert wait_until(lambda: pair.server.closed and pair.client.closed, 5)
+    assert "RESUME outside" in pair.server.close_reason

@@ -86,6 +86,7 @@ class Resumption:
         self.resumes = 0           # links attached after the first
         self.last_gap = 0.0        # seconds without a WebSocket, last time
         self._peer_entries = []    # RESUME entries of the peer gathered so far
+        self._awaiting = False     # a new link's RESUME from the peer is due
         self._to_ack = {}          # stream id -> Stream that received data since the last ACK
         self._ack_timer = None
 
@@ -224,6 +225,7 @@ class Resumption:
             return None
         self.link_ended = Event()
         self._peer_entries = []
+        self._awaiting = True
         self.detached.clear()
         self.resumes += 1
         self.last_gap = time.monotonic() - (self.detached_at or time.monotonic())
@@ -251,6 +253,8 @@ class Resumption:
 
     def on_state(self, flags, _stream_id, payload):
         """The peer's RESUME: once complete, send again what it lacks (module doc)."""
+        if not self._awaiting:
+            raise ProtocolError("RESUME outside the start of a resumed WebSocket")
         last_id, entries = wire.parse_state(payload)
         self._peer_entries.extend(entries)
         if flags & wire.FLAG_MORE:
@@ -259,6 +263,7 @@ class Resumption:
             return
         peer = {entry[0]: entry[1:] for entry in self._peer_entries}
         self._peer_entries = []
+        self._awaiting = False
         self._reconcile(peer, last_id)
 
     def _reconcile(self, peer, last_id):

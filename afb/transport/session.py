@@ -229,6 +229,8 @@ class Session:
             self._greenlets.append(gevent.spawn(sweep_idle, self, self.idle_timeout))
 
     def start_writer(self):
+        """The writer's greenlet (again for each WebSocket of a resumed tunnel)."""
+        self._greenlets = [g for g in self._greenlets if not g.dead]
         self._greenlets.append(gevent.spawn(self.writer.run))
 
     def run(self):
