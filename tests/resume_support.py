@@ -22,6 +22,7 @@ class CuttableRelay(Relay):
         self.target = port
         self.delay = 0.0
         self.pairs = []
+        self.frozen = set()
         self.port = listen_port
         self.server = None
         self.restore()
@@ -40,6 +41,24 @@ class CuttableRelay(Relay):
                     sock.close()
                 except OSError:
                     pass
+
+    def freeze(self):
+        """The connections open now carry nothing more, and are not closed either (a
+        path that went silent: the client moved to another network); new ones work."""
+        for pair in self.pairs:
+            self.frozen.update(pair)
+
+    def _pump(self, source, sink):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data or source in self.frozen:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        if source in self.frozen:
+            gevent.sleep(3600)          # silent, open, until cut_all() or the end
 
     def close(self):
         self.cut_all()

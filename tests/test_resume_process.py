@@ -186,3 +186,30 @@ def test_a_resume_that_lands_on_another_server_is_refused_and_a_new_tunnel_start
     assert "resume refused: no such tunnel" in other.output()
     log.warning("resume on another server: refused, the app saw a reset %.2f s after the cut",
                 ended_after)
+
+
+def test_a_path_gone_silent_is_left_for_a_new_one_and_the_streams_follow(
+        setup, tmp_path, daemons, echo):
+    """The client moves (its old connection neither carries nor closes): its pinger
+    finds the tunnel dead, it dials again, and the server, which still thinks the old
+    WebSocket alive, lets it go for the resumed one."""
+    relay_port = _through_relay(setup, 30, "ping_interval = 0.5\nping_timeout = 0.5\n")
+    server, relay, client = _start(setup, tmp_path, daemons, relay_port)
+    chatter = Chatter(("127.0.0.1", setup.proxy_port), echo.port)
+    try:
+        assert wait_until(lambda: chatter.sent >= 5, 10)
+        frozen_at = time.monotonic()
+        relay.freeze()
+        lines = chatter.sent
+        assert wait_until(lambda: chatter.sent > lines + 5, 15), "echo stalled"
+        stall = chatter.slowest_after(frozen_at)
+    finally:
+        chatter.stop()
+        relay.close()
+    assert chatter.error is None, chatter.error
+    assert "peer silent" in client.output()
+    assert "WebSocket lost (replaced by a resumed WebSocket)" in server.output()
+    assert "resumed on a new WebSocket" in server.output()
+    assert stall < 5.0
+    log.warning("a path gone silent: the echo stalled %.2f s (ping_interval 0.5 s + "
+                "ping_timeout 0.5 s to find it), 0 bytes lost", stall)
