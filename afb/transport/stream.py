@@ -50,6 +50,10 @@ class StreamOwner(Protocol):
     #: and the peer's data not yet taken by local sockets (charged by stream and relay).
     down: ByteBudget
     up: ByteBudget
+    #: Resumable tunnels (afb/transport/resume.py): the Resumption (None: not
+    #: negotiated) and whether DATA must wait for a new WebSocket's RESUME.
+    resume: object
+    holding: bool
 
     def clock(self) -> float:
         """Monotonic seconds (window growth, stream ages)."""
