@@ -134,6 +134,7 @@ class Session:
         self.up = ByteBudget(buffer_limit, parent=user and user.up, name="from peer")
         self.pacer = Pacer(frame_rate, parent=user and user.pacer)
         ws.pacer = self.pacer
+        self.peer_batch_limit = BATCH_LIMIT    # set from the peer's HELLO
         self.install_writer(ws)
         self.tokens = TokenLife(self, on_refresh)
         self.reader = FrameReader(self)
@@ -152,8 +153,7 @@ class Session:
         #: sends but does not read, and the tunnel is closed.
         self.writer = FrameWriter(ws, self.down, backlog_limit=2 * self.down.limit + BACKLOG_SLACK,
                                   on_overflow=self._overflow, on_failure=self._write_failed)
-        if hasattr(self, "peer_batch_limit"):
-            self.writer.batch_limit = self.peer_batch_limit
+        self.writer.batch_limit = self.peer_batch_limit
         # The writer's queueing is the streams' hot path: bound once per writer.
         self.queue = self.writer.queue
         self.queue_control = self.writer.queue_control
