@@ -48,10 +48,12 @@ class Pair:
         SocketRelay(near, stream).start()
         session.accept(stream)
 
-    def open(self):
-        """A stream from a client app: -> the app's socket."""
+    def open(self, early=b""):
+        """A stream from a client app (its first bytes ``early`` in OPEN): -> the app's
+        socket."""
         app, near = socket.socketpair()
-        stream = self.client.open_stream(frames.CMD_CONNECT, "example.net", 80, wait=False)
+        stream = self.client.open_stream(frames.CMD_CONNECT, "example.net", 80, early=early,
+                                         wait=False)
         SocketRelay(near, stream).start()
         return app
 
@@ -92,6 +94,26 @@ def test_an_open_lost_with_the_link_is_sent_again(pair):
     assert recv_exact(far, 5) == b"hello"
     far.sendall(b"world")
     assert recv_exact(app, 5) == b"world"
+
+
+@pytest.mark.parametrize("lost", [True, False])
+def test_early_data_counts_in_the_offsets_whether_its_open_was_lost_or_not(pair, lost):
+    if lost:
+        pair.ws[0].abort()
+    app = pair.open(early=b"early:")
+    app.sendall(b"later")
+    if not lost:
+        assert wait_until(lambda: pair.destinations, 5)
+        assert recv_exact(pair.destinations[0], 11) == b"early:later"
+        pair.cut()
+        app.sendall(b"+more")
+    assert wait_until(lambda: pair.client.detached and pair.server.detached, 5)
+    pair.resume()
+    assert wait_until(lambda: pair.destinations, 5)
+    far = pair.destinations[0]
+    assert recv_exact(far, 11 if lost else 5) == (b"early:later" if lost else b"+more")
+    far.sendall(b"ok")
+    assert recv_exact(app, 2) == b"ok"
 
 
 def test_data_in_flight_both_ways_arrives_once_and_in_order_after_a_cut(pair):

@@ -278,7 +278,7 @@ class Resumption:
                 elif session.client and stream_id > last_id and stream_id in streams:
                     # The server never saw its OPEN: open it again, all its data after.
                     session.queue(stream_id, frames.OPEN, frames.open_payload(
-                        frames.CMD_CONNECT, stream.host, stream.port), wake=False)
+                        stream.command, stream.host, stream.port), wake=False)
                     self._resend(stream, 0, session.peer_window, 0)
                 elif stream_id in lingering:
                     self._unlinger(stream_id)       # the peer has it all: it forgot it

@@ -269,6 +269,7 @@ class Session:
         stream_id = self._next_id
         self._next_id += 2
         stream = self.new_stream(stream_id, host, port)
+        stream.command = command
         self.queue(stream_id, frames.OPEN, frames.open_payload(command, host, port, early),
                    0 if wait else frames.FLAG_NO_WAIT, wake=False)
         if early:

@@ -80,7 +80,8 @@ class Stream:
 
     __slots__ = ("session", "id", "host", "port", "credit", "window", "bytes_in", "bytes_out",
                  "remote_fin", "local_fin", "reset_error", "sink", "_early", "_result",
-                 "reply_later", "pending", "opened_at", "origin", "sent", "__weakref__")
+                 "reply_later", "pending", "opened_at", "origin", "sent", "command",
+                 "__weakref__")
 
     def __init__(self, session, stream_id, host, port, send_window, recv_window, recv_max):
         self.session = session
@@ -102,6 +103,7 @@ class Stream:
         self.opened_at = session.clock()
         self.origin = None         # client: (the app's address, its proxy user or None)
         self.sent = None           # resumable tunnel: the Unacked DATA (set by the session)
+        self.command = frames.CMD_CONNECT   # of its OPEN (sent again if a cut lost it)
 
     def __repr__(self):
         return "<Stream %d %s>" % (self.id, self.target)
