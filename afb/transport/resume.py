@@ -223,6 +223,9 @@ class Resumption:
             log.info("%s: resumed WebSocket failed at once: %s", session.label, exc)
             abort(ws)
             return None
+        if session.closed:          # the grace ran out while we sent
+            abort(ws)
+            return None
         self.link_ended = Event()
         self._peer_entries = []
         self._awaiting = True
