@@ -3,6 +3,7 @@ server + client in this process: what a resume request must prove, what an old p
 gets, how much unacknowledged data a stream keeps."""
 
 import hashlib
+import logging
 import os
 
 import gevent
@@ -189,6 +190,9 @@ def test_unacknowledged_data_stays_within_the_window(resumable):
         fast.close()
         window_max = resumable.client.tunnel.session.window_max
         assert stream.sent.peak <= window_max, (stream.sent.peak, window_max)
+        logging.getLogger(__name__).warning(
+            "unacknowledged data kept for a 32 MiB download: at most %d KiB (window max %d KiB)",
+            stream.sent.peak >> 10, window_max >> 10)
         # What was kept is charged to the tunnel's budget, and all of it released.
         assert wait_until(lambda: not session.streams and not session.resume.lingering, 10)
         assert wait_until(lambda: session.down.used == 0, 5), session.down.used
