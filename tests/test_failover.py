@@ -139,7 +139,10 @@ def test_a_pool_of_two_tunnels_loses_only_the_streams_of_the_one_that_dies(
     servers.start("a", str(tmp_path))
     relay = Relay(servers.ports["a"])
     try:
-        conf = servers.client_conf({"a": servers.url("a", relay.port)}, tunnel="tunnels = 2\n")
+        # Without resumption: with it, the cut tunnel's streams would go on on a new
+        # WebSocket (tests/test_resume_process.py).
+        conf = servers.client_conf({"a": servers.url("a", relay.port)},
+                                   tunnel="tunnels = 2\nresume_grace = 0\n")
         client = _start_client(setup, conf, tmp_path, clients)
         assert wait_until(lambda: client.output().count("tunnel up to") == 2, 10)
         assert wait_until(lambda: len(relay.pairs) == 2, 5)

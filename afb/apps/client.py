@@ -118,7 +118,8 @@ class ProxyClient:
                     "reconnects": reconnects, "streams": 0, "cipher": None, "bytes_up": 0,
                     "bytes_down": 0, "rate_up": 0.0, "rate_down": 0.0, "uptime": 0.0,
                     "down_for": down_for, "error": tunnel.last_error or None}
-        state = "down" if session.closed else "draining" if session.draining else "open"
+        state = "down" if session.closed else "resuming" if session.detached else \
+            "draining" if session.draining else "open"
         return {"state": state, "reconnects": reconnects,
                 "user": self._user(tunnel.token_for(session))}
 

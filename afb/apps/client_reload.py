@@ -68,7 +68,7 @@ def tunnel_parameters(cfg):
                 buffer_limit=tunnel["max_buffer"], connect_timeout=tunnel["connect_timeout"],
                 ping_interval=tunnel["ping_interval"], ping_timeout=tunnel["ping_timeout"],
                 reconnect_min=tunnel["reconnect_min"], reconnect_max=tunnel["reconnect_max"],
-                drain_timeout=cfg["client"]["drain_timeout"])
+                drain_timeout=cfg["client"]["drain_timeout"], resume_grace=tunnel["resume_grace"])
 
 
 def label(section, key):

@@ -32,6 +32,7 @@ from afb.transport import tls
 from afb.transport.dialer import Dialer
 from afb.transport.relay import SocketRelay
 from afb.transport.resolver import Resolver
+from afb.transport.resume_table import ResumeTable, first_message, link_binding
 from afb.transport.session import Session
 from afb.transport.shaper import Qos, qos_settings
 from afb.transport.shared_state import SharedNode, SharedThrottle
@@ -105,6 +106,7 @@ class TunnelServer(ServerReload):
             frame_rate=tunnel["max_frame_rate_per_user"], qos=self.qos)
         self.users.shared = self.shared
         self.sessions = set()
+        self.resumes = ResumeTable()        # resumable tunnels by session id
         #: This node's name in logs, /metrics and the control socket (several nodes
         #: behind HAProxy): ``node_id``, by default the host name.
         self.node = logsetup.node_name(server["node_id"])
@@ -199,26 +201,63 @@ class TunnelServer(ServerReload):
         try:
             user = self.users.enter(claims["sub"])
         except AfbError as exc:
-            count("limit_hits")
-            _refusals.warning(claims["sub"], "tunnel refused", "%s: refused: %s", label, exc,
-                              extra={"event": "tunnel_refused", "user": claims["sub"],
-                                     "peer": peer})
-            ws.close(exc.close_code, str(exc))
-            return
+            if not self.resumes.holds(claims["sub"]):
+                count("limit_hits")
+                _refusals.warning(claims["sub"], "tunnel refused", "%s: refused: %s", label,
+                                  exc, extra={"event": "tunnel_refused", "user": claims["sub"],
+                                              "peer": peer})
+                ws.close(exc.close_code, str(exc))
+                return
+            user = exc          # at its limit, with a held tunnel: it may resume that one
+        counted = [user]        # a resume takes the held tunnel's place: uncounted then
         session = None
         try:
-            session = self._start_session(ws, claims, environ, label, user)
-            if session is not None:
-                self._run_session(session, label)
+            session = self._tunnel(ws, claims, environ, label, counted)
         finally:
-            self.users.leave(user, session)
+            if not isinstance(counted[0], (AfbError, type(None))):
+                self.users.leave(counted[0], session)
 
-    def _start_session(self, ws, claims, environ, label, user):
-        """E2E, HELLO and the session's greenlets; None (one log line) if that failed."""
-        tunnel = self.cfg["tunnel"]
+    def _tunnel(self, ws, claims, environ, label, counted):
+        """E2E, then a resume of a held tunnel or a new session (-> it, once ended)."""
+        user = counted[0]
         ws = self._secure(ws, environ, label)
         if ws is None:
             return None
+        auth = self.cfg["auth"]
+        binding = link_binding(ws, token_from_headers(environ, auth["token_place"],
+                                                      auth["token_cookie"]))
+        first, refused = None, ""
+        if self.cfg["tunnel"]["resume_grace"] > 0:
+            # A client whose WebSocket died asks, in its HELLO, to resume its tunnel.
+            first = first_message(ws, self.cfg["server"]["handshake_timeout"], label)
+            if first is None:
+                return None
+            request = self.resumes.request_in(first)
+            if request is not None:
+                refused = self.resumes.resume(ws, request, claims, binding, label,
+                                              on_accept=lambda: self._uncount(counted))
+                if not refused:
+                    return None         # resumed; its link has ended
+        if isinstance(user, AfbError):  # over the limit, and not a resume of its own
+            ws.close(user.close_code, str(user))
+            return None
+        session = self._start_session(ws, claims, environ, label, user,
+                                      (first, binding, refused))
+        if session is not None:
+            self._run_session(session, label)
+        return session
+
+    def _uncount(self, counted):
+        user, counted[0] = counted[0], None
+        if not isinstance(user, AfbError):
+            self.users.leave(user)
+
+    def _start_session(self, ws, claims, environ, label, user, hello):
+        """HELLO and the session's greenlets; None (one log line) if that failed.
+        ``hello``: the client's first message if read already, the binding, and why
+        the resume it asked for was refused."""
+        tunnel = self.cfg["tunnel"]
+        first, binding, refused = hello
         session = Session(ws, client=False, window=tunnel["stream_window"],
                           max_message=tunnel["max_message"], max_streams=tunnel["max_streams"],
                           ping_interval=tunnel["ping_interval"], on_open=self._open_stream,
@@ -226,12 +265,13 @@ class TunnelServer(ServerReload):
                           idle_timeout=tunnel["idle_timeout"], label=label,
                           buffer_limit=tunnel["max_buffer"], frame_rate=tunnel["max_frame_rate"],
                           user=user, tally=self.monitor.user_tally(claims["sub"]),
-                          peer=_peer(environ))
+                          peer=_peer(environ), resume_grace=tunnel["resume_grace"])
         session.claims = claims
         if "exp" in claims:
             session.expire_at(claims["exp"], grace=self.cfg["auth"]["leeway"])
         try:
-            session.handshake(timeout=self.cfg["server"]["handshake_timeout"])
+            session.handshake(timeout=self.cfg["server"]["handshake_timeout"], first=first,
+                              binding=binding, refused=refused)
         except AfbError as exc:
             log.warning("%s: handshake failed: %s", label, exc,
                         extra={"event": "handshake_failed", "user": claims.get("sub")})
@@ -239,6 +279,7 @@ class TunnelServer(ServerReload):
             return None
         session.start()
         user.sessions.add(session)
+        self.resumes.add(session)
         return session
 
     def _run_session(self, session, label):
@@ -252,6 +293,7 @@ class TunnelServer(ServerReload):
             session.run()
         finally:
             self.sessions.discard(session)
+            self.resumes.remove(session)
             session.tasks.kill(block=False)
             tally = session.tally      # its streams are over: their bytes are in it
             log.info("%s: tunnel closed after %.0f s: %s", label, time.monotonic() - started,
@@ -378,6 +420,9 @@ class TunnelServer(ServerReload):
         self.own_watch.stop()
         timeout = self.cfg["server"]["drain_timeout"] if timeout is None else timeout
         for session in list(self.sessions):
+            if session.detached:    # no WebSocket to drain through
+                session.close_reason = "server stopping"
+                session.close()
             session.goaway("server is restarting")
         deadline = time.monotonic() + timeout
         for session in list(self.sessions):

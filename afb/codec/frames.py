@@ -41,6 +41,11 @@ GOAWAY = 0x0B
 REFRESH = 0x0C
 #: Server's answer to REFRESH: the new JWT (UTF-8), or empty + reason on refusal.
 TOKEN = 0x0D
+#: Resumption (:mod:`afb.codec.resume`), sent only when both sides negotiated it
+#: in HELLO: what a receiver holds of a stream (stream frame) ...
+ACK = 0x0E
+#: ... and each side's stream offsets on a new WebSocket of a resumed tunnel (stream 0).
+RESUME = 0x0F
 
 #: OPEN flag: the opener does not wait for OPEN_OK (it answered its app
 #: already: fast_open), so the server may send OPEN_OK with the stream's next
@@ -51,10 +56,10 @@ FRAME_NAMES = {
     HELLO: "HELLO", OPEN: "OPEN", OPEN_OK: "OPEN_OK", OPEN_FAIL: "OPEN_FAIL",
     DATA: "DATA", WINDOW: "WINDOW", FIN: "FIN", RST: "RST",
     DATAGRAM: "DATAGRAM", PING: "PING", PONG: "PONG", GOAWAY: "GOAWAY",
-    REFRESH: "REFRESH", TOKEN: "TOKEN",
+    REFRESH: "REFRESH", TOKEN: "TOKEN", ACK: "ACK", RESUME: "RESUME",
 }
 KNOWN_TYPES = frozenset(FRAME_NAMES)
-SESSION_TYPES = frozenset({HELLO, PING, PONG, GOAWAY, REFRESH, TOKEN})
+SESSION_TYPES = frozenset({HELLO, PING, PONG, GOAWAY, REFRESH, TOKEN, RESUME})
 
 # OPEN commands (the SOCKS5 ones).
 CMD_CONNECT = 0x01
@@ -148,19 +153,29 @@ def parse_hello(payload, expected_version):
     return version, window, max_message, bytes(session_id)
 
 
-def parse_hello_message(message, expected_version):
-    """The HELLO that opens a tunnel, from the peer's first message (its first frame).
+def hello_trailer(payload):
+    """What a HELLO payload carries after its fixed fields (extensions: afb.codec.resume)."""
+    return bytes(payload[_HELLO.size:])
 
-    ``(version, window, max_message, session_id)`` as :func:`parse_hello`;
-    ProtocolError for an empty message or one that starts with another frame.
-    """
+
+def first_hello(message):
+    """The payload of the HELLO that opens ``message`` (ProtocolError if it does not)."""
     first = next(iter_frames(message), None)
     if first is None:
         raise ProtocolError("empty first message, expected HELLO")
     ftype, _flags, _sid, payload = first
     if ftype != HELLO:
         raise ProtocolError("first frame is %s, not HELLO" % frame_name(ftype))
-    return parse_hello(payload, expected_version)
+    return payload
+
+
+def parse_hello_message(message, expected_version):
+    """The HELLO that opens a tunnel, from the peer's first message (its first frame).
+
+    ``(version, window, max_message, session_id)`` as :func:`parse_hello`;
+    ProtocolError for an empty message or one that starts with another frame.
+    """
+    return parse_hello(first_hello(message), expected_version)
 
 
 # --- stream frames ----------------------------------------------------------

@@ -333,6 +333,8 @@ def _throttled_totals(qos, name):
 def _session_state(session):
     if session.closed:
         return "down"
+    if getattr(session, "detached", False):
+        return "resuming"       # its WebSocket died; held for a resume (afb/transport/resume.py)
     return "draining" if session.draining else "open"
 
 

@@ -22,13 +22,15 @@ DEFAULT_GROW_INTERVAL = 0.05
 class ReceiveWindow:
     """What we allow the peer to send us on one stream."""
 
-    __slots__ = ("size", "maximum", "outstanding", "pending", "grow_interval", "_last_update")
+    __slots__ = ("size", "maximum", "outstanding", "pending", "received", "grow_interval",
+                 "_last_update")
 
     def __init__(self, initial, maximum=None, grow_interval=DEFAULT_GROW_INTERVAL):
         self.size = initial
         self.maximum = max(maximum or initial, initial)
         self.outstanding = initial   # bytes the peer may still send
         self.pending = 0             # consumed, not yet handed back
+        self.received = 0            # bytes received so far: the stream's offset (resumption)
         self.grow_interval = grow_interval
         self._last_update = None
 
@@ -43,6 +45,12 @@ class ReceiveWindow:
             raise ProtocolError(
                 "flow control violation: %d bytes sent with %d credit" % (n, self.outstanding))
         self.outstanding -= n
+        self.received += n
+
+    @property
+    def limit(self):
+        """The offset the peer may send up to (what a resumed link tells it)."""
+        return self.received + self.outstanding
 
     def on_consumed(self, n, now):
         """The app took ``n`` bytes; return the WINDOW increment to send (0: none yet)."""
@@ -74,6 +82,10 @@ class SendCredit:
         granted = wanted if wanted < self.available else self.available
         self.available -= granted
         return granted
+
+    def reset_to(self, available):
+        """Resumption: the credit the peer's RESUME says is left (its limit minus what we sent)."""
+        self.available = max(0, min(available, MAX_WINDOW))
 
     def grant(self, increment):
         """Add the peer's WINDOW increment; more credit than any window is an error.

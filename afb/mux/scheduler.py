@@ -165,6 +165,16 @@ class FairScheduler:
             flow.state = _OLD
             self._old.append(stream_id)
 
+    def clear(self):
+        """Forget everything queued (a resumed tunnel's dead WebSocket): budget released."""
+        priority = set(self._priority)          # the streams go on, on the next link
+        for stream_id in list(self._flows):
+            self.drop(stream_id)
+        self._priority = priority
+        self.budget.release(self.control_bytes + FRAME_COST * len(self._control))
+        self._control.clear()
+        self.control_bytes = 0
+
     def next_batch(self, limit):
         """Take frames for one message of about ``limit`` bytes: ``(parts, size)``.
 

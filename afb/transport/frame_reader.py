@@ -23,6 +23,9 @@ events (``Stream.on_data`` …), ``pacer``, ``up``, ``queue`` and
 ``queue_control``, ``new_stream``, ``refuse``, ``tokens``, ``close`` and
 ``teardown``, and the fields it keeps up to date: ``last_received``,
 ``rtt``, ``draining``, ``close_reason`` (``state_changed`` is set on GOAWAY).
+ACK and RESUME go to ``session.resume`` (:mod:`afb.transport.resume`), and are
+unknown frames for a tunnel that did not negotiate resumption.  :meth:`run`
+returns when the WebSocket ends; the session then holds or tears down.
 """
 
 import logging
@@ -62,11 +65,13 @@ class FrameReader:
         self.streams = session.streams        # the same dict, for the hot path
         self.paused = False                   # not reading: local sockets hold too much
         self.last_peer_id = 0                 # server: the newest stream the client opened
+        self.link_lost = False                # the session dropped this WebSocket
         self._resume = None                   # the Event a paused reader waits on
         self._pongs = Allowance(PONGS_PER_SECOND, PONGS_PER_SECOND)
         self.handlers = {
             frames.WINDOW: self._window, frames.FIN: self._fin, frames.RST: self._reset,
             frames.PING: self._ping, frames.PONG: self._pong, frames.GOAWAY: self._goaway,
+            frames.ACK: self._ack, frames.RESUME: self._resume_state,
         }
         if session.client:
             self.handlers.update({frames.OPEN: self._open_at_a_client,
@@ -78,9 +83,10 @@ class FrameReader:
     # --- the loop ------------------------------------------------------------------------
 
     def run(self):
-        """Read and dispatch frames until the WebSocket closes; then tear the session down."""
+        """Read and dispatch frames until the WebSocket closes (``session.run`` goes on)."""
         session = self.session
         ws = session.ws
+        self.link_lost = False
         tick = session.pacer.tick
         up = session.up
         streams = self.streams
@@ -124,8 +130,6 @@ class FrameReader:
         except (OSError, EOFError) as exc:
             session.close_reason = session.close_reason or "connection lost: %s" % (
                 exc or type(exc).__name__)
-        finally:
-            session.teardown()
 
     def dispatch(self, ftype, flags, stream_id, payload):
         """Act on one frame, as :meth:`run` does (for callers with a single frame)."""
@@ -244,6 +248,20 @@ class FrameReader:
             session.queue_control(frames.frame(frames.RST, stream_id, frames.rst_payload(
                 REP_GENERAL_FAILURE, "unknown frame type %s" % name)))
 
+    def _ack(self, flags, stream_id, payload):
+        resume = self.session.resume
+        if resume is None or stream_id == 0:
+            self._unknown(frames.ACK, stream_id)
+        else:
+            resume.on_ack(flags, stream_id, payload)
+
+    def _resume_state(self, flags, stream_id, payload):
+        resume = self.session.resume
+        if resume is None or stream_id != 0:
+            self._unknown(frames.RESUME, stream_id)
+        else:
+            resume.on_state(flags, stream_id, payload)
+
     # --- session frames ---------------------------------------------------------------
 
     def _ping(self, _flags, _stream_id, payload):
@@ -280,7 +298,7 @@ class FrameReader:
         self.paused = True
         started = time.monotonic()
         try:
-            while session.up.exhausted and not session.closed:
+            while session.up.exhausted and not session.closed and not self.link_lost:
                 event = self._resume = Event()
                 session.up.wait(event.set)
                 event.wait()

@@ -118,6 +118,9 @@ class SecureChannel:
     def close(self, code=CLOSE_NORMAL, reason=""):
         self.ws.close(code, reason)
 
+    def abort(self):
+        self.ws.abort()
+
     closed = _WsAttribute()
     client = _WsAttribute()
     peer_close_code = _WsAttribute()
@@ -204,7 +207,7 @@ def client_secure(ws, server_pub_b64, binding, cipher=None, timeout=10.0):
     except OSError:
         ws.close()
         raise
-    return SecureChannel(ws, sealer, opener)
+    return _bound(SecureChannel(ws, sealer, opener), handshake)
 
 
 def server_secure(ws, static_priv, binding, allowed=None, timeout=10.0, *, hello=None):
@@ -228,7 +231,14 @@ def server_secure(ws, static_priv, binding, allowed=None, timeout=10.0, *, hello
     except OSError:
         ws.close()
         raise
-    return SecureChannel(ws, sealer, opener)
+    return _bound(SecureChannel(ws, sealer, opener), handshake)
+
+
+def _bound(channel, handshake):
+    """The channel, with its handshake's transcript hash: what a resume proof is bound
+    to (:mod:`afb.codec.resume`), so a proof made for one E2E link fits no other."""
+    channel.transcript_hash = handshake.transcript_hash
+    return channel
 
 
 # --- E2E required, optional or off (the server's [e2e] mode) -------------------------

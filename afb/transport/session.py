@@ -20,6 +20,11 @@ describes: ``queue``, ``queue_control``, ``send_reset``, ``stream_done``,
 (queued for the peer) and ``up`` (the peer's data not yet taken by local
 sockets).  Streams are opened by the client (odd ids); the server learns of
 them through ``on_open``.
+
+A session negotiated as resumable (``resume_grace`` > 0 on both sides) has a
+``resume`` (:mod:`afb.transport.resume`): when its WebSocket dies,
+:meth:`Session.run` holds the streams (``holding``) up to the grace for a new
+WebSocket instead of resetting them.
 """
 
 import itertools
@@ -33,6 +38,7 @@ from gevent.pool import Group
 
 from afb import PROTOCOL_VERSION
 from afb.codec import frames
+from afb.codec import resume as resume_wire
 from afb.errors import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
@@ -44,10 +50,13 @@ from afb.errors import (
 )
 from afb.monitor.counters import Tally, count, count_udp
 from afb.mux.budget import ByteBudget
+from afb.mux.resend import Unacked
 from afb.transport.frame_reader import FrameReader
 from afb.transport.frame_writer import BATCH_LIMIT, FrameWriter
 from afb.transport.idle import sweep_idle
 from afb.transport.pacer import Pacer
+from afb.transport.resume import Resumption
+from afb.transport.resume import abort as resume_abort
 from afb.transport.stream import Stream
 from afb.transport.token_life import TokenLife
 
@@ -70,7 +79,8 @@ class Session:
                  max_message=1 << 20, max_streams=16384, ping_interval=20.0,
                  ping_timeout=15.0, on_open=None, on_refresh=None, admit=None,
                  idle_timeout=0.0, label="", buffer_limit=DEFAULT_BUFFER,
-                 frame_rate=DEFAULT_FRAME_RATE, user=None, tally=None, peer=""):
+                 frame_rate=DEFAULT_FRAME_RATE, user=None, tally=None, peer="",
+                 resume_grace=0.0):
         """``on_open(session, stream, command)``: server, a client opened a stream
         (must not block); ``on_refresh(session) -> token``: server, a fresh token;
         ``admit(session, stream)``: server, raises AfbError to refuse a stream;
@@ -81,7 +91,8 @@ class Session:
         of this tunnel's (None: no parent); ``tally``: the
         :class:`~afb.monitor.counters.Tally` this tunnel's own adds to (its
         user's, or the process's); ``peer``: who is at the other end (the
-        client's address, or the server's URL), for the monitor."""
+        client's address, or the server's URL), for the monitor; ``resume_grace``:
+        seconds to hold the streams for a new WebSocket (0: no resumption)."""
         self.ws = ws
         self.client = client
         self.window = window
@@ -97,6 +108,10 @@ class Session:
         self.clock = time.monotonic
         self.claims = {}               # server: claims of the token in force
         self.session_id = os.urandom(16)
+        self.peer_session_id = b"\x00" * 16
+        self.resume_grace = resume_grace
+        self.resume = None             # a Resumption once both sides agreed in HELLO
+        self.holding = False           # resumable, and without a WebSocket now
         self.number = next(_numbers)   # the monitor's name for it: stream "number/id"
         self.peer = peer
         self.tally = Tally(parent=tally)   # what its ended streams carried
@@ -119,18 +134,10 @@ class Session:
         self.up = ByteBudget(buffer_limit, parent=user and user.up, name="from peer")
         self.pacer = Pacer(frame_rate, parent=user and user.pacer)
         ws.pacer = self.pacer
-        #: The queue towards the peer grows past the budget only by frames the
-        #: reader makes (PONG, RST, OPEN_FAIL, WINDOW): past this, the peer
-        #: sends but does not read, and the tunnel is closed.
-        self.writer = FrameWriter(ws, self.down, backlog_limit=2 * self.down.limit + BACKLOG_SLACK,
-                                  on_overflow=self._overflow, on_failure=self._write_failed)
+        self.peer_batch_limit = BATCH_LIMIT    # set from the peer's HELLO
+        self.install_writer(ws)
         self.tokens = TokenLife(self, on_refresh)
         self.reader = FrameReader(self)
-        # The writer's queueing is the streams' hot path: bound once.
-        self.queue = self.writer.queue
-        self.queue_control = self.writer.queue_control
-        self.send_now = self.writer.send_now
-        self.flush = self.writer.flush
         self.request_token = self.tokens.request_token
         self.expire_at = self.tokens.expire_at
         self._next_id = 1
@@ -140,6 +147,25 @@ class Session:
     def __repr__(self):
         return "<Session %s %d streams>" % (self.label, len(self.streams))
 
+    def install_writer(self, ws):
+        """A writer for ``ws`` (a new one for each WebSocket of a resumed tunnel)."""
+        #: The queue towards the peer grows past the budget only by frames the
+        #: reader makes (PONG, RST, OPEN_FAIL, WINDOW): past this, the peer
+        #: sends but does not read, and the tunnel is closed.
+        self.writer = FrameWriter(ws, self.down, backlog_limit=2 * self.down.limit + BACKLOG_SLACK,
+                                  on_overflow=self._overflow, on_failure=self._write_failed)
+        self.writer.batch_limit = self.peer_batch_limit
+        # The writer's queueing is the streams' hot path: bound once per writer.
+        self.queue = self.writer.queue
+        self.queue_control = self.writer.queue_control
+        self.send_now = self.writer.send_now
+        self.flush = self.writer.flush
+
+    @property
+    def detached(self):
+        """Resumable, and without a WebSocket now (a new one may come within the grace)."""
+        return self.resume is not None and self.resume.detached.is_set()
+
     @property
     def reader_paused(self):
         """True while the reader waits for local sockets to take the peer's data."""
@@ -147,43 +173,88 @@ class Session:
 
     # --- set-up -------------------------------------------------------------
 
-    def handshake(self, timeout=10.0):
-        """Exchange HELLO frames; a version mismatch closes with a clear reason."""
-        hello = frames.frame(frames.HELLO, 0, frames.hello_payload(
-            PROTOCOL_VERSION, self.window, self.max_message, self.session_id))
+    def handshake(self, timeout=10.0, first=None, binding=b"", refused=""):
+        """Exchange HELLO frames; a version mismatch closes with a clear reason.
+
+        ``first``: the peer's HELLO message, already read (a server that looked
+        for a resume request in it; a client whose resume was refused: no HELLO
+        of ours is sent then).  ``binding``: this WebSocket's channel binding,
+        which the resume key is bound to; ``refused``: server, why the resume
+        the client asked for in ``first`` was refused (told in the GRANT).
+        """
+        base = frames.hello_payload(PROTOCOL_VERSION, self.window, self.max_message,
+                                    self.session_id)
+        hello = frames.frame(frames.HELLO, 0, base)
         with gevent.Timeout(timeout, ProtocolError("no HELLO within %.0f s" % timeout)):
-            if self.client:
-                self.ws.send_message([hello])
-            message = self.ws.recv_message()
+            if self.client and first is None:
+                offer = resume_wire.offer() if self.resume_grace > 0 else b""
+                self.ws.send_message([frames.frame(frames.HELLO, 0, base + offer)])
+            message = self.ws.recv_message() if first is None else first
             if message is None:
                 raise ProtocolError("peer closed during the handshake (%s)" % (
                     getattr(self.ws, "peer_close_reason", "") or "no reason"))
             try:
-                _v, window, max_message, _sid = frames.parse_hello_message(message,
-                                                                           PROTOCOL_VERSION)
+                payload = frames.first_hello(message)
+                _v, window, max_message, sid = frames.parse_hello(payload, PROTOCOL_VERSION)
             except VersionMismatch as exc:
                 if not self.client:
                     self.ws.send_message([hello])
                 self.ws.close(exc.close_code, str(exc))
                 raise
+            ext = resume_wire.parse_ext(frames.hello_trailer(payload))
             if not self.client:
+                if ext is not None and ext.kind in (resume_wire.OFFER, resume_wire.REQUEST) \
+                        and self.resume_grace > 0:
+                    secret = os.urandom(resume_wire.SECRET_SIZE)
+                    self.resume = Resumption(self, secret, self.resume_grace, binding)
+                    hello = frames.frame(frames.HELLO, 0, base + resume_wire.grant(
+                        self.resume_grace, secret, refused))
                 self.ws.send_message([hello])
+            elif ext is not None and ext.kind == resume_wire.GRANT and self.resume_grace > 0:
+                self.resume = Resumption(self, ext.secret, min(self.resume_grace, ext.grace),
+                                         binding)
+        self.peer_session_id = sid
         self.peer_window = window
-        self.writer.batch_limit = min(BATCH_LIMIT, max_message - 64 * 1024) \
+        self.peer_batch_limit = min(BATCH_LIMIT, max_message - 64 * 1024) \
             if max_message > 128 * 1024 else max_message // 2
+        self.writer.batch_limit = self.peer_batch_limit
         self.last_received = time.monotonic()
 
     def start(self):
         """Start the writer and pinger greenlets (after ``handshake``)."""
-        self._greenlets = [gevent.spawn(self.writer.run)]
+        self._greenlets = []
+        self.start_writer()
         if self.ping_interval > 0:
             self._greenlets.append(gevent.spawn(self._ping_loop))
         if self.idle_timeout > 0:
             self._greenlets.append(gevent.spawn(sweep_idle, self, self.idle_timeout))
 
+    def start_writer(self):
+        """The writer's greenlet (again for each WebSocket of a resumed tunnel)."""
+        self._greenlets = [g for g in self._greenlets if not g.dead]
+        self._greenlets.append(gevent.spawn(self.writer.run))
+
     def run(self):
-        """Read and dispatch frames until the WebSocket closes; then clean up."""
-        self.reader.run()
+        """Read and dispatch frames until the WebSocket closes -- and, resumable, while
+        new ones replace it within the grace; then clean up."""
+        while True:
+            self.reader.run()
+            if self.resume is None or not self.resume.hold():
+                break
+        self.teardown()
+
+    def drop_link(self, reason):
+        """The WebSocket is dead (no pong, a write failed, replaced): close it without
+        a close frame; a resumable session then holds its streams (``run``)."""
+        if self.resume is None:
+            self.close_reason = self.close_reason or reason
+            self.close(CLOSE_GOING_AWAY, reason)
+            return
+        if not self.detached and not self.closed:
+            self.close_reason = self.close_reason or reason
+            self.reader.link_lost = True
+            self.reader.wake()
+            resume_abort(self.ws)
 
     # --- streams ------------------------------------------------------------
 
@@ -193,22 +264,28 @@ class Session:
         ``wait=False``: the caller will not wait for the server's OPEN_OK
         (fast_open), which may then come with the stream's first data.
         """
-        if self.closed or self.draining:
-            raise AfbError("tunnel is %s" % ("closed" if self.closed else "draining"))
+        if self.closed or self.draining or self.holding:
+            raise AfbError("tunnel is %s" % ("closed" if self.closed else
+                                              "draining" if self.draining else "reconnecting"))
         stream_id = self._next_id
         self._next_id += 2
         stream = self.new_stream(stream_id, host, port)
+        stream.command = command
         self.queue(stream_id, frames.OPEN, frames.open_payload(command, host, port, early),
                    0 if wait else frames.FLAG_NO_WAIT, wake=False)
         if early:
             stream.credit.take(len(early))
             stream.bytes_out += len(early)
+            if stream.sent is not None:
+                stream.sent.append(early)
         self.send_now()
         return stream
 
     def new_stream(self, stream_id, host, port):
         """A new stream in the table (counted for the user), not yet announced."""
         stream = Stream(self, stream_id, host, port, self.peer_window, self.window, self.window_max)
+        if self.resume is not None:
+            stream.sent = Unacked(self.down)
         self.streams[stream_id] = stream
         if self.user is not None:
             self.user.streams += 1
@@ -257,6 +334,8 @@ class Session:
         """The stream is gone (ended or reset): out of the table."""
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
+            if stream.sent is not None:
+                self.resume.linger(stream)
             self.tally.stream_ended(stream)
             if self.user is not None:
                 self.user.streams -= 1
@@ -273,12 +352,16 @@ class Session:
             gevent.sleep(self.ping_interval)
             if self.closed:
                 return
+            if self.holding:
+                continue
             silent = time.monotonic() - self.last_received
             if silent > self.ping_interval + self.ping_timeout and not self.reader.paused:
-                log.warning("%s: peer silent for %.0f s; closing the tunnel", self.label, silent)
-                self.close_reason = "peer silent for %.0f s" % silent
-                self.close(CLOSE_GOING_AWAY, "ping timeout")
-                return
+                log.warning("%s: peer silent for %.0f s; %s", self.label, silent,
+                            "dropping its WebSocket" if self.resume else "closing the tunnel")
+                self.drop_link("peer silent for %.0f s" % silent)
+                if self.resume is None:
+                    return
+                continue
             self.queue_control(frames.frame(frames.PING, 0,
                                             frames.ping_payload(time.monotonic_ns())))
 
@@ -295,6 +378,9 @@ class Session:
 
     def _write_failed(self, exc):
         log.info("%s: write failed: %s", self.label, exc)
+        if self.resume is not None:
+            self.drop_link("write failed: %s" % exc)
+            return
         self.close_reason = self.close_reason or "write failed: %s" % exc
         self.close()
 
@@ -312,6 +398,8 @@ class Session:
             return
         self.closed = True
         self.reader.wake()
+        if self.resume is not None:
+            self.resume.relinked.set()      # a holding session ends now
         try:
             self.ws.close(code, reason)
         except (OSError, AfbError):
@@ -325,6 +413,8 @@ class Session:
         for stream in list(self.streams.values()):
             stream.on_reset(REP_GENERAL_FAILURE, reason)
         self.streams.clear()
+        if self.resume is not None:
+            self.resume.end()
         self.drained.set()
         self.writer.wake()
         self.state_changed.set()

@@ -12,6 +12,12 @@ received data waits here, bounded by the window and charged to the session's
 dialling: ``pending`` then cancels that dial if the stream is reset first
 (the client gave up, or the tunnel closed), so no descriptor outlives it.
 
+When the tunnel can be resumed (:mod:`afb.transport.resume`), ``sent`` keeps
+the DATA not yet acknowledged (:class:`~afb.mux.resend.Unacked`), what it
+receives is acknowledged within :data:`~afb.transport.resume.ACK_DELAY`, a FIN
+at once; while the tunnel has no WebSocket (``session.holding``)
+DATA is kept and not queued: it leaves once the peer said where to resume.
+
 No greenlet belongs to a stream: the session's reader feeds it (the
 ``on_*`` methods), the relay's socket watchers drive it.  What a stream
 calls on its session is :class:`StreamOwner`.
@@ -24,7 +30,7 @@ from typing import Protocol
 from gevent.event import AsyncResult
 
 from afb.buffers import detach
-from afb.codec import frames
+from afb.codec import frames, resume
 from afb.errors import REP_GENERAL_FAILURE, DestinationError, StreamReset, TimedOut, reply_reason
 from afb.monitor.counters import count
 from afb.mux.budget import ByteBudget
@@ -44,6 +50,10 @@ class StreamOwner(Protocol):
     #: and the peer's data not yet taken by local sockets (charged by stream and relay).
     down: ByteBudget
     up: ByteBudget
+    #: Resumable tunnels (afb/transport/resume.py): the Resumption (None: not
+    #: negotiated) and whether DATA must wait for a new WebSocket's RESUME.
+    resume: object
+    holding: bool
 
     def clock(self) -> float:
         """Monotonic seconds (window growth, stream ages)."""
@@ -70,7 +80,8 @@ class Stream:
 
     __slots__ = ("session", "id", "host", "port", "credit", "window", "bytes_in", "bytes_out",
                  "remote_fin", "local_fin", "reset_error", "sink", "_early", "_result",
-                 "reply_later", "pending", "opened_at", "origin", "__weakref__")
+                 "reply_later", "pending", "opened_at", "origin", "sent", "command",
+                 "__weakref__")
 
     def __init__(self, session, stream_id, host, port, send_window, recv_window, recv_max):
         self.session = session
@@ -91,6 +102,8 @@ class Stream:
         self.pending = None        # server: cancels the dial still in progress
         self.opened_at = session.clock()
         self.origin = None         # client: (the app's address, its proxy user or None)
+        self.sent = None           # resumable tunnel: the Unacked DATA (set by the session)
+        self.command = frames.CMD_CONNECT   # of its OPEN (sent again if a cut lost it)
 
     def __repr__(self):
         return "<Stream %d %s>" % (self.id, self.target)
@@ -147,6 +160,11 @@ class Stream:
             raise AssertionError("stream %d: %d bytes sent with %d credit" % (
                 self.id, len(data), granted))
         self.bytes_out += granted
+        sent = self.sent
+        if sent is not None:
+            sent.append(data)
+            if self.session.holding:    # no WebSocket now: sent once the tunnel is resumed
+                return
         self.session.queue(self.id, frames.DATA, data)
 
     def consumed(self, n):
@@ -182,6 +200,8 @@ class Stream:
 
     def on_data(self, payload):
         self.window.on_data(len(payload))
+        if self.sent is not None:
+            self.session.resume.ack_soon(self)
         if self.remote_fin or self.reset_error is not None:
             return
         self.bytes_in += len(payload)
@@ -202,6 +222,9 @@ class Stream:
 
     def on_fin(self):
         self.remote_fin = True
+        if self.sent is not None:
+            self.session.queue_control(frames.frame(
+                frames.ACK, self.id, resume.ack_payload(self.window.received), resume.FLAG_FIN))
         if self.sink is not None:
             self.sink.remote_eof()
         self.session.stream_done(self)

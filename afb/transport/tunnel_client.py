@@ -24,6 +24,15 @@ seconds saw the client come back later each time: restarts 6 s apart
 again 0.2, 0.01, 1.3, >6, 1.0, >6, 3.0 and >6 s after the new server
 listened (24.5 s once; issue 10 saw 26.8 s); now 0.23-0.25 s each time.
 
+**Resumption.**  When the WebSocket dies without a close frame and the
+tunnel negotiated resumption (``resume_grace`` > 0 here and on the server),
+the session holds its streams (:mod:`afb.transport.resume`), new streams
+wait for it, and the connector dials at once (no backoff pause) and opens the
+new WebSocket with a resume request instead of a new tunnel's HELLO.  The
+server answers RESUMED (the same session goes on, published again) or opens
+a new tunnel on the same WebSocket and says why it could not resume (the held
+streams are reset with that reason: one round trip, not two).
+
 **Refusals** need a fix, not patience: a refused upgrade, a token certainly
 refused (empty, not a JWT, expired: :mod:`afb.policy.token_check`; then it
 does not even dial), a pin mismatch or an untrusted certificate, a wrong E2E
@@ -57,6 +66,8 @@ from afb.errors import (
 )
 from afb.policy import token_check
 from afb.transport import tls, wsclient
+from afb.transport.resume import ask_to_resume
+from afb.transport.resume_table import link_binding
 from afb.transport.secure_channel import client_secure
 from afb.transport.session import DEFAULT_BUFFER, Session
 
@@ -70,6 +81,10 @@ HEALTHY_AFTER = 3.0
 TOKEN_POLL = 1.0
 #: The same failure message is logged at its level at most this often.
 REPEAT_LOG_INTERVAL = 300.0
+#: Longest pause between dials while a session waits to be resumed: the backoff
+#: (up to reconnect_max, 30 s) would let most of a 30 s resume_grace pass after
+#: the network came back; a dial a second for a while costs little.
+HELD_RETRY = 1.0
 
 
 class TunnelClient:
@@ -80,7 +95,7 @@ class TunnelClient:
                  connect_timeout=10.0,
                  ping_interval=20.0, ping_timeout=15.0, reconnect_min=0.5,
                  reconnect_max=30.0, token_place="header", token_cookie="session",
-                 e2e_key=None, e2e_cipher=None, drain_timeout=10.0):
+                 e2e_key=None, e2e_cipher=None, drain_timeout=10.0, resume_grace=0.0):
         self.token_source = token_source
         self.configure(url=url, pin=pin, ca_file=ca_file, proxy=proxy, token_place=token_place,
                        token_cookie=token_cookie, e2e_key=e2e_key, e2e_cipher=e2e_cipher)
@@ -93,6 +108,8 @@ class TunnelClient:
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.drain_timeout = drain_timeout
+        self.resume_grace = resume_grace
+        self.resumes = 0             # tunnels resumed on a new WebSocket
         self.session = None
         self.sessions = set()        # the current one and any still draining
         self.tally = None            # the monitor's Tally that the sessions' tallies add to
@@ -168,7 +185,8 @@ class TunnelClient:
     def live_session(self):
         """The session new streams may use now, or None (never waits)."""
         session = self.session
-        if session is not None and not session.closed and not session.draining:
+        if session is not None and not session.closed and not session.draining \
+                and not session.detached:
             return session
         if session is not None:
             self._unpublish(session)
@@ -214,6 +232,14 @@ class TunnelClient:
             session, renewal = self._open_session()
             if session is None:
                 return
+            if session in self.sessions:        # a held session, resumed
+                # New streams once the server's RESUME is acted on (one round trip).
+                session.resume.synced.wait(self.connect_timeout)
+                self.resumes += 1
+                self.last_error = ""
+                self._publish(session)
+                self._watch(session)
+                continue
             old = self.live_session()
             self.connects += 1
             self.last_error = ""
@@ -245,7 +271,8 @@ class TunnelClient:
         if _token_refused(session):
             self._delay = self.reconnect_max
             self._pause(random.uniform(self.reconnect_max / 2, self.reconnect_max))
-        elif session.draining or time.monotonic() - session.started_at >= HEALTHY_AFTER:
+        elif session.detached or session.draining or \
+                time.monotonic() - session.started_at >= HEALTHY_AFTER:
             self._delay = self.reconnect_min            # GOAWAY, or it was healthy: dial now
         else:
             pause = random.uniform(0, self._delay)
@@ -303,6 +330,8 @@ class TunnelClient:
             message = str(exc) or type(exc).__name__
         if needs_fix:
             pause = max(pause, self.reconnect_max)
+        elif self._held() is not None:
+            pause = min(pause, HELD_RETRY)
         self._failed(message, level, pause)
 
     def _failed(self, message, level, pause, key=None):
@@ -354,17 +383,31 @@ class TunnelClient:
             # Bound to the token of this upgrade; closes ws and raises on failure.
             ws = client_secure(ws, self.e2e_key, hashlib.sha256(token.encode()).digest(),
                                self.e2e_cipher, self.connect_timeout)
+        binding = link_binding(ws, token)
+        first = None
+        held = self._held()
+        if held is not None:
+            first = ask_to_resume(ws, held, binding, self.connect_timeout)
+            if first is None:
+                return held
         session = Session(ws, client=True, window=self.window, max_message=self.max_message,
                           ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
                           buffer_limit=self.buffer_limit, label="tunnel to %s" % self.url,
-                          tally=self.tally, peer=self.url)
+                          tally=self.tally, peer=self.url, resume_grace=self.resume_grace)
         try:
-            session.handshake(timeout=self.connect_timeout)
+            session.handshake(timeout=self.connect_timeout, first=first, binding=binding)
         except BaseException:
             ws.close()
             raise
         session.start()
         return session
+
+    def _held(self):
+        """A session of ours holding its streams for a resume, or None."""
+        for session in self.sessions:
+            if session.detached and not session.closed:
+                return session
+        return None
 
     # --- sessions ---------------------------------------------------------------------
 

@@ -341,6 +341,12 @@ class WsConnection:
             code, reason = None, ""
         self._close(code, reason)
 
+    def abort(self):
+        """Shut the socket without a close frame: the link is taken for lost, and a
+        resumable tunnel's peer must not read a deliberate close into it."""
+        self._close_sent = True
+        self._close(None, "")
+
     def _close(self, code, reason):
         if self._closed:
             return
