@@ -225,11 +225,11 @@ def test_redis_stopped_mid_test(cluster_of, clean_redis, echo):
     back on the same port, then its tunnel comes up by itself within seconds (the
     clients have the shipped reconnect_min / reconnect_max)."""
     cluster = cluster_of(shipped_backoff=True)
-    size = 3 * MIB
+    size = 6 * MIB
     target = HttpTarget()
     try:
         url = "http://127.0.0.1:%d/%d" % (target.port, size)
-        # 3 MiB at 256 KiB/s: 12 s, over the whole outage
+        # 6 MiB at 256 KiB/s: 24 s, over the whole outage
         jobs = [gevent.spawn(curl, proxy, url, "--limit-rate", "256K")
                 for proxy in cluster.proxies]
         gevent.sleep(2)
@@ -246,7 +246,9 @@ def test_redis_stopped_mid_test(cluster_of, clean_redis, echo):
         assert "tunnel up to" not in late.output()
         assert any("refused with HTTP 503 ([server] state_unavailable" in node.output()
                    for node in cluster.nodes)
-        assert not any(job.dead for job in jobs)        # the downloads go on
+        # The downloads go on (one may have ended already on a slow, loaded machine: whole).
+        assert all(job.value[:2] == (0, size) for job in jobs if job.dead), \
+            [job.value for job in jobs if job.dead]
         clean_redis.start()
         back = time.monotonic()
         for node in cluster.nodes:
@@ -261,7 +263,7 @@ def test_redis_stopped_mid_test(cluster_of, clean_redis, echo):
         sock = socks_connect(cluster.proxies[3], "127.0.0.1", echo.port)
         assert echo_once(sock) == b"ping"
         sock.close()
-        gevent.joinall(jobs, timeout=40, raise_error=True)
+        gevent.joinall(jobs, timeout=60, raise_error=True)
     finally:
         target.close()
     assert [job.value[:2] for job in jobs] == [(0, size)] * 3

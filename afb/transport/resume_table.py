@@ -135,6 +135,7 @@ def first_message(ws, timeout, label):
         log.warning("%s: handshake failed: %s", label, exc)
         ws.close(getattr(exc, "close_code", CLOSE_GOING_AWAY), str(exc))
         return None
-    if message is None:
-        log.info("%s: closed by the client before its HELLO", label)
+    if message is None:     # e.g. a client whose pinned E2E key is not ours: its reason says so
+        log.warning("%s: handshake failed: peer closed during the handshake (%s)", label,
+                    getattr(ws, "peer_close_reason", "") or "no reason")
     return message
