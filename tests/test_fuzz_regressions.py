@@ -10,6 +10,7 @@ import pytest
 
 from afb.codec.http_head import HeadReader, body_length
 from afb.codec.ws_upgrade import UpgradeResponse
+from afb.config import check_config
 from afb.errors import HttpRequestError, ProtocolError
 from afb.monitor import control_protocol as proto
 
@@ -89,3 +90,16 @@ def test_content_length_nginx_takes(value, length):
     head = HeadReader().feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: " + value
                              + b"\r\n\r\n")
     assert body_length(head) == length
+
+
+# bench/results/fuzz/config/crash-82900c749849c1328b18af5387038a330a1360d2: "client" as a
+# top-level key made guess_role() say client, then _server_choice() called .get on a str.
+@pytest.mark.parametrize("text, error", [
+    (b"client =\n\n", "client: must be a [client] section, not a key"),
+    (b"servers = 1\n[client]\ntoken = x\nserver = ws://a/\n",
+     "servers: must be a [servers] section, not a key"),
+])
+def test_config_with_a_key_where_a_section_belongs(tmp_path, text, error):
+    path = tmp_path / "afb.conf"
+    path.write_bytes(text)
+    assert check_config(str(path)) == ["%s:1: %s" % (path, error)]
