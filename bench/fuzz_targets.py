@@ -26,7 +26,8 @@ import sys
 #: The UDP header codec of SOCKS5 UDP ASSOCIATE (issue 15, part 1, another
 #: branch): module and function the ``udp`` target calls once they exist.
 UDP_MODULE = "afb.codec.socks5_udp"
-UDP_PARSE = "parse_udp_header"       # (data) -> (frag, host, port, payload)
+UDP_PARSE = "parse_udp_header"       # (data) -> (frag, host, port, payload) or None
+#                                      (a tuple, or an object with those attributes)
 UDP_ENCODE = "encode_udp_header"     # (host, port, payload, frag=0) -> bytes
 
 #: What a target prints when its module is missing (it exits 0; libFuzzer's crashes exit 77).
@@ -381,8 +382,14 @@ def build_udp():
         value = parse(data)
         if value is None or encode is None:
             return
+        if not isinstance(value, tuple):                   # a dataclass
+            value = (value.frag, value.host, value.port, value.payload)
         frag, host, port, payload = value
-        assert parse(encode(host, port, payload, frag)) == value, "UDP header round trip"
+        again = parse(encode(host, port, payload, frag))
+        if not isinstance(again, tuple):
+            again = (again.frag, again.host, again.port, again.payload)
+        assert again[:3] == (frag, host, port) and bytes(again[3]) == bytes(payload), \
+            "UDP header round trip"
     return one_input
 
 
