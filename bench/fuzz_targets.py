@@ -354,13 +354,21 @@ def build_control():
     return one_input
 
 
-def build_config():
+def config_folder(pid):
+    """The config target's scratch folder in process ``pid``."""
     import tempfile
 
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    return os.path.join(base, "afb-fuzz-config-%d" % pid)
+
+
+def build_config():
     from afb.config import guess_role, load_config
 
-    folder = tempfile.mkdtemp(prefix="afb-fuzz-config-", dir="/dev/shm"
-                              if os.path.isdir("/dev/shm") else None)
+    # In tmpfs: a million writes.  Named by pid: bench/fuzz removes it when the
+    # process is gone (libFuzzer ends with exit(), past Python's atexit).
+    folder = config_folder(os.getpid())
+    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "afb.conf")
 
     def one_input(data):
