@@ -14,20 +14,74 @@ refusal, EOF, a read error, the handshake timeout) closes the socket and
 logs one line, as the greenlet-per-connection version did.  Wrong
 credentials are answered only after the delay ``on_auth_failure`` returns
 (the proxy's failed-login throttle), so guessing passwords is slow.
+
+:class:`PendingHandshakes` bounds how many connections may be in their
+handshake at once (``[client] max_pending_handshakes``); a newcomer beyond
+the bound closes the *oldest* one.  Measured without it: a client whose
+descriptor limit was 512, held by 1,000 slow SOCKS5 greetings (one byte every
+2 s), hit EMFILE, and a real app's curl waited 9-10 s each time (until
+``handshake_timeout`` freed descriptors).  With it, curl took milliseconds
+(tests/test_abuse_handshakes.py).  A real handshake on a LAN takes a few
+milliseconds, so it is never the oldest unless hundreds of connections
+arrive meanwhile; a minimum age before eviction (as the server's front door
+has, for handshakes that cross the internet) would instead turn newcomers
+away while the slow ones are all young.
 """
 
 import logging
+import resource
 
 import gevent
 
 from afb.codec import httpproxy, socks5
 from afb.errors import CommandNotSupported, ProxyAuthFailed, SocksError
+from afb.ratelog import LogLimiter
 from afb.transport.sockets import close_socket
 
 log = logging.getLogger(__name__)
 
 #: Largest single read during the handshake.
 READ_SIZE = 8192
+#: Handshakes closed to make room: one line a minute, then a summary.
+_evicted_log = LogLimiter(log, interval=60.0, burst=1)
+
+
+def pending_limit(configured):
+    """The bound on pending handshakes: ``configured`` (0: none), and never more than a
+    quarter of the descriptor limit (the streams need the rest)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    share = max(16, soft // 4) if 0 < soft != resource.RLIM_INFINITY else 0
+    if not configured:
+        return share
+    return min(configured, share) if share else configured
+
+
+class PendingHandshakes:
+    """The connections still in their handshake, oldest first; at most ``limit`` (0: no
+    limit, see :func:`pending_limit`).  See the module doc."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.evicted = 0
+        self._live = {}         # key -> abort(), in the order they came (dicts keep it)
+
+    def __len__(self):
+        return len(self._live)
+
+    def add(self, key, abort):
+        """Count ``key`` (``abort()`` ends it quietly); close the oldest if full."""
+        while self.limit and len(self._live) >= self.limit:
+            oldest = next(iter(self._live))
+            self._live.pop(oldest)()
+            self.evicted += 1
+            _evicted_log.warning("pending", "proxy handshakes closed to make room",
+                                 "%d connections in their proxy handshake: closing the oldest "
+                                 "for each new one ([client] max_pending_handshakes = %d)",
+                                 self.limit, self.limit)
+        self._live[key] = abort
+
+    def discard(self, key):
+        self._live.pop(key, None)
 
 
 class ProxyHandshake:
@@ -41,7 +95,7 @@ class ProxyHandshake:
     """
 
     __slots__ = ("sock", "peer", "authenticate", "timeout", "on_socks", "on_http",
-                 "on_auth_failure", "parser", "done", "_watcher", "_timer")
+                 "on_auth_failure", "parser", "done", "_watcher", "_timer", "_pending")
 
     def __init__(self, sock, peer, *, authenticate, timeout, on_socks, on_http,
                  on_auth_failure=None):
@@ -58,8 +112,13 @@ class ProxyHandshake:
         self.done = False
         self._watcher = None
         self._timer = None
+        self._pending = None
 
-    def start(self):
+    def start(self, pending=None):
+        """Watch the socket; ``pending``: the :class:`PendingHandshakes` to count in."""
+        if pending is not None:
+            self._pending = pending
+            pending.add(self, self.abort)
         loop = gevent.get_hub().loop
         self._timer = loop.timer(self.timeout)
         self._timer.start(self._expired)
@@ -119,6 +178,10 @@ class ProxyHandshake:
         self._end()
         self.on_socks(self.sock, self.peer, request, self.parser.leftover)
 
+    def abort(self):
+        """End the handshake quietly (room for a newer one)."""
+        self._fail(None)
+
     def _expired(self):
         self._fail("no complete proxy request within %g s" % self.timeout)
 
@@ -155,6 +218,9 @@ class ProxyHandshake:
 
     def _end(self):
         self.done = True
+        if self._pending is not None:
+            self._pending.discard(self)
+            self._pending = None
         for watcher in (self._watcher, self._timer):
             if watcher is not None:
                 watcher.stop()
