@@ -222,11 +222,12 @@ class RawTunnel:
             pass
 
 
-def flood_process(setup, kind, seconds, log_path, token=None):
-    """``tests/flood_client.py KIND`` against ``setup``'s server, ending after ``seconds``."""
+def flood_process(setup, kind, seconds, log_path, token=None, extra=()):
+    """``tests/flood_client.py KIND`` against ``setup``'s server, ending after ``seconds``
+    (``extra``: more arguments, e.g. ``--target`` for ``opens``)."""
     args = [sys.executable, os.path.join(ROOT, "tests", "flood_client.py"), kind,
             "--url", setup.url, "--token", token or setup.token, "--pin", setup.pin,
-            "--seconds", str(seconds)]
+            "--seconds", str(seconds)] + list(extra)
     if setup.e2e:
         args += ["--e2e-key", setup.e2e_public_key]
     log = open(log_path, "ab")
@@ -234,3 +235,46 @@ def flood_process(setup, kind, seconds, log_path, token=None):
         return subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     finally:
         log.close()
+
+
+class SlowHandshakes:
+    """``tests/slow_handshakes.py`` in a process of its own; :attr:`status` is its
+    last report (``held``, ``opened``, ``closed``, ``failed``)."""
+
+    def __init__(self, kind, port, count=1000, sources="127.0.0.1", seconds=60.0,
+                 interval=2.0, rate=1000.0):
+        import gevent
+
+        self.status = {"held": 0, "opened": 0, "closed": 0, "failed": 0}
+        self.peak = 0
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "tests", "slow_handshakes.py"), kind,
+             "--target", "127.0.0.1:%d" % port, "--count", str(count), "--sources", sources,
+             "--seconds", str(seconds), "--interval", str(interval), "--rate", str(rate)],
+            stdout=subprocess.PIPE, text=True)
+        self._reader = gevent.spawn(self._read)
+
+    def _read(self):
+        import json
+
+        for line in self.proc.stdout:
+            self.status = json.loads(line)
+            self.peak = max(self.peak, self.status["held"])
+
+    def wait_held(self, count, timeout=30.0):
+        """Wait until ``count`` connections are held at once; -> whether they were."""
+        import gevent
+
+        deadline = time.monotonic() + timeout
+        while self.status["held"] < count and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            gevent.sleep(0.1)
+        return self.status["held"] >= count
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(5)
+        self.proc.stdout.close()

@@ -1,0 +1,232 @@
+"""Issue 15, part 5: slow half-open handshakes and a flood of OPENs keep no real user out.
+
+Real ``afb server`` and ``afb client`` processes on loopback, attacked from
+other processes:
+
+* 1,000 slow half-open handshakes (``tests/slow_handshakes.py``: one byte
+  every 2 s, never the last, a new connection for each one closed) of each
+  kind -- a SOCKS5 greeting to the client's local proxy, a TLS ClientHello
+  and an HTTP upgrade head (after TLS) to the server -- from 50 source
+  addresses (20 each: under the server's per-source cap of 32, so that cap
+  alone does not explain the result) and from one.  The attacked process runs
+  with a low descriptor limit (512 for the client, 1,024 for the server), so
+  the 1,000 would take every descriptor if nothing bounded them.  Meanwhile
+  a real app's curl through the client, and a new tunnel, each take less than
+  :data:`BOUND`; the attacked process's descriptors and RSS stay bounded.
+* A tunnel client that sends OPENs as fast as it can (``tests/flood_client.py
+  opens``) meets ``max_streams_per_user``, ``max_streams`` and ``[qos]
+  max_new_streams_per_second``: OPEN_FAIL with the reason, its tunnel kept;
+  another user's echo p99 stays under 50 ms and the server's RSS bounded.
+
+Every figure is printed (``pytest -s``); every load is bounded in count and time.
+"""
+
+import json
+import subprocess
+import time
+
+import gevent
+import pytest
+from gevent.pywsgi import WSGIServer
+
+from afb.policy.auth import issue_token
+from tests.abuse import RawTunnel, SlowHandshakes, StuckSink, flood_process, open_fds, rss
+from tests.support import Setup, recv_exact, running, socks_connect, wait_log, wait_until
+
+#: The stated bound: a real app's request, or a new tunnel, while the 1,000 are held.
+BOUND = 1.0
+SLOW = 1000
+MANY_SOURCES = "127.0.15.1-50"          # 20 connections each
+ONE_SOURCE = "127.0.16.1"
+CLIENT_FDS = 512
+SERVER_FDS = 1024
+MiB = 1 << 20
+
+
+@pytest.fixture
+def web():
+    def app(_environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+        return [b"ok\n"]
+
+    server = WSGIServer(("127.0.0.1", 0), app, log=None)
+    server.start()
+    yield server.server_port
+    server.stop()
+
+
+def _curl(setup, port):
+    """One request through the client's proxy (SOCKS5, curl); -> seconds."""
+    started = time.monotonic()
+    out = subprocess.run(["curl", "-sS", "-m", "20", "--noproxy", "",
+                          "--socks5-hostname", "127.0.0.1:%d" % setup.proxy_port,
+                          "http://127.0.0.1:%d/" % port], capture_output=True, timeout=30)
+    took = time.monotonic() - started
+    assert out.stdout == b"ok\n", out.stderr
+    return took
+
+
+def _new_tunnel(setup):
+    """TLS, upgrade, E2E and HELLO of a fresh tunnel; -> seconds."""
+    started = time.monotonic()
+    tunnel = RawTunnel(setup)
+    try:
+        assert tunnel.read_hello() is not None
+    finally:
+        tunnel.close()
+    return time.monotonic() - started
+
+
+class Watch:
+    """RSS and descriptors of one process: at the start and the worst seen."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.rss0, self.fds0 = rss(pid), open_fds(pid)
+        self.rss_peak, self.fds_peak = self.rss0, self.fds0
+        self._job = gevent.spawn(self._run)
+
+    def _run(self):
+        while True:
+            self.rss_peak = max(self.rss_peak, rss(self.pid))
+            self.fds_peak = max(self.fds_peak, open_fds(self.pid))
+            gevent.sleep(0.1)
+
+    def stop(self):
+        self._job.kill()
+        return self
+
+    def line(self):
+        return "RSS %.1f -> peak %.1f MiB, descriptors %d -> peak %d" % (
+            self.rss0 / MiB, self.rss_peak / MiB, self.fds0, self.fds_peak)
+
+
+def _hold(attack):
+    """Wait until the attacker has opened its 1,000 and kept at it for 2 s."""
+    assert wait_until(lambda: attack.status["opened"] >= SLOW, 30), attack.status
+    gevent.sleep(2.0)
+    assert attack.proc.poll() is None
+
+
+@pytest.mark.parametrize("sources", [MANY_SOURCES, ONE_SOURCE], ids=["50-sources", "1-source"])
+def test_slow_socks_greetings_do_not_keep_apps_out(tmp_path, web, sources, capsys):
+    setup = Setup(tmp_path)
+    with running("server", setup, tmp_path / "server.log"), \
+            running("client", setup, tmp_path / "client.log", nofile=CLIENT_FDS) as client:
+        _curl(setup, web)                                   # the tunnel is up
+        watch = Watch(client.proc.pid)
+        attack = SlowHandshakes("socks", setup.proxy_port, SLOW, sources, seconds=40)
+        try:
+            _hold(attack)
+            times = [_curl(setup, web) for _ in range(5)]
+            status = dict(attack.status)
+        finally:
+            attack.close()
+        watch.stop()
+    with capsys.disabled():
+        print("\n[handshakes] socks x %d from %s: curl max %.0f ms (median %.0f); attacker %s; "
+              "client %s" % (SLOW, sources, max(times) * 1e3, sorted(times)[2] * 1e3,
+                             json.dumps(status), watch.line()))
+    assert max(times) < BOUND
+    cap = CLIENT_FDS // 4                                   # max_pending_handshakes' share
+    assert watch.fds_peak <= watch.fds0 + cap + 16, watch.line()
+    assert watch.rss_peak - watch.rss0 < 16 * MiB, watch.line()
+    out = client.output()
+    assert "Traceback" not in out and "Too many open files" not in out
+    assert out.count("closing the oldest for each new one ([client] "
+                     "max_pending_handshakes = %d)" % cap) == 1
+
+
+@pytest.mark.parametrize("kind", ["tls", "http"])
+@pytest.mark.parametrize("sources", [MANY_SOURCES, ONE_SOURCE], ids=["50-sources", "1-source"])
+def test_slow_server_handshakes_do_not_keep_tunnels_out(tmp_path, web, kind, sources, capsys):
+    setup = Setup(tmp_path)
+    with running("server", setup, tmp_path / "server.log", nofile=SERVER_FDS) as server, \
+            running("client", setup, tmp_path / "client.log"):
+        _curl(setup, web)
+        watch = Watch(server.proc.pid)
+        attack = SlowHandshakes(kind, setup.server_port, SLOW, sources, seconds=50)
+        try:
+            _hold(attack)
+            held = open_fds(server.proc.pid)
+            times = [_curl(setup, web) for _ in range(5)]
+            tunnels = [_new_tunnel(setup) for _ in range(5)]
+            status = dict(attack.status)
+        finally:
+            attack.close()
+        watch.stop()
+    with capsys.disabled():
+        print("\n[handshakes] %s x %d from %s: curl max %.0f ms, new tunnel max %.0f ms "
+              "(median %.0f); attacker %s; server %s, %d while held" % (
+                  kind, SLOW, sources, max(times) * 1e3, max(tunnels) * 1e3,
+                  sorted(tunnels)[2] * 1e3, json.dumps(status), watch.line(), held))
+    assert max(times) < BOUND
+    assert max(tunnels) < BOUND
+    # The high-water mark, 819 (measured: 830 held for slow ClientHellos); a burst of
+    # accepts passes it until the greenlets of the closed ones have run, never to the limit.
+    assert held < SERVER_FDS - 16 and watch.fds_peak < SERVER_FDS, watch.line()
+    # Bounded by the mark: ~70 KiB for each connection in its TLS handshake.
+    assert watch.rss_peak - watch.rss0 < 96 * MiB, watch.line()
+    out = server.output()
+    assert "Traceback" not in out and "out of descriptors" not in out
+
+
+# --- a flood of OPENs ------------------------------------------------------------------
+
+FLOOD_SECONDS = 5.0
+#: Another user's echo p99 during the flood (as tests/test_abuse_cpu.py states it).
+ECHO_P99_BOUND = 0.05
+
+
+def _echo_p99(sock, seconds):
+    times = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        started = time.perf_counter()
+        sock.sendall(b"x" * 64)
+        recv_exact(sock, 64)
+        times.append(time.perf_counter() - started)
+    return sorted(times)[int(len(times) * 0.99)], len(times)
+
+
+@pytest.mark.parametrize("extra, reason, most", [
+    ("", "user mallory has too many streams (limit N)", 2048),
+    ("[tunnel]\nmax_streams = 1000\nmax_streams_per_user = 0\n", "too many streams (limit N)",
+     1000),
+    ("[qos]\nmax_new_streams_per_second = 200\n",
+     "user mallory opens too many streams (limit N a second", 2048),
+], ids=["max_streams_per_user", "max_streams", "max_new_streams_per_second"])
+def test_a_flood_of_opens_meets_the_limits_cleanly(tmp_path, echo, extra, reason, most, capsys):
+    setup = Setup(tmp_path, server_extra=extra)
+    sink = StuckSink(lifetime=60)
+    with running("server", setup, tmp_path / "server.log") as server, \
+            running("client", setup, tmp_path / "client.log"):
+        sock = socks_connect(("127.0.0.1", setup.proxy_port), "127.0.0.1", echo.port)
+        baseline, _ = _echo_p99(sock, 1.0)
+        watch = Watch(server.proc.pid)
+        mallory = issue_token(setup.jwt_key, "mallory", 3600)
+        log = tmp_path / "flood.log"
+        flooder = flood_process(setup, "opens", FLOOD_SECONDS, str(log), token=mallory,
+                                extra=["--target", "127.0.0.1:%d" % sink.port])
+        try:
+            wait_log(server, "tunnel mallory@", 15)
+            during, echoes = _echo_p99(sock, FLOOD_SECONDS - 2)
+        finally:
+            flooder.wait(30)
+            sink.close()
+        watch.stop()
+        sock.close()
+        line = open(log).read().strip()
+        assert server.proc.poll() is None
+    with capsys.disabled():
+        print("\n[opens] %s: %s; echo p99 %.1f ms (baseline %.1f ms, %d echoes); server %s" % (
+            extra.replace("\n", " ").strip() or "defaults", line, during * 1e3, baseline * 1e3,
+            echoes, watch.line()))
+    answers = json.loads(line.split("answers ", 1)[1])
+    assert "0 reconnects" in line, line                 # the tunnel was kept
+    assert not any(key.startswith("tunnel closed") for key in answers), answers
+    refused = sum(n for key, n in answers.items() if key.startswith("OPEN_FAIL 0x01 " + reason))
+    assert refused > 10000 and answers["OPEN_OK"] <= most, answers
+    assert during < ECHO_P99_BOUND
+    assert watch.rss_peak - watch.rss0 < 96 * MiB, watch.line()
+    assert "Traceback" not in server.output()
