@@ -11,7 +11,11 @@ here ends by itself after ``lifetime`` seconds at the latest.
   receive buffers and never reads (an upload that never drains).
 * :func:`rss` -- a process's resident memory (from /proc), :func:`socket_memory`
   what the kernel queues for its TCP sockets (from ``ss``).
-* :func:`flood_process` -- ``tests/flood_client.py`` in a process of its own.
+* :func:`flood_process` -- ``tests/flood_client.py`` in a process of its own;
+* :class:`SlowHandshakes` -- ``tests/slow_handshakes.py`` (many half-open
+  handshakes) in a process of its own; :class:`ProcessWatch` samples a
+  process's RSS and descriptors meanwhile; :func:`curl_through` and
+  :func:`new_tunnel_seconds` time what a real user does.
 """
 
 import hashlib
@@ -278,3 +282,70 @@ class SlowHandshakes:
         self.proc.wait()
         self._reader.join(5)
         self.proc.stdout.close()
+
+
+def ok_server():
+    """A started HTTP server on 127.0.0.1 (gevent, this process) answering ``ok``."""
+    from gevent.pywsgi import WSGIServer
+
+    def app(_environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+        return [b"ok\n"]
+
+    server = WSGIServer(("127.0.0.1", 0), app, log=None)
+    server.start()
+    return server
+
+
+def curl_through(setup, port):
+    """One request through the client's proxy (SOCKS5, curl) to :func:`ok_server`'s
+    ``port``; -> seconds."""
+    started = time.monotonic()
+    out = subprocess.run(["curl", "-sS", "-m", "20", "--noproxy", "",
+                          "--socks5-hostname", "127.0.0.1:%d" % setup.proxy_port,
+                          "http://127.0.0.1:%d/" % port], capture_output=True, timeout=30)
+    took = time.monotonic() - started
+    assert out.stdout == b"ok\n", out.stderr
+    return took
+
+
+def new_tunnel_seconds(setup):
+    """TLS, upgrade, E2E and HELLO of a fresh tunnel; -> seconds."""
+    started = time.monotonic()
+    tunnel = RawTunnel(setup)
+    try:
+        assert tunnel.read_hello() is not None
+    finally:
+        tunnel.close()
+    return time.monotonic() - started
+
+
+MiB = 1 << 20
+
+
+class ProcessWatch:
+    """RSS and descriptors of one process: at the start and the worst seen."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.rss0, self.fds0 = rss(pid), open_fds(pid)
+        self.rss_peak, self.fds_peak = self.rss0, self.fds0
+        import gevent
+
+        self._job = gevent.spawn(self._run)
+
+    def _run(self):
+        import gevent
+
+        while True:
+            self.rss_peak = max(self.rss_peak, rss(self.pid))
+            self.fds_peak = max(self.fds_peak, open_fds(self.pid))
+            gevent.sleep(0.1)
+
+    def stop(self):
+        self._job.kill()
+        return self
+
+    def line(self):
+        return "RSS %.1f -> peak %.1f MiB, descriptors %d -> peak %d" % (
+            self.rss0 / MiB, self.rss_peak / MiB, self.fds0, self.fds_peak)

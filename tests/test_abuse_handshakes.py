@@ -22,15 +22,22 @@ Every figure is printed (``pytest -s``); every load is bounded in count and time
 """
 
 import json
-import subprocess
 import time
 
 import gevent
 import pytest
-from gevent.pywsgi import WSGIServer
 
 from afb.policy.auth import issue_token
-from tests.abuse import RawTunnel, SlowHandshakes, StuckSink, flood_process, open_fds, rss
+from tests.abuse import (
+    ProcessWatch,
+    SlowHandshakes,
+    StuckSink,
+    curl_through,
+    flood_process,
+    new_tunnel_seconds,
+    ok_server,
+    open_fds,
+)
 from tests.support import Setup, recv_exact, running, socks_connect, wait_log, wait_until
 
 #: The stated bound: a real app's request, or a new tunnel, while the 1,000 are held.
@@ -45,60 +52,9 @@ MiB = 1 << 20
 
 @pytest.fixture
 def web():
-    def app(_environ, start_response):
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
-        return [b"ok\n"]
-
-    server = WSGIServer(("127.0.0.1", 0), app, log=None)
-    server.start()
+    server = ok_server()
     yield server.server_port
     server.stop()
-
-
-def _curl(setup, port):
-    """One request through the client's proxy (SOCKS5, curl); -> seconds."""
-    started = time.monotonic()
-    out = subprocess.run(["curl", "-sS", "-m", "20", "--noproxy", "",
-                          "--socks5-hostname", "127.0.0.1:%d" % setup.proxy_port,
-                          "http://127.0.0.1:%d/" % port], capture_output=True, timeout=30)
-    took = time.monotonic() - started
-    assert out.stdout == b"ok\n", out.stderr
-    return took
-
-
-def _new_tunnel(setup):
-    """TLS, upgrade, E2E and HELLO of a fresh tunnel; -> seconds."""
-    started = time.monotonic()
-    tunnel = RawTunnel(setup)
-    try:
-        assert tunnel.read_hello() is not None
-    finally:
-        tunnel.close()
-    return time.monotonic() - started
-
-
-class Watch:
-    """RSS and descriptors of one process: at the start and the worst seen."""
-
-    def __init__(self, pid):
-        self.pid = pid
-        self.rss0, self.fds0 = rss(pid), open_fds(pid)
-        self.rss_peak, self.fds_peak = self.rss0, self.fds0
-        self._job = gevent.spawn(self._run)
-
-    def _run(self):
-        while True:
-            self.rss_peak = max(self.rss_peak, rss(self.pid))
-            self.fds_peak = max(self.fds_peak, open_fds(self.pid))
-            gevent.sleep(0.1)
-
-    def stop(self):
-        self._job.kill()
-        return self
-
-    def line(self):
-        return "RSS %.1f -> peak %.1f MiB, descriptors %d -> peak %d" % (
-            self.rss0 / MiB, self.rss_peak / MiB, self.fds0, self.fds_peak)
 
 
 def _hold(attack):
@@ -113,12 +69,12 @@ def test_slow_socks_greetings_do_not_keep_apps_out(tmp_path, web, sources, capsy
     setup = Setup(tmp_path)
     with running("server", setup, tmp_path / "server.log"), \
             running("client", setup, tmp_path / "client.log", nofile=CLIENT_FDS) as client:
-        _curl(setup, web)                                   # the tunnel is up
-        watch = Watch(client.proc.pid)
+        curl_through(setup, web)                                   # the tunnel is up
+        watch = ProcessWatch(client.proc.pid)
         attack = SlowHandshakes("socks", setup.proxy_port, SLOW, sources, seconds=40)
         try:
             _hold(attack)
-            times = [_curl(setup, web) for _ in range(5)]
+            times = [curl_through(setup, web) for _ in range(5)]
             status = dict(attack.status)
         finally:
             attack.close()
@@ -143,14 +99,14 @@ def test_slow_server_handshakes_do_not_keep_tunnels_out(tmp_path, web, kind, sou
     setup = Setup(tmp_path)
     with running("server", setup, tmp_path / "server.log", nofile=SERVER_FDS) as server, \
             running("client", setup, tmp_path / "client.log"):
-        _curl(setup, web)
-        watch = Watch(server.proc.pid)
+        curl_through(setup, web)
+        watch = ProcessWatch(server.proc.pid)
         attack = SlowHandshakes(kind, setup.server_port, SLOW, sources, seconds=50)
         try:
             _hold(attack)
             held = open_fds(server.proc.pid)
-            times = [_curl(setup, web) for _ in range(5)]
-            tunnels = [_new_tunnel(setup) for _ in range(5)]
+            times = [curl_through(setup, web) for _ in range(5)]
+            tunnels = [new_tunnel_seconds(setup) for _ in range(5)]
             status = dict(attack.status)
         finally:
             attack.close()
@@ -203,7 +159,7 @@ def test_a_flood_of_opens_meets_the_limits_cleanly(tmp_path, echo, extra, reason
             running("client", setup, tmp_path / "client.log"):
         sock = socks_connect(("127.0.0.1", setup.proxy_port), "127.0.0.1", echo.port)
         baseline, _ = _echo_p99(sock, 1.0)
-        watch = Watch(server.proc.pid)
+        watch = ProcessWatch(server.proc.pid)
         mallory = issue_token(setup.jwt_key, "mallory", 3600)
         log = tmp_path / "flood.log"
         flooder = flood_process(setup, "opens", FLOOD_SECONDS, str(log), token=mallory,
