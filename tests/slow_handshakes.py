@@ -7,6 +7,7 @@ KIND is what each connection starts and then trickles, one byte every
 ``--interval`` seconds, never sending the byte that would complete it:
 
 * ``socks``: a SOCKS5 greeting (``05 03 00 01 02``), for a client's local proxy;
+* ``connect``: an HTTP proxy request head (``CONNECT``), for the same;
 * ``tls``: a TLS ClientHello, for the server's TLS port;
 * ``http``: a finished TLS handshake, then a WebSocket upgrade request head
   that never gets its blank line.
@@ -35,6 +36,7 @@ GREETING = b"\x05\x03\x00\x01\x02"
 UPGRADE = (b"GET /tunnel HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")      # no blank line
+CONNECT = b"CONNECT 127.0.0.1:80 HTTP/1.1\r\nHost: 127.0.0.1:80\r\nUser-Agent: slow\r\n"
 
 
 def parse_sources(text):
@@ -83,7 +85,8 @@ class Attack:
         self.target = (host, int(port))
         self.sources = parse_sources(args.sources)
         self.kind = args.kind
-        self.payload = {"socks": GREETING, "tls": client_hello(), "http": UPGRADE}[args.kind]
+        self.payload = {"socks": GREETING, "connect": CONNECT, "tls": client_hello(),
+                        "http": UPGRADE}[args.kind]
         if args.kind == "http":
             self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             self.ctx.check_hostname = False
@@ -165,7 +168,7 @@ class Attack:
     def trickle(self, conn, now):
         """First part at once (a header's worth), then one byte an interval; never the end."""
         if conn.sent == 0:
-            first = {"socks": 1, "tls": 5, "http": 16}[self.kind]
+            first = {"socks": 1, "connect": 16, "tls": 5, "http": 16}[self.kind]
             piece = self.payload[:first]
         elif conn.sent < len(self.payload) - 1:
             piece = self.payload[conn.sent:conn.sent + 1]
@@ -214,7 +217,7 @@ class Attack:
 
 def main(argv=None):
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=("socks", "tls", "http"))
+    parser.add_argument("kind", choices=("socks", "connect", "tls", "http"))
     parser.add_argument("--target", required=True)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--sources", default="127.0.0.1")

@@ -5,8 +5,9 @@ other processes:
 
 * 1,000 slow half-open handshakes (``tests/slow_handshakes.py``: one byte
   every 2 s, never the last, a new connection for each one closed) of each
-  kind -- a SOCKS5 greeting to the client's local proxy, a TLS ClientHello
-  and an HTTP upgrade head (after TLS) to the server -- from 50 source
+  kind -- a SOCKS5 greeting or an HTTP proxy head to the client's local
+  proxy, a TLS ClientHello and an HTTP upgrade head (after TLS) to the
+  server -- from 50 source
   addresses (20 each: under the server's per-source cap of 32, so that cap
   alone does not explain the result) and from one.  The attacked process runs
   with a low descriptor limit (512 for the client, 1,024 for the server), so
@@ -27,7 +28,9 @@ import time
 import gevent
 import pytest
 
+from afb.apps.socks_handshake import PendingHandshakes, pending_limit
 from afb.policy.auth import issue_token
+from afb.transport.admission import Admission
 from tests.abuse import (
     ProcessWatch,
     SlowHandshakes,
@@ -64,14 +67,16 @@ def _hold(attack):
     assert attack.proc.poll() is None
 
 
+@pytest.mark.parametrize("kind", ["socks", "connect"])
 @pytest.mark.parametrize("sources", [MANY_SOURCES, ONE_SOURCE], ids=["50-sources", "1-source"])
-def test_slow_socks_greetings_do_not_keep_apps_out(tmp_path, web, sources, capsys):
+def test_slow_proxy_handshakes_do_not_keep_apps_out(tmp_path, web, kind, sources, capsys):
+    """SOCKS5 greetings, or HTTP proxy heads (``connect``), to the client's local proxy."""
     setup = Setup(tmp_path)
     with running("server", setup, tmp_path / "server.log"), \
             running("client", setup, tmp_path / "client.log", nofile=CLIENT_FDS) as client:
         curl_through(setup, web)                                   # the tunnel is up
         watch = ProcessWatch(client.proc.pid)
-        attack = SlowHandshakes("socks", setup.proxy_port, SLOW, sources, seconds=40)
+        attack = SlowHandshakes(kind, setup.proxy_port, SLOW, sources, seconds=40)
         try:
             _hold(attack)
             times = [curl_through(setup, web) for _ in range(5)]
@@ -80,8 +85,8 @@ def test_slow_socks_greetings_do_not_keep_apps_out(tmp_path, web, sources, capsy
             attack.close()
         watch.stop()
     with capsys.disabled():
-        print("\n[handshakes] socks x %d from %s: curl max %.0f ms (median %.0f); attacker %s; "
-              "client %s" % (SLOW, sources, max(times) * 1e3, sorted(times)[2] * 1e3,
+        print("\n[handshakes] %s x %d from %s: curl max %.0f ms (median %.0f); attacker %s; "
+              "client %s" % (kind, SLOW, sources, max(times) * 1e3, sorted(times)[2] * 1e3,
                              json.dumps(status), watch.line()))
     assert max(times) < BOUND
     cap = CLIENT_FDS // 4                                   # max_pending_handshakes' share
@@ -125,6 +130,37 @@ def test_slow_server_handshakes_do_not_keep_tunnels_out(tmp_path, web, kind, sou
     assert watch.rss_peak - watch.rss0 < 96 * MiB, watch.line()
     out = server.output()
     assert "Traceback" not in out and "out of descriptors" not in out
+
+
+def test_pending_handshakes_close_the_oldest_for_a_newcomer():
+    closed = []
+    pending = PendingHandshakes(3)
+    for name in "abc":
+        pending.add(name, lambda name=name: closed.append(name))
+    pending.discard("b")                             # finished: no longer counted
+    pending.add("d", lambda: closed.append("d"))
+    assert closed == [] and len(pending) == 3
+    pending.add("e", lambda: closed.append("e"))
+    pending.add("f", lambda: closed.append("f"))
+    assert closed == ["a", "c"] and len(pending) == 3 and pending.evicted == 2
+    assert PendingHandshakes(0).limit == 0
+
+
+def test_the_pending_limit_is_at_most_a_quarter_of_the_descriptors():
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert pending_limit(256) == min(256, max(16, soft // 4))
+    assert pending_limit(0) == max(16, soft // 4)
+
+
+def test_pending_connections_count_against_the_high_water_mark():
+    adm = Admission(fd_limit=1000, high_water=0.8)
+    assert not adm.over_high_water(10, pending=799)
+    assert adm.over_high_water(10, pending=800) and adm.over_high_water(800)
+    adm.admit("192.0.2.1")
+    adm.admit("192.0.2.1")
+    assert adm.count("192.0.2.1") == 2 and adm.count("192.0.2.2") == 0
 
 
 # --- a flood of OPENs ------------------------------------------------------------------
