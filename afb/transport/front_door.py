@@ -6,8 +6,9 @@ One :class:`FrontDoor` (a gevent ``StreamServer``) per listening port:
    ``ACCEPT_PAUSE`` s with one rate-limited warning instead of gevent's
    traceback per attempt; every accepted socket passes
    :class:`~afb.transport.admission.Admission` (per-source cap, descriptor
-   high-water mark) *before* a greenlet is spent on it, else it is closed at
-   once (above the high-water mark the oldest pending connections go first);
+   high-water mark, ``[access] max_pending``) *before* a greenlet is spent on
+   it, else it is closed at once (past the mark or the cap the oldest pending
+   connection of a crowded source goes first);
    with ``[server] proxy_protocol = on`` a peer in ``trusted_proxies`` must
    then send a PROXY header, whose client address replaces the peer's from
    here on (:mod:`afb.transport.proxy_header`);
@@ -159,7 +160,7 @@ class FrontDoor(StreamServer):
         # they would otherwise hold descriptors past the mark, measured 1,013 of 1,024)
         held = len(self._pending) + len(self._dying)
         if self.admission.over_high_water(fd, held) and not self._evict_oldest():
-            refused = "descriptor %d above the high-water mark %d" % (fd, self.admission.fd_mark)
+            refused = "descriptor %d above the high-water mark %s" % (fd, self.admission.fd_mark)
         refused = refused or self.admission.admit(ip)
         if refused is not None:
             count("source_refusals")
@@ -205,12 +206,12 @@ class FrontDoor(StreamServer):
             self._dying.add(job)
             job.link(self._dying.discard)
             job.kill(block=False)
-        if victims:
-            self.limiter.warning("high-water", "pending connections closed",
-                                 "descriptors above the high-water mark %d: closed the %d "
-                                 "oldest connections not yet authenticated",
-                                 self.admission.fd_mark, len(victims))
-        return bool(victims)
+        self.limiter.warning("high-water", "pending connections closed",
+                             "%d connections not yet authenticated (high-water mark %s "
+                             "descriptors, [access] max_pending %d): closed the %d oldest",
+                             len(self._pending) + len(victims), self.admission.fd_mark,
+                             self.admission.max_pending, len(victims))
+        return True
 
     def _crowded_oldest(self):
         """The oldest pending connection whose source has others pending, looking at the
