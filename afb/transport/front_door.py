@@ -240,6 +240,8 @@ class FrontDoor(StreamServer):
                 refused = moved_to and self.admission.admit(moved_to)
                 if moved_to and not refused:
                     state["ip"] = moved_to
+                    if me in self._pending:     # (whose it is, for _crowded_oldest)
+                        self._pending[me] = (self._pending[me][0], moved_to)
                     return None
                 state["pending"] = False
                 self._pending.pop(me, None)
