@@ -111,7 +111,7 @@ class LocalProxy:
 
     def __init__(self, listen, tunnel, *, fast_open=True, open_timeout=10.0,
                  handshake_timeout=10.0, authenticate=None, sources=None, throttle=None,
-                 devices=None, max_pending_handshakes=256):
+                 devices=None, max_pending_handshakes=1024):
         """*authenticate*: None, or ``(user, password) -> bool`` required of every
         client (SOCKS5 method 2, HTTP ``Proxy-Authorization: Basic``); *sources*:
         None (anyone), or a :class:`~afb.policy.access.SourceAcl` of client addresses;
