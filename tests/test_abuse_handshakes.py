@@ -90,7 +90,10 @@ def test_slow_proxy_handshakes_do_not_keep_apps_out(tmp_path, web, kind, sources
                              json.dumps(status), watch.line()))
     assert max(times) < BOUND
     cap = CLIENT_FDS // 4                                   # max_pending_handshakes' share
-    assert watch.fds_peak <= watch.fds0 + cap + 16, watch.line()
+    # An HTTP head closed to make room is in a greenlet, whose socket closes when it
+    # next runs: a burst of accepts (64 a callback) may pass the bound meanwhile.
+    slack = 16 if kind == "socks" else 16 + 2 * 64
+    assert watch.fds_peak <= watch.fds0 + cap + slack, watch.line()
     assert watch.rss_peak - watch.rss0 < 16 * MiB, watch.line()
     out = client.output()
     assert "Traceback" not in out and "Too many open files" not in out
