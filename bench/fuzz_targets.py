@@ -23,12 +23,11 @@ Usage: ``python bench/fuzz_targets.py TARGET [libFuzzer flags] CORPUS_DIR...``
 import os
 import sys
 
-#: The UDP header codec of SOCKS5 UDP ASSOCIATE (issue 15, part 1, another
-#: branch): module and function the ``udp`` target calls once they exist.
+#: The UDP header codec of SOCKS5 UDP ASSOCIATE (issue 15, part 1): the module
+#: and functions the ``udp`` target calls.
 UDP_MODULE = "afb.codec.socks5_udp"
-UDP_PARSE = "parse_udp_header"       # (data) -> (frag, host, port, payload) or None
-#                                      (a tuple, or an object with those attributes)
-UDP_ENCODE = "encode_udp_header"     # (host, port, payload, frag=0) -> bytes
+UDP_PARSE = "parse_udp_header"       # (data) -> UdpDatagram(frag, host, port, data)
+UDP_ENCODE = "build_udp_datagram"    # (host, port, data, frag=0) -> bytes
 
 #: What a target prints when its module is missing (it exits 0; libFuzzer's crashes exit 77).
 SKIP_MARK = "fuzz target skipped:"
@@ -391,11 +390,11 @@ def build_udp():
         if value is None or encode is None:
             return
         if not isinstance(value, tuple):                   # a dataclass
-            value = (value.frag, value.host, value.port, value.payload)
+            value = (value.frag, value.host, value.port, value.data)
         frag, host, port, payload = value
         again = parse(encode(host, port, payload, frag))
         if not isinstance(again, tuple):
-            again = (again.frag, again.host, again.port, again.payload)
+            again = (again.frag, again.host, again.port, again.data)
         assert again[:3] == (frag, host, port) and bytes(again[3]) == bytes(payload), \
             "UDP header round trip"
     return one_input
