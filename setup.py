@@ -29,7 +29,10 @@ setup(
                     "redis": ["redis>=4.3"],
                     "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.2",
                              "ruff>=0.6", "textual>=2.1", "pytest-textual-snapshot>=1.0",
-                             "redis>=4.3"]},
+                             "redis>=4.3"],
+                    # bench/fuzz only (coverage-guided fuzzing of the parsers): a
+                    # libFuzzer build per CPython, not needed to run or test afb.
+                    "fuzz": ["atheris>=2.3"]},
     # Optional: WebSocket masking in C, 64 bits at a time; without a compiler
     # afb falls back to wsaccel.
     ext_modules=[Extension("afb._xormask", ["afb/_xormask.c"], optional=True,

@@ -176,6 +176,8 @@ def _read(path, configspec=None):
 def _server_choice(cfg, report):
     """Exactly one of ``[client] server`` and ``[servers]`` subsections (checked even
     when other values are bad: nothing else can be said without a server)."""
+    if not (isinstance(cfg["client"], dict) and isinstance(cfg["servers"], dict)):
+        return          # "client = x" at the top: reported as "must be a [client] section"
     server, listed = cfg["client"].get("server"), cfg["servers"].sections
     if server is None and not listed:
         report.add(["client"], "server", "missing required value (or list servers in "

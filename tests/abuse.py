@@ -11,7 +11,11 @@ here ends by itself after ``lifetime`` seconds at the latest.
   receive buffers and never reads (an upload that never drains).
 * :func:`rss` -- a process's resident memory (from /proc), :func:`socket_memory`
   what the kernel queues for its TCP sockets (from ``ss``).
-* :func:`flood_process` -- ``tests/flood_client.py`` in a process of its own.
+* :func:`flood_process` -- ``tests/flood_client.py`` in a process of its own;
+* :class:`SlowHandshakes` -- ``tests/slow_handshakes.py`` (many half-open
+  handshakes) in a process of its own; :class:`ProcessWatch` samples a
+  process's RSS and descriptors meanwhile; :func:`curl_through` and
+  :func:`new_tunnel_seconds` time what a real user does.
 """
 
 import hashlib
@@ -222,11 +226,12 @@ class RawTunnel:
             pass
 
 
-def flood_process(setup, kind, seconds, log_path, token=None):
-    """``tests/flood_client.py KIND`` against ``setup``'s server, ending after ``seconds``."""
+def flood_process(setup, kind, seconds, log_path, token=None, extra=()):
+    """``tests/flood_client.py KIND`` against ``setup``'s server, ending after ``seconds``
+    (``extra``: more arguments, e.g. ``--target`` for ``opens``)."""
     args = [sys.executable, os.path.join(ROOT, "tests", "flood_client.py"), kind,
             "--url", setup.url, "--token", token or setup.token, "--pin", setup.pin,
-            "--seconds", str(seconds)]
+            "--seconds", str(seconds)] + list(extra)
     if setup.e2e:
         args += ["--e2e-key", setup.e2e_public_key]
     log = open(log_path, "ab")
@@ -234,3 +239,113 @@ def flood_process(setup, kind, seconds, log_path, token=None):
         return subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     finally:
         log.close()
+
+
+class SlowHandshakes:
+    """``tests/slow_handshakes.py`` in a process of its own; :attr:`status` is its
+    last report (``held``, ``opened``, ``closed``, ``failed``)."""
+
+    def __init__(self, kind, port, count=1000, sources="127.0.0.1", seconds=60.0,
+                 interval=2.0, rate=1000.0):
+        import gevent
+
+        self.status = {"held": 0, "opened": 0, "closed": 0, "failed": 0}
+        self.peak = 0
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "tests", "slow_handshakes.py"), kind,
+             "--target", "127.0.0.1:%d" % port, "--count", str(count), "--sources", sources,
+             "--seconds", str(seconds), "--interval", str(interval), "--rate", str(rate)],
+            stdout=subprocess.PIPE, text=True)
+        self._reader = gevent.spawn(self._read)
+
+    def _read(self):
+        import json
+
+        for line in self.proc.stdout:
+            self.status = json.loads(line)
+            self.peak = max(self.peak, self.status["held"])
+
+    def wait_held(self, count, timeout=30.0):
+        """Wait until ``count`` connections are held at once; -> whether they were."""
+        import gevent
+
+        deadline = time.monotonic() + timeout
+        while self.status["held"] < count and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            gevent.sleep(0.1)
+        return self.status["held"] >= count
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(5)
+        self.proc.stdout.close()
+
+
+def ok_server():
+    """A started HTTP server on 127.0.0.1 (gevent, this process) answering ``ok``."""
+    from gevent.pywsgi import WSGIServer
+
+    def app(_environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+        return [b"ok\n"]
+
+    server = WSGIServer(("127.0.0.1", 0), app, log=None)
+    server.start()
+    return server
+
+
+def curl_through(setup, port):
+    """One request through the client's proxy (SOCKS5, curl) to :func:`ok_server`'s
+    ``port``; -> seconds."""
+    started = time.monotonic()
+    out = subprocess.run(["curl", "-sS", "-m", "20", "--noproxy", "",
+                          "--socks5-hostname", "127.0.0.1:%d" % setup.proxy_port,
+                          "http://127.0.0.1:%d/" % port], capture_output=True, timeout=30)
+    took = time.monotonic() - started
+    assert out.stdout == b"ok\n", out.stderr
+    return took
+
+
+def new_tunnel_seconds(setup):
+    """TLS, upgrade, E2E and HELLO of a fresh tunnel; -> seconds."""
+    started = time.monotonic()
+    tunnel = RawTunnel(setup)
+    try:
+        assert tunnel.read_hello() is not None
+    finally:
+        tunnel.close()
+    return time.monotonic() - started
+
+
+MiB = 1 << 20
+
+
+class ProcessWatch:
+    """RSS and descriptors of one process: at the start and the worst seen."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.rss0, self.fds0 = rss(pid), open_fds(pid)
+        self.rss_peak, self.fds_peak = self.rss0, self.fds0
+        import gevent
+
+        self._job = gevent.spawn(self._run)
+
+    def _run(self):
+        import gevent
+
+        while True:
+            self.rss_peak = max(self.rss_peak, rss(self.pid))
+            self.fds_peak = max(self.fds_peak, open_fds(self.pid))
+            gevent.sleep(0.1)
+
+    def stop(self):
+        self._job.kill()
+        return self
+
+    def line(self):
+        return "RSS %.1f -> peak %.1f MiB, descriptors %d -> peak %d" % (
+            self.rss0 / MiB, self.rss_peak / MiB, self.fds0, self.fds_peak)

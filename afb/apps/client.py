@@ -32,6 +32,7 @@ from afb.apps.client_reload import (
 )
 from afb.apps.local_proxy import LocalProxy
 from afb.apps.monitoring import start_monitoring
+from afb.apps.socks_handshake import pending_limit
 from afb.config import load_config
 from afb.config_values import parse_hostport
 from afb.errors import AfbError, ConfigError
@@ -67,6 +68,7 @@ class ProxyClient:
         self.proxy = LocalProxy(parse_hostport(client["listen"]), self.pool,
                                 fast_open=client["fast_open"], open_timeout=tunnel["open_timeout"],
                                 handshake_timeout=client["handshake_timeout"],
+                                max_pending_handshakes=client["max_pending_handshakes"],
                                 authenticate=users,
                                 sources=SourceAcl(allow=client["allow_sources"]),
                                 throttle=AuthThrottle(client["max_auth_failures"],
@@ -213,6 +215,7 @@ class ProxyClient:
         self.proxy.open_timeout = cfg["tunnel"]["open_timeout"]
         self.proxy.handshake_timeout = client["handshake_timeout"]
         self.proxy.udp = udp_settings(cfg["udp"])      # for the next associations
+        self.proxy.pending.limit = pending_limit(client["max_pending_handshakes"])
         self.proxy.sources = SourceAcl(allow=client["allow_sources"])
         if client["log_level"] != self.cfg["client"]["log_level"]:
             logsetup.configure(client["log_level"])

@@ -18,6 +18,10 @@ passwords a second.  A banned source's connections are closed on accept.
 A SOCKS5 UDP ASSOCIATE (``[udp] enabled``) becomes a ``CMD_UDP_ASSOCIATE``
 stream and a UDP relay socket next to this listener (:mod:`afb.transport.
 udp_relay`); the app gets its address after OPEN_OK, or the server's code.
+
+At most ``[client] max_pending_handshakes`` connections may be in their
+handshake at once, HTTP heads included; beyond that the oldest is closed
+(:class:`~afb.apps.socks_handshake.PendingHandshakes` says why).
 """
 
 import logging
@@ -27,7 +31,7 @@ import gevent.socket
 from gevent.greenlet import Greenlet
 from gevent.hub import get_hub, getcurrent
 
-from afb.apps.socks_handshake import ProxyHandshake
+from afb.apps.socks_handshake import PendingHandshakes, ProxyHandshake, pending_limit
 from afb.codec import frames, httpproxy, socks5
 from afb.errors import (
     REP_GENERAL_FAILURE,
@@ -111,14 +115,15 @@ class LocalProxy:
 
     def __init__(self, listen, tunnel, *, fast_open=True, open_timeout=10.0,
                  handshake_timeout=10.0, authenticate=None, sources=None, throttle=None,
-                 devices=None, udp=None):
+                 devices=None, udp=None, max_pending_handshakes=1024):
         """*authenticate*: None, or ``(user, password) -> bool`` required of every
         client (SOCKS5 method 2, HTTP ``Proxy-Authorization: Basic``); *sources*:
         None (anyone), or a :class:`~afb.policy.access.SourceAcl` of client addresses;
         *throttle*: the :class:`~afb.policy.access.AuthThrottle` of failed logins;
         *devices*: None (no limits), or the :class:`~afb.transport.devices.Devices`
         whose rates, new streams a second and priority rules each LAN device gets;
-        *udp*: :class:`~afb.transport.udp_common.UdpSettings` (None: the defaults)."""
+        *udp*: :class:`~afb.transport.udp_common.UdpSettings` (None: the defaults);
+        *max_pending_handshakes*: see :func:`~afb.apps.socks_handshake.pending_limit`."""
         self.tunnel = tunnel
         self.sources = sources
         self.throttle = throttle if authenticate is not None else None
@@ -130,6 +135,7 @@ class LocalProxy:
         self.active = 0
         self.udp = udp if udp is not None else udp_settings()
         self.associations = set()      # the UdpRelays of live UDP associations
+        self.pending = PendingHandshakes(pending_limit(max_pending_handshakes))
         # A page load opens dozens of connections at once: a deep backlog.
         self.listener = Acceptor(listen, self._accepted, backlog=4096)
 
@@ -180,7 +186,7 @@ class LocalProxy:
         ProxyHandshake(sock, peer, authenticate=authenticate,
                        timeout=self.handshake_timeout, on_socks=self._socks_request,
                        on_http=self._http_start, on_auth_failure=on_auth_failure,
-                       on_udp=self._udp_request if self.udp.enabled else None).start()
+                       on_udp=self._udp_request if self.udp.enabled else None).start(self.pending)
 
     def _auth_failed(self, ip, peer):
         """Count a failed login of ``ip``; -> the delay before its refusal."""
@@ -254,6 +260,8 @@ class LocalProxy:
         start_now(self._serve_http, gsock, peer, first)
 
     def _serve_http(self, sock, peer, first):
+        me = getcurrent()
+        self.pending.add(me, lambda: me.kill(block=False))   # (the kill closes it: finally)
         request = None
         try:
             with gevent.Timeout(self.handshake_timeout, TimedOut(
@@ -261,9 +269,11 @@ class LocalProxy:
                 request = self._http_request(sock, peer, first)
         except (OSError, AfbError) as exc:
             log.info("%s: %s", peer, exc)
-        if request is None:
-            close_socket(sock)
-        else:
+        finally:
+            self.pending.discard(me)
+            if request is None:
+                close_socket(sock)
+        if request is not None:
             self._open_or_close(sock, peer, *request)
 
     def _open_or_close(self, sock, peer, kind, host, port, early, user=None):

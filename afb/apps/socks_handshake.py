@@ -14,20 +14,88 @@ refusal, EOF, a read error, the handshake timeout) closes the socket and
 logs one line, as the greenlet-per-connection version did.  Wrong
 credentials are answered only after the delay ``on_auth_failure`` returns
 (the proxy's failed-login throttle), so guessing passwords is slow.
+
+:class:`PendingHandshakes` bounds how many connections may be in their
+handshake at once (``[client] max_pending_handshakes``); a newcomer beyond
+the bound closes the *oldest* one.  Measured without it: a client whose
+descriptor limit was 512, held by 1,000 slow SOCKS5 greetings (one byte every
+2 s), hit EMFILE, and a real app's curl waited 9-10 s each time (until
+``handshake_timeout`` freed descriptors).  With it, curl took milliseconds
+(tests/test_abuse_handshakes.py).  A real handshake on a LAN takes a few
+milliseconds, so it is never the oldest unless hundreds of connections
+arrive meanwhile; a minimum age before eviction (as the server's front door
+has, for handshakes that cross the internet) would instead turn newcomers
+away while the slow ones are all young.  The default bound, 1,024: one app
+opening 10,000 connections at once (bench/soak --open-rate 100000) had 17
+to 50 of them reset at 256, none at 1,024; a browser opens a few dozen.
 """
 
 import logging
+import resource
 
 import gevent
 
 from afb.codec import httpproxy, socks5
 from afb.errors import CommandNotSupported, ProxyAuthFailed, SocksError
+from afb.ratelog import LogLimiter
 from afb.transport.sockets import close_socket
 
 log = logging.getLogger(__name__)
 
 #: Largest single read during the handshake.
 READ_SIZE = 8192
+#: Handshakes closed to make room: one line a minute, then a summary.
+_evicted_log = LogLimiter(log, interval=60.0, burst=1)
+
+
+def pending_limit(configured):
+    """The bound on pending handshakes: ``configured`` (0: none), and never more than a
+    quarter of the descriptor limit (the streams need the rest)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    share = max(16, soft // 4) if 0 < soft != resource.RLIM_INFINITY else 0
+    if not configured:
+        return share
+    return min(configured, share) if share else configured
+
+
+class PendingHandshakes:
+    """The connections still in their handshake, oldest first; at most ``limit`` (0: no
+    limit, see :func:`pending_limit`).  See the module doc."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.evicted = 0
+        self._live = {}         # key -> abort(), in the order they came (dicts keep it)
+        # Aborted but not yet discarded: a killed greenlet closes its socket when it
+        # next runs, and until then its descriptor counts (measured without: 221
+        # descriptors for a bound of 128 under 1,000 slow HTTP heads).
+        self._dying = set()
+
+    def __len__(self):
+        return len(self._live) + len(self._dying)
+
+    def add(self, key, abort):
+        """Count ``key`` (``abort()`` ends it quietly, now or later: the key counts until
+        :meth:`discard`); if full, close the oldest -- two at most, so that aborts
+        still under way bring the count back down without closing every one."""
+        for _ in range(2):
+            if not (self.limit and len(self) >= self.limit and self._live):
+                break
+            oldest = next(iter(self._live))
+            end = self._live.pop(oldest)
+            self._dying.add(oldest)
+            end()
+            self.evicted += 1
+            _evicted_log.warning("pending", "proxy handshakes closed to make room",
+                                 "%d connections in their proxy handshake: closing the oldest "
+                                 "for each new one ([client] max_pending_handshakes = %d)",
+                                 self.limit, self.limit)
+        self._live[key] = abort
+
+    def discard(self, key):
+        """``key`` ended (or became a stream)."""
+        self._live.pop(key, None)
+        self._dying.discard(key)
 
 
 class ProxyHandshake:
@@ -42,7 +110,7 @@ class ProxyHandshake:
     """
 
     __slots__ = ("sock", "peer", "authenticate", "timeout", "on_socks", "on_http", "on_udp",
-                 "on_auth_failure", "parser", "done", "_watcher", "_timer")
+                 "on_auth_failure", "parser", "done", "_watcher", "_timer", "_pending")
 
     def __init__(self, sock, peer, *, authenticate, timeout, on_socks, on_http,
                  on_auth_failure=None, on_udp=None):
@@ -60,8 +128,13 @@ class ProxyHandshake:
         self.done = False
         self._watcher = None
         self._timer = None
+        self._pending = None
 
-    def start(self):
+    def start(self, pending=None):
+        """Watch the socket; ``pending``: the :class:`PendingHandshakes` to count in."""
+        if pending is not None:
+            self._pending = pending
+            pending.add(self, self.abort)
         loop = gevent.get_hub().loop
         self._timer = loop.timer(self.timeout)
         self._timer.start(self._expired)
@@ -125,6 +198,10 @@ class ProxyHandshake:
         self._end()
         self.on_socks(self.sock, self.peer, request, self.parser.leftover)
 
+    def abort(self):
+        """End the handshake quietly (room for a newer one)."""
+        self._fail(None)
+
     def _expired(self):
         self._fail("no complete proxy request within %g s" % self.timeout)
 
@@ -161,6 +238,9 @@ class ProxyHandshake:
 
     def _end(self):
         self.done = True
+        if self._pending is not None:
+            self._pending.discard(self)
+            self._pending = None
         for watcher in (self._watcher, self._timer):
             if watcher is not None:
                 watcher.stop()

@@ -88,8 +88,9 @@ class UpgradeResponse:
         self._buf = bytearray()
         status_line, *lines = head.split("\r\n")
         parts = status_line.split(" ", 2)
+        # isdigit() alone takes "1\u00b91" (superscript one), which int() refuses.
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit() \
-                or len(parts[1]) != 3:
+                or not parts[1].isascii() or len(parts[1]) != 3:
             raise ProtocolError("bad status line in the server's answer: %r" % status_line[:80])
         for line in lines:
             name, sep, value = line.partition(":")

@@ -96,9 +96,11 @@ class LineSplitter:
 def parse_request(line):
     """One request line -> :class:`Request`; ControlError (with its code) if it is not one."""
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ControlError("bad_json", "not JSON: %s" % exc) from None
+    except RecursionError:      # [[[[... a thousand deep: json recurses once per level
+        raise ControlError("bad_json", "not JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise ControlError("bad_request", "a request is a JSON object, got %s"
                            % type(obj).__name__)
@@ -108,7 +110,7 @@ def parse_request(line):
         raise _with_id(ControlError("unsupported_version", "version %r is not supported; this "
                                     "daemon speaks v %d" % (version, VERSION)), request_id)
     cmd = obj.get("cmd")
-    if cmd not in COMMANDS:
+    if not isinstance(cmd, str) or cmd not in COMMANDS:       # [1] is not hashable
         raise _with_id(ControlError("unknown_command", "unknown command %r; known: %s" % (
             cmd, ", ".join(sorted(COMMANDS)))), request_id)
     fields = COMMANDS[cmd]
@@ -134,6 +136,18 @@ def parse_request(line):
     for name, (_kind, default) in fields.items():
         args.setdefault(name, default)
     return Request(cmd, args, request_id)
+
+
+def _no_constant(name):
+    """NaN and Infinity are not JSON; an id of NaN could not be sent back (encode refuses it)."""
+    raise ValueError("%s is not a JSON value" % name)
+
+
+def _finite_float(text):
+    value = float(text)
+    if value in (float("inf"), float("-inf")):          # 1e999
+        raise ValueError("number %s is out of range" % text[:20])
+    return value
 
 
 def _with_id(error, request_id):

@@ -17,7 +17,15 @@ two checks run on every accepted one before a greenlet is spent on it:
   its reusable connections when it runs short), so the newcomer -- quite
   possibly a client that opens its tunnel within milliseconds -- gets in,
   and the descriptors above the mark stay for established tunnels' streams.
-  With nothing old enough to close, the newcomer is closed instead.
+  The oldest always goes, with up to 31 more older than a second (see
+  ``FrontDoor._evict_oldest``); with no pending connection at all to close,
+  the newcomer is closed instead.
+* at most ``max_pending`` pending connections in all, whatever the
+  descriptors (0: no such limit), handled as the high-water mark is: a
+  connection in its TLS handshake costs ~57 KiB (1,000 slow ClientHellos:
+  +56 MiB RSS; ~35 KiB after TLS), so with ``LimitNOFILE=65536`` the mark
+  alone (52,428 connections, from 1,639 addresses or one IPv6 /48) would
+  let them take ~2.9 GiB; the default 4,096 keeps them under ~230 MiB.
 
 A connection that becomes a tunnel is released from the count at once.
 Pure code (no gevent), so the numbers are easy to test.
@@ -36,8 +44,10 @@ _source_key = AuthThrottle.key
 class Admission:
     """Counts pending connections per source and judges new ones; see the module doc."""
 
-    def __init__(self, per_source=32, per_proxy=1024, proxies=(), high_water=0.8, fd_limit=None):
+    def __init__(self, per_source=32, per_proxy=1024, proxies=(), high_water=0.8, fd_limit=None,
+                 max_pending=0):
         self.per_source = int(per_source)
+        self.max_pending = int(max_pending)
         self.per_proxy = int(per_proxy)
         self.proxies = tuple(proxies)
         self.high_water = float(high_water)
@@ -66,9 +76,18 @@ class Admission:
             return self.per_proxy
         return self.per_source
 
-    def over_high_water(self, fd):
-        """Whether the new descriptor *fd* is at or above the high-water mark."""
-        return self.fd_mark is not None and fd >= self.fd_mark
+    def over_high_water(self, fd, pending=0):
+        """Whether the new descriptor *fd*, or the number of *pending* connections, is at
+        or above the high-water mark, or *pending* at ``max_pending``.
+
+        The descriptor number alone misses a burst: the oldest closed, their low
+        numbers went to the next newcomers unchecked, and 1,000 slow handshakes
+        kept 1,011 of 1,024 descriptors (mark 819) although every newcomer past
+        the mark had closed the oldest.
+        """
+        if self.max_pending and pending >= self.max_pending:
+            return True
+        return self.fd_mark is not None and max(fd, pending) >= self.fd_mark
 
     def admit(self, ip):
         """None and the connection counted, or a short reason to close it at once."""
@@ -89,6 +108,10 @@ class Admission:
             self.pending[key] = count
         else:
             self.pending.pop(key, None)
+
+    def count(self, ip):
+        """Pending connections of *ip*'s source (its /64 for IPv6)."""
+        return self.pending.get(_source_key(ip), 0)
 
     def total(self):
         return sum(self.pending.values())

@@ -11,7 +11,8 @@ blocks on a write (answers are queued for the writer), and it bounds what a
 peer can make it do:
 
 * every message and frame counts on the session's pacer
-  (:mod:`afb.transport.pacer`), which yields and throttles a flood;
+  (:mod:`afb.transport.pacer`), which yields and throttles a flood (an
+  OPEN counts :data:`~afb.transport.pacer.OPEN_UNITS`);
 * a message holds at most :data:`MAX_FRAMES_PER_MESSAGE` frames, PINGs get
   :data:`PONGS_PER_SECOND` answers at most;
 * while the local sockets hold the session's ``up`` budget of the peer's
@@ -39,7 +40,7 @@ from afb.codec.websocket import describe_close
 from afb.errors import REP_GENERAL_FAILURE, AfbError, ProtocolError
 from afb.monitor.counters import count
 from afb.ratelog import LogLimiter
-from afb.transport.pacer import MESSAGE_UNITS, Allowance
+from afb.transport.pacer import MESSAGE_UNITS, OPEN_UNITS, Allowance
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class FrameReader:
         self.paused = False                   # not reading: local sockets hold too much
         self.last_peer_id = 0                 # server: the newest stream the client opened
         self.link_lost = False                # the session dropped this WebSocket
+        self.extra_units = 0                  # pacer units of this message's costly frames
         self._resume = None                   # the Event a paused reader waits on
         self._pongs = Allowance(PONGS_PER_SECOND, PONGS_PER_SECOND)
         self.handlers = {
@@ -117,7 +119,8 @@ class FrameReader:
                         self._unknown(ftype, stream_id)
                     else:
                         handler(flags, stream_id, payload)
-                tick(count + MESSAGE_UNITS)
+                tick(count + MESSAGE_UNITS + self.extra_units)
+                self.extra_units = 0
                 if up.exhausted:
                     self.wait_for_local_sockets()
                 elif len(message) >= YIELD_AFTER:
@@ -187,6 +190,7 @@ class FrameReader:
     def _open(self, flags, stream_id, payload):
         """Server: a client opens a stream; refused here, or handed to ``on_open``."""
         session = self.session
+        self.extra_units += OPEN_UNITS - 1
         if stream_id % 2 == 0 or stream_id <= self.last_peer_id:
             session.queue_control(frames.frame(frames.RST, stream_id, frames.rst_payload(
                 REP_GENERAL_FAILURE, "stream id %d is not new and odd" % stream_id)))

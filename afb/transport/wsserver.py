@@ -179,7 +179,8 @@ def front_door_options(cfg):
                 max_pending_per_source=access["max_pending_per_source"],
                 max_pending_per_proxy=access["max_pending_per_proxy"],
                 trusted_proxies=access["trusted_proxies"],
-                descriptor_high_water=access["descriptor_high_water"])
+                descriptor_high_water=access["descriptor_high_water"],
+                max_pending=access["max_pending"])
 
 
 def make_server(listen, on_tunnel, *, authorize, path="/", ssl_context=None, decoy_dir=None,
@@ -187,7 +188,7 @@ def make_server(listen, on_tunnel, *, authorize, path="/", ssl_context=None, dec
                 upstream_tls=True, upstream_proxy_protocol=False, max_pending_per_source=32,
                 max_pending_per_proxy=1024, trusted_proxies=(), descriptor_high_water=0.8,
                 log_interval=60.0, log_burst=5, fd_limit=None, handshake_timeout=None,
-                reuse_port=True, proxy_protocol=False):
+                reuse_port=True, proxy_protocol=False, max_pending=4096):
     """A (not yet started) :class:`FrontDoor` for the tunnel on *listen* = (host, port).
 
     *upstream*: ``"host:port"`` of a real web server that gets every
@@ -199,14 +200,15 @@ def make_server(listen, on_tunnel, *, authorize, path="/", ssl_context=None, dec
     *reuse_port*: listen with SO_REUSEPORT (a new server may listen on the
     port while this one drains).  *proxy_protocol*: peers in
     *trusted_proxies* must start with a PROXY header, whose client address
-    counts from then on (:mod:`afb.transport.proxy_header`).
+    counts from then on (:mod:`afb.transport.proxy_header`).  *max_pending*: most
+    connections not yet tunnels at once (:mod:`afb.transport.admission`).
     """
     if handshake_timeout is not None:
         header_timeout = handshake_timeout
     limiter = LogLimiter(log, interval=log_interval, burst=log_burst)
     proxies = parse_networks(trusted_proxies)
     admission = Admission(max_pending_per_source, max_pending_per_proxy, proxies,
-                          descriptor_high_water, fd_limit=fd_limit)
+                          descriptor_high_water, fd_limit=fd_limit, max_pending=max_pending)
     splice = None
     if upstream:
         splice = Upstream(parse_hostport(upstream) if isinstance(upstream, str) else upstream,
