@@ -77,12 +77,15 @@ class FrameInput:
         self.start = self.end = 0
         recv_into = self.sock.recv_into
         pos = have
-        while pos < length:
-            n = recv_into(out[pos:])
-            if not n:
-                return None
-            pos += n
-            self.bytes_in += n
+        try:
+            while pos < length:
+                n = recv_into(out[pos:])
+                if not n:
+                    return None
+                pos += n
+                self.bytes_in += n
+        except ValueError:
+            raise _closed_under_us() from None
         if key is not None:
             wsc.mask_inplace(out, key)
         return out
@@ -101,10 +104,21 @@ class FrameInput:
             self.start, self.end = 0, avail
         recv_into = self.sock.recv_into
         view = self.view
-        while self.end - self.start < need:
-            n = recv_into(view[self.end:])
-            if not n:
-                return False
-            self.end += n
-            self.bytes_in += n
+        try:
+            while self.end - self.start < need:
+                n = recv_into(view[self.end:])
+                if not n:
+                    return False
+                self.end += n
+                self.bytes_in += n
+        except ValueError:
+            raise _closed_under_us() from None
         return True
+
+
+def _closed_under_us():
+    """The socket was closed under the reader (a failed write aborted the link), which
+    gevent's SSL socket says with a ValueError: a lost link (an OSError), so that the
+    session ends or is held for a resume.  Uncaught, it killed the session's greenlet
+    and left its streams hanging (bench/soak: a tunnel reset during a write)."""
+    return ConnectionAbortedError("the connection was closed during a read")
