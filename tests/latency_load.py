@@ -185,8 +185,8 @@ class Rig:
     host, port), (socks host, port), fallback_port)`` writes its files and
     returns ``(server argv, client argv, env)``.  ``userspace_delay``: where the
     kernel has no netem (HTB shapes the rate), add the delay with
-    tests/userspace_netem.py on the client's end of the veth (both ways: 20 ms
-    each = 40 ms RTT).  A context manager; everything it started is stopped on
+    tests/userspace_netem.py on each end of the veth (20 ms each way = 40 ms
+    RTT).  A context manager; everything it started is stopped on
     exit.
     """
 
@@ -281,21 +281,9 @@ class Rig:
             space.run(["ip", "link", "set", dev, "up"], check=True)
             self._shape(space, dev, rate, delay)
         if self.userspace_delay and not self.shaper.startswith("netem"):
-            self._userspace_delay(client, veth_c, rate, delay)
-        return "10.213.0.1"
-
-    def _userspace_delay(self, space, dev, rate, delay):
-        """tests/userspace_netem.py delaying both directions of ``dev`` by ``delay``."""
-        from tests import userspace_netem
-
-        for argv in userspace_netem.rules(dev, 5):
-            space.run(argv, check=True)
-        proc = space.popen([sys.executable, userspace_netem.__file__, "--queue", "5",
-                            "--delay", delay.rstrip("ms")], stdout=subprocess.PIPE)
-        self.procs.append(proc)
-        if proc.stdout.readline().strip() != b"ready":
-            raise RuntimeError("userspace netem did not start")
-        self.shaper = "htb rate %s + userspace netem delay %s each way" % (rate, delay)
+            for space, dev in ((client, veth_c), (server, veth_s)):
+                self._userspace_delay(space, dev, delay)
+            self.shaper = "htb rate %s + userspace netem delay %s each way" % (rate, delay)
 
     def _shape(self, space, dev, rate, delay):
         """netem's rate and delay on ``dev``; without netem (a kernel built without

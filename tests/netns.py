@@ -329,8 +329,8 @@ class inside:
 
 class Link:
     """Namespaces ``server`` and ``client`` joined by a veth pair (10.213.0.1 and
-    10.213.0.2 by default), made and removed as a unit; :meth:`netem` puts
-    tests/userspace_netem.py on the client's end (both directions)."""
+    10.213.0.2 by default), made and removed as a unit; :meth:`netem` delays and
+    drops packets both ways with tests/userspace_netem.py."""
 
     def __init__(self, prefix="afb-f", subnet="10.213.0"):
         self.server, self.client = Netns(prefix + "s-"), Netns(prefix + "c-")
@@ -356,19 +356,19 @@ class Link:
         return self
 
     def netem(self, delay, jitter=0.0, loss=0.0, queue=7):
-        """Delay (ms, each way), jitter (ms) and loss (0-1, each way) on the link;
-        returns the netem process (its ``ready`` line already read)."""
+        """Delay (ms), jitter (ms) and loss (0-1) on each direction of the link: one
+        tests/userspace_netem.py per namespace, on the packets arriving there."""
         from tests import userspace_netem
 
-        for argv in userspace_netem.rules(self.client_dev, queue):
-            self.client.run(argv, check=True)
-        proc = self.client.popen([sys.executable, userspace_netem.__file__, "--queue",
-                                  str(queue), "--delay", str(delay), "--jitter", str(jitter),
-                                  "--loss", str(loss)], stdout=subprocess.PIPE)
-        self.netems.append(proc)
-        if proc.stdout.readline().strip() != b"ready":
-            raise RuntimeError("userspace netem did not start")
-        return proc
+        for space, dev in ((self.client, self.client_dev), (self.server, self.server_dev)):
+            for argv in userspace_netem.rules(dev, queue):
+                space.run(argv, check=True)
+            proc = space.popen([sys.executable, userspace_netem.__file__, "--queue", str(queue),
+                                "--delay", str(delay), "--jitter", str(jitter), "--loss",
+                                str(loss)], stdout=subprocess.PIPE)
+            self.netems.append(proc)
+            if proc.stdout.readline().strip() != b"ready":
+                raise RuntimeError("userspace netem did not start in %s" % space.name)
 
     def stop_netem(self):
         """The netems' counts (``seen``, ``dropped``), each stopped."""
