@@ -284,6 +284,19 @@ class Rig:
             for space, dev in ((client, veth_c), (server, veth_s)):
                 self._userspace_delay(space, dev, delay)
             self.shaper = "htb rate %s + userspace netem delay %s each way" % (rate, delay)
+        return "10.213.0.1"
+
+    def _userspace_delay(self, space, dev, delay):
+        """tests/userspace_netem.py delaying what arrives on ``dev`` by ``delay``."""
+        from tests import userspace_netem
+
+        for argv in userspace_netem.rules(dev, 5):
+            space.run(argv, check=True)
+        proc = space.popen([sys.executable, userspace_netem.__file__, "--queue", "5",
+                            "--delay", delay.rstrip("ms")], stdout=subprocess.PIPE)
+        self.procs.append(proc)
+        if proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError("userspace netem did not start in %s" % space.name)
 
     def _shape(self, space, dev, rate, delay):
         """netem's rate and delay on ``dev``; without netem (a kernel built without
