@@ -16,6 +16,7 @@ slowest round trip after a fault being the time to recover.
 
 import hashlib
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -28,6 +29,11 @@ from tests.netns import Link, inside
 from tests.support import ROOT, EchoTarget, HashTarget, Setup, recv_exact, send_pattern
 
 PATTERN = os.urandom(1 << 20)
+
+#: Why the cases that add iptables rules (the userspace netem, a black hole) cannot
+#: run here, or None.
+NO_IPTABLES = (None if shutil.which("iptables-legacy")
+               else "iptables-legacy is not installed (Debian: iptables)")
 
 #: case -> its figures, filled by the tests as they pass (bench/faults prints them).
 FIGURES = {}

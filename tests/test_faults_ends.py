@@ -14,7 +14,7 @@ import time
 import gevent
 import pytest
 
-from tests.fault_rig import Echoer, FaultRig, Transfer, record
+from tests.fault_rig import NO_IPTABLES, Echoer, FaultRig, Transfer, record
 from tests.netns import unavailable
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ def test_a_destination_that_resets_mid_transfer_is_a_clean_error(tmp_path):
                                                     else type(error).__name__))
 
 
+@pytest.mark.skipif(NO_IPTABLES is not None, reason=str(NO_IPTABLES))
 @pytest.mark.timeout(60)
 def test_a_black_holed_destination_times_out_with_a_socks_error(tmp_path):
     """SYNs to the destination are dropped (iptables in the server's namespace): the

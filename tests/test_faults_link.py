@@ -11,7 +11,7 @@ import time
 import gevent
 import pytest
 
-from tests.fault_rig import Echoer, FaultRig, Transfer, record
+from tests.fault_rig import NO_IPTABLES, Echoer, FaultRig, Transfer, record
 from tests.netns import unavailable
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def _assert_no_leak(rig, baseline):
                 count, "\n".join(rig.descriptor_list(proc)), sockets))
 
 
+@pytest.mark.skipif(NO_IPTABLES is not None, reason=str(NO_IPTABLES))
 @pytest.mark.timeout(240)
 def test_a_slow_lossy_reordering_link_delivers_byte_exact(tmp_path):
     """200 ms RTT, 5 % loss each way, +-10 ms jitter (reordering), by
