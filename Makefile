@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 # Debian packages the test suite drives for real (curl as a SOCKS/HTTP client,
 # nginx as a TLS-terminating reverse proxy in front of afb server; groff and man
 # check the generated man pages; redis-server and haproxy for the multi-node tests,
-# which start their own on loopback, never the system services).
-APT_PACKAGES ?= curl ca-certificates nginx iproute2 groff-base man-db redis-server haproxy
+# which start their own on loopback, never the system services; iptables for the
+# fault tests' rules inside their own network namespaces: tests/userspace_netem.py).
+APT_PACKAGES ?= curl ca-certificates nginx iproute2 groff-base man-db redis-server haproxy iptables
 DEMO_DIR ?= demo
 # `make test` runs pytest with PYTEST_ARGS on TESTS: the whole tests/ folder,
 # unless PYTEST_ARGS names tests itself (make test PYTEST_ARGS=tests/test_cli.py).

@@ -183,13 +183,17 @@ class Rig:
     base).  ``rival``: another tunnel instead of afb (bench/peers.py's
     ``V2ray`` or ``Trojan``): an object whose ``configs(directory, (server
     host, port), (socks host, port), fallback_port)`` writes its files and
-    returns ``(server argv, client argv, env)``.  A context manager;
-    everything it started is stopped on exit.
+    returns ``(server argv, client argv, env)``.  ``userspace_delay``: where the
+    kernel has no netem (HTB shapes the rate), add the delay with
+    tests/userspace_netem.py on each end of the veth (20 ms each way = 40 ms
+    RTT).  A context manager; everything it started is stopped on
+    exit.
     """
 
     def __init__(self, directory, netem=None, checkout=None, tls=True, e2e=True,
-                 server_extra="", client_extra="", rival=None):
+                 server_extra="", client_extra="", rival=None, userspace_delay=False):
         self.dir = str(directory)
+        self.userspace_delay = userspace_delay
         self.netem = netem
         self.checkout = checkout
         self.tls = tls
@@ -276,7 +280,23 @@ class Rig:
             space.run(["ip", "addr", "add", addr, "dev", dev], check=True)
             space.run(["ip", "link", "set", dev, "up"], check=True)
             self._shape(space, dev, rate, delay)
+        if self.userspace_delay and not self.shaper.startswith("netem"):
+            for space, dev in ((client, veth_c), (server, veth_s)):
+                self._userspace_delay(space, dev, delay)
+            self.shaper = "htb rate %s + userspace netem delay %s each way" % (rate, delay)
         return "10.213.0.1"
+
+    def _userspace_delay(self, space, dev, delay):
+        """tests/userspace_netem.py delaying what arrives on ``dev`` by ``delay``."""
+        from tests import userspace_netem
+
+        for argv in userspace_netem.rules(dev, 5):
+            space.run(argv, check=True)
+        proc = space.popen([sys.executable, userspace_netem.__file__, "--queue", "5",
+                            "--delay", delay.rstrip("ms")], stdout=subprocess.PIPE)
+        self.procs.append(proc)
+        if proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError("userspace netem did not start in %s" % space.name)
 
     def _shape(self, space, dev, rate, delay):
         """netem's rate and delay on ``dev``; without netem (a kernel built without

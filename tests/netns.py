@@ -286,3 +286,114 @@ for label, host, port in args.get("direct", []):
 
 print(json.dumps(out))
 '''
+
+
+# --- two namespaces joined by a veth, for the fault and slow-link tests ----------------
+
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd):
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, "setns: %s" % os.strerror(errno))
+
+
+class inside:
+    """``with inside(space): sock = socket.socket()``: sockets made in the block belong to
+    ``space`` (a :class:`Netns`) and keep it after.  Only this thread moves; make the
+    sockets and leave (a greenlet switch inside would make other greenlets' sockets
+    there too)."""
+
+    def __init__(self, space):
+        self.path = "/run/netns/" + space.name
+
+    def __enter__(self):
+        self.home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(self.path, os.O_RDONLY)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            _setns(self.home)
+        finally:
+            os.close(self.home)
+
+
+class Link:
+    """Namespaces ``server`` and ``client`` joined by a veth pair (10.213.0.1 and
+    10.213.0.2 by default), made and removed as a unit; :meth:`netem` delays and
+    drops packets both ways with tests/userspace_netem.py."""
+
+    def __init__(self, prefix="afb-f", subnet="10.213.0"):
+        self.server, self.client = Netns(prefix + "s-"), Netns(prefix + "c-")
+        self.server_addr, self.client_addr = subnet + ".1", subnet + ".2"
+        suffix = self.server.name[-8:]
+        self.server_dev, self.client_dev = "vs" + suffix, "vc" + suffix
+        self.netems = []
+
+    def create(self):
+        try:
+            for space in (self.server, self.client):
+                space.create()
+            subprocess.run(["ip", "link", "add", self.server_dev, "netns", self.server.name,
+                            "type", "veth", "peer", "name", self.client_dev, "netns",
+                            self.client.name], check=True, capture_output=True, timeout=10)
+            for space, dev, addr in ((self.server, self.server_dev, self.server_addr),
+                                     (self.client, self.client_dev, self.client_addr)):
+                space.run(["ip", "addr", "add", addr + "/24", "dev", dev], check=True)
+                space.run(["ip", "link", "set", dev, "up"], check=True)
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def netem(self, delay, jitter=0.0, loss=0.0, queue=7):
+        """Delay (ms), jitter (ms) and loss (0-1) on each direction of the link: one
+        tests/userspace_netem.py per namespace, on the packets arriving there."""
+        from tests import userspace_netem
+
+        for space, dev in ((self.client, self.client_dev), (self.server, self.server_dev)):
+            for argv in userspace_netem.rules(dev, queue):
+                space.run(argv, check=True)
+            proc = space.popen([sys.executable, userspace_netem.__file__, "--queue", str(queue),
+                                "--delay", str(delay), "--jitter", str(jitter), "--loss",
+                                str(loss)], stdout=subprocess.PIPE)
+            self.netems.append(proc)
+            if proc.stdout.readline().strip() != b"ready":
+                raise RuntimeError("userspace netem did not start in %s" % space.name)
+
+    def stop_netem(self):
+        """The netems' counts (``seen``, ``dropped``), each stopped."""
+        import json
+
+        counts = []
+        for proc in self.netems:
+            if proc.poll() is None:
+                proc.terminate()
+            out = proc.communicate(timeout=10)[0].strip().splitlines()
+            counts.append(json.loads(out[-1]) if out else {})
+        self.netems = []
+        return counts
+
+    def destroy(self):
+        for proc in self.netems:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.netems = []
+        for space in (self.server, self.client):
+            space.destroy()
+
+    def __enter__(self):
+        return self.create()
+
+    def __exit__(self, *exc):
+        self.destroy()

@@ -372,3 +372,38 @@ def test_connect_through_proxy(wss, scheme, host, expect):
 def test_bad_proxy_url():
     with pytest.raises(ValueError):
         wsclient.connect("ws://127.0.0.1:1/", proxy="ftp://127.0.0.1:21", timeout=1)
+
+
+
+def test_a_reset_under_a_blocked_writer_and_reader_ends_the_read_cleanly(wss):
+    """The link is reset while the writer waits to send and the reader to receive (a
+    cut mid-transfer): the writer's failure aborts the WebSocket, as a resumable
+    session's does, and the reader, woken in the same loop turn, must end with None
+    (or an OSError), not gevent's ValueError("Read on closed or unwrapped SSL
+    socket"), which killed the session's greenlet and left its streams hanging
+    (found by tests/test_faults_link.py)."""
+
+    def reset_later(ws, principal, environ):
+        gevent.sleep(0.3)               # never reads: the client's writer blocks
+        ws._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        ws._sock.close()
+
+    port, pin = wss(on_tunnel=reset_later)
+    for _ in range(10):
+        ws = wsclient.connect(url(port), headers=AUTH,
+                              ssl_context=tls.client_context(pin=pin), timeout=5)
+
+        def write(ws=ws):
+            try:
+                while True:
+                    ws.send_message([bytes(1 << 20)])
+            except OSError:
+                ws.abort()
+
+        writer = gevent.spawn(write)
+        reader = gevent.spawn(ws.recv_message)
+        writer.join(5)
+        try:
+            assert reader.get(timeout=5) is None
+        except OSError:
+            pass

@@ -249,6 +249,21 @@ class SocketRelay:
             pass
         self._maybe_done()
 
+    def check_stalled(self):
+        """Called now and then (the session's pinger): a socket we do not read (no
+        credit: its destination does not read) is not watched, so an app that resets
+        it would go unnoticed until the far end reads or the idle timeout; a pending
+        error (SO_ERROR, one syscall) ends it now.  A plain close (FIN) stays: it may be
+        a half-close whose answer the app still waits for."""
+        if self.closed or self._reading or self.local_eof:
+            return
+        try:
+            error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError as exc:
+            error = exc.errno
+        if error:
+            self._fail("%s while its stream was stalled" % os.strerror(error))
+
     # --- ending --------------------------------------------------------------------------
 
     def abort(self, error=None):

@@ -354,6 +354,10 @@ class Session:
                 return
             if self.holding:
                 continue
+            for stream in list(self.streams.values()):
+                check = getattr(stream.sink, "check_stalled", None)
+                if check is not None:
+                    check()
             silent = time.monotonic() - self.last_received
             if silent > self.ping_interval + self.ping_timeout and not self.reader.paused:
                 log.warning("%s: peer silent for %.0f s; %s", self.label, silent,
