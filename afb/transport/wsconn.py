@@ -120,14 +120,9 @@ class WsConnection:
             self.close(exc.close_code, str(exc))
             raise
         except OSError:
-            if self._closed:
-                return None
-            raise
-        except ValueError:
-            # gevent's SSL socket closed by abort() (a dropped link) while this
-            # greenlet was about to read: "Read on closed or unwrapped SSL socket".
-            # Uncaught, it killed the tunnel's session greenlet and its streams hung
-            # (tests/test_faults_link.py: the connection cut, 1 run in ~25).
+            # Also gevent's SSL socket closed by abort() (a dropped link) while this
+            # greenlet was about to read, which FrameInput turns from a ValueError
+            # into an OSError (tests/test_faults_link.py: the connection cut).
             if self._closed:
                 return None
             raise
