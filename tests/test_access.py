@@ -234,7 +234,7 @@ def test_access_config_keys_defaults_and_errors(tmp_path):
                                    "max_auth_failures": 5, "auth_failure_window": 60.0,
                                    "ban_time": 600.0, "max_pending_per_source": 32,
                                    "max_pending_per_proxy": 1024,
-                                   "descriptor_high_water": 0.8}
+                                   "descriptor_high_water": 0.8, "max_pending": 4096}
     assert (cfg["auth"]["token_place"], cfg["auth"]["token_cookie"]) == ("header", "session")
     server.write_text("[server]\n[auth]\ntoken_place = query\ntoken_cookie = \"a;b\"\n"
                       "[access]\nallow = 10.0.0.0/8, 2001:db8::/32\ndeny = 10.0.0.300\n"
