@@ -93,13 +93,16 @@ class FrameReader:
         the data to their apps and an interactive stream's bytes are read
         before the next message.  ``gevent.sleep(0)`` did not do that: it is a
         callback, and gevent runs the callbacks queued meanwhile in the same
-        pass, polling only after 50 of them and its 5 ms switch interval.
-        While the TLS socket always held the next message (the client behind a
-        full-speed loopback download), the client polled its sockets once every
-        12-20 ms: an echo written by the app beside the download waited there
-        up to 20 ms before afb read it (per-hop timestamps; with the timer: 4-6
-        ms at most, loaded echo p99 over idle +14.5 -> +8.6 ms, median of 5
-        bench runs, the download's rate unchanged).
+        pass (it looks at the clock every 50 callbacks and stops after its 5 ms
+        switch interval).  While the TLS socket always held the next message
+        (the client behind a full-speed loopback download), the client at times
+        went 12-20 ms without polling its sockets: an echo written by the app
+        beside the download waited that long before afb read it (per-hop
+        timestamps of the echo, three paired runs:
+        that hop's p99 4.5-11.6 -> 0.9-3.9 ms; with a soak beside it, loaded echo
+        p99 over idle +14.5 -> +8.6 ms, median of 5 interleaved runs;
+        bench/qos, quiet, 7 rounds: download 1.00x, CPU per GiB 1.00x of the
+        code before).
         """
         session = self.session
         ws = session.ws
