@@ -41,8 +41,9 @@ demo: venv
 
 # A test that hangs fails after 300 s (pytest-timeout) instead of holding up CI.
 # As root: some tests make network namespaces (ip netns) and mount namespaces.
+# --durations: the 25 slowest tests at the end, to keep the suite under its 10 minutes.
 test: venv apt-deps
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=300 $(PYTEST_ARGS) $(TESTS)
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=300 --durations=25 $(PYTEST_ARGS) $(TESTS)
 
 # The dashboard's tests again on Debian 13's python3-textual (2.1): a second venv
 # pinned to textual 2.1.2, so that no newer Textual API creeps into tui/.  Without
