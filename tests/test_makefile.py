@@ -22,7 +22,7 @@ def pytest_argv(pytest_args):
     assert result.returncode == 0, result.stderr
     argv = shlex.split(result.stdout.strip().splitlines()[-1])
     assert argv[1:3] == ["-m", "pytest"]
-    return argv[argv.index("--timeout=300") + 1:]
+    return argv[argv.index("--durations=25") + 1:]
 
 
 @pytest.mark.parametrize("args,argv", [
