@@ -35,7 +35,8 @@ def test_the_example_is_valid_and_has_no_warning(tmp_path):
     done = subprocess.run([HAPROXY, "-c", "-f", str(_example(tmp_path))],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Configuration file is valid" in done.stdout
+    # haproxy 2.6 (Debian 12) says so; 3.0 (Debian 13) says nothing when all is well.
+    assert "Configuration file is valid" in done.stdout or not done.stdout.strip(), done.stdout
     assert "WARNING" not in done.stdout + done.stderr, done.stdout + done.stderr
 
 

@@ -60,7 +60,13 @@ def test_control_request_whose_command_is_a_list():
     b'{"id": ' + b"[" * 3000 + b"]" * 3000 + b"}",
 ])
 def test_control_request_json_the_answer_could_not_carry(line):
-    assert _answers(line + b"\n") == ["bad_json"]
+    answers = _answers(line + b"\n")
+    if line.startswith(b'{"id": ['):
+        # Python 3.13's json parses and encodes 3,000 levels (3.11 raised RecursionError):
+        # then the request is one without a command.  Either way an answer, no crash.
+        assert answers in (["bad_json"], ["unknown_command"]), answers
+    else:
+        assert answers == ["bad_json"], answers
 
 
 def test_control_request_ids_that_json_can_carry_still_work():

@@ -119,7 +119,9 @@ def test_streams_go_on_byte_exact_across_cuts_of_the_websocket(setup, tmp_path, 
         assert hashlib.sha256(handle.read()).digest() == hashlib.sha256(CURL_BLOB).digest()
     out = client.output()
     assert out.count("resumed on a new WebSocket") == 3, out[-3000:]
-    assert out.count("tunnel up to") == 1 and "reset" not in out
+    # No stream reset ("Connection reset by peer" is how Python 3.13 names a lost link).
+    assert out.count("tunnel up to") == 1
+    assert "reset" not in out.replace("Connection reset by peer", ""), out[-3000:]
     assert server.output().count("resumed on a new WebSocket") == 3
     for gap, stall, after_restore in recoveries:
         log.warning("cut with a %.1f s gap: 0 bytes lost, echo stalled %.2f s beyond the gap, "
