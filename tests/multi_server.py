@@ -7,7 +7,6 @@ socket; the client lists them in ``[servers]``.  Everything listens on and
 connects to 127.0.0.1 only.
 """
 
-import json
 import os
 import socket
 import subprocess
@@ -17,7 +16,7 @@ import gevent
 import gevent.queue
 from gevent.server import StreamServer
 
-from tests.support import Daemon, free_port, wait_port
+from tests.support import Daemon, ask, free_port, wait_port
 
 #: A tiny HTTP target: every GET gets ``ok``.
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
@@ -132,22 +131,6 @@ def until_ok(proxy_port, url, limit=10.0):
     return None
 
 
-def ask(path, request):
-    """One request on a control socket; -> its answer."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    try:
-        sock.connect(path)
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        sock.close()
-    return json.loads(data)
 
 
 def active_server(setup):

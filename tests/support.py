@@ -459,3 +459,21 @@ def socks_connect(proxy, host, port, rdns=True, timeout=20):
     sock.settimeout(timeout)
     sock.connect((host, port))
     return sock
+
+
+def ask(path, request):
+    """One request on a control socket; -> its answer."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    try:
+        sock.connect(path)
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    return json.loads(data)

@@ -177,7 +177,7 @@ def test_a_pool_of_two_tunnels_loses_only_the_streams_of_the_one_that_dies(
 
 
 def _tunnels(setup):
-    from tests.multi_server import ask
+    from tests.support import ask
 
     return [t for t in ask(os.path.join(setup.dir, "client.sock"),
                            {"v": 1, "cmd": "snapshot"})["tunnels"] if t["state"] == "open"]

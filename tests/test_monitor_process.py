@@ -6,8 +6,6 @@ sockets must show that stream with exactly the bytes that went each way
 (what the target received, what it sent), and after it ended, the totals.
 """
 
-import json
-import socket
 import subprocess
 import threading
 
@@ -15,7 +13,7 @@ import gevent
 from gevent.event import Event
 from gevent.server import StreamServer
 
-from tests.support import Setup, read_http_head, running, wait_until
+from tests.support import Setup, ask, read_http_head, running, wait_until
 
 BODY = 300_000
 
@@ -47,19 +45,6 @@ class HoldingTarget:
         self.server.stop()
 
 
-def ask(path, request):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.connect(path)
-    sock.sendall(json.dumps(request).encode() + b"\n")
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    sock.close()
-    return json.loads(data)
 
 
 def test_both_daemons_show_a_curl_download(tmp_path):

@@ -7,7 +7,6 @@ nothing) must not grow the client's memory beyond its bounds: the tunnel's
 the server runs again the association still carries datagrams.
 """
 
-import json
 import os
 import signal
 import socket
@@ -16,26 +15,13 @@ import time
 import psutil
 
 from afb.codec.socks5_udp import build_udp_datagram
-from tests.support import Setup, running, wait_until
+from tests.support import Setup, ask, running, wait_until
 from tests.udp_support import DNS_ANSWER, RawUdpClient, TinyDns, dns_query, parse_dns_a
 
 FLOOD = 20000
 SIZE = 8000
 
 
-def ask(path, request):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.connect(path)
-    sock.sendall(json.dumps(request).encode() + b"\n")
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    sock.close()
-    return json.loads(data)
 
 
 def _query(app, dns, ident, tries=20):
